@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Puts the pinned test-cluster tools into ./bin (or $CHANSCALE_BIN), building them from their upstream Go
+# modules with the local Go toolchain. Idempotent: a tool already at its pinned version is skipped, so a fresh
+# machine builds once and later runs are instant.
+#
+#   hack/tools.sh                 # the tools the tests need: kube-apiserver, kube-controller-manager, kubectl,
+#                                 # etcd, opa, helm (and prometheus via apt-get when root and missing)
+#   hack/tools.sh all             # also kube-scheduler, kind, kwok, kwokctl
+#   hack/tools.sh opa helm        # just these
+#
+# Binaries already provided are honoured and not rebuilt:
+#   - $KUBEBUILDER_ASSETS/{kube-apiserver,etcd,kubectl} (controller-runtime envtest assets);
+#   - any tool on PATH that reports the pinned version.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=hack/versions.env
+source "$ROOT/hack/versions.env"
+BIN=${CHANSCALE_BIN:-$ROOT/bin}
+WORK=${CHANSCALE_TOOLS_CACHE:-$ROOT/.cache/tools}
+mkdir -p "$BIN" "$WORK"
+export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
+export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+die() { printf '[tools] ERROR: %s\n' "$*" >&2; exit 1; }
+
+command -v go >/dev/null || die "Go is required to build the test-cluster tools (https://go.dev/dl); or set KUBEBUILDER_ASSETS to envtest binaries."
+
+# If the checksum database cannot be reached, fall back narrowly for the modules we build, never globally off.
+check_sumdb() {
+  if [ -z "${GONOSUMDB:-}" ] && ! timeout 20 go mod download -json golang.org/x/text@v0.3.8 >/dev/null 2>&1; then
+    log "the Go checksum database (GOSUMDB) did not answer: verifying only through go.sum for k8s.io, go.etcd.io, helm.sh, sigs.k8s.io and github.com/open-policy-agent"
+    export GONOSUMDB="k8s.io,go.etcd.io,helm.sh,sigs.k8s.io,github.com/open-policy-agent"
+  fi
+}
+
+stamp() { echo "$BIN/.$1.version"; }
+have() {  # have NAME VERSION: true when ./bin/NAME was built at VERSION
+  [ -x "$BIN/$1" ] && [ -f "$(stamp "$1")" ] && [ "$(cat "$(stamp "$1")")" = "$2" ]
+}
+provided() {  # provided NAME VERSION-SUBSTRING: true when KUBEBUILDER_ASSETS or PATH already has it
+  local name=$1 want=$2 p
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$name" ]; then
+    log "$name: using \$KUBEBUILDER_ASSETS/$name"; return 0
+  fi
+  p=$(command -v "$name" 2>/dev/null || true)
+  if [ -n "$p" ] && [ "$(dirname "$p")" != "$BIN" ] && "$p" --version 2>/dev/null | grep -q -- "${want#v}"; then
+    log "$name: using $p (reports $want)"; return 0
+  fi
+  if [ -n "$p" ] && [ "$(dirname "$p")" != "$BIN" ] && "$p" version 2>/dev/null | grep -q -- "${want#v}"; then
+    log "$name: using $p (reports $want)"; return 0
+  fi
+  return 1
+}
+
+# module_dir NAME: a throwaway Go module that depends on the tool's module, so that upstream go.mod `replace`
+# directives (which `go install pkg@version` refuses) do not get in the way.
+module_dir() {
+  local d="$WORK/$1"
+  mkdir -p "$d"
+  if [ ! -f "$d/go.mod" ]; then
+    (cd "$d" && go mod init "chanscale.dev/tools/$1" >/dev/null 2>&1)
+  fi
+  echo "$d"
+}
+
+build_kubernetes() {  # build_kubernetes NAME...
+  local v=$KUBERNETES_VERSION staging minor d gomod
+  minor=$(echo "$v" | cut -d. -f2)
+  staging="v0.${v#v1.}"
+  d=$(module_dir "kubernetes-$v")
+  if [ ! -f "$d/.replaced" ]; then
+    log "kubernetes $v: resolving the module and its staging repositories"
+    gomod=$(go mod download -json "k8s.io/kubernetes@$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+    # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging paths; as a
+    # dependency, those replacements are ignored, so point each at its published v0.X.Y instead.
+    (cd "$d" && go mod edit -require="k8s.io/kubernetes@$v")
+    grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging' "$gomod" | awk '{print $1}' | sort -u | while read -r m; do
+      (cd "$d" && go mod edit -replace="$m=$m@$staging")
+    done
+    touch "$d/.replaced"
+  fi
+  local date ldflags
+  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date -X $pkg.gitCommit=chanscale-tools"
+  done
+  for name in "$@"; do
+    log "building $name $v (first build of Kubernetes takes several minutes)"
+    (cd "$d" && go build -trimpath -ldflags "$ldflags" -o "$BIN/$name" "k8s.io/kubernetes/cmd/$name")
+    echo "$v" >"$(stamp "$name")"
+  done
+}
+
+build_go() {  # build_go NAME MODULE VERSION PACKAGE [LDFLAGS]
+  local name=$1 mod=$2 v=$3 pkg=$4 ldflags=${5:-"-s -w"} d
+  d=$(module_dir "$name-$v")
+  log "building $name $v from $mod"
+  (cd "$d" && go mod edit -require="$mod@$v" && go build -trimpath -ldflags "$ldflags" -o "$BIN/$name" "$pkg")
+  echo "$v" >"$(stamp "$name")"
+}
+
+want_tools=("$@")
+if [ ${#want_tools[@]} -eq 0 ]; then
+  want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa helm prometheus)
+elif [ "${want_tools[0]}" = all ]; then
+  want_tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus kind kwok kwokctl)
+fi
+
+check_sumdb
+k8s=()
+for t in "${want_tools[@]}"; do
+  case $t in
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl)
+      have "$t" "$KUBERNETES_VERSION" || provided "$t" "$KUBERNETES_VERSION" || k8s+=("$t") ;;
+    etcd)
+      have etcd "$ETCD_VERSION" || provided etcd "$ETCD_VERSION" || \
+        build_go etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 ;;
+    opa)
+      have opa "$OPA_VERSION" || provided opa "$OPA_VERSION" || \
+        build_go opa github.com/open-policy-agent/opa "$OPA_VERSION" github.com/open-policy-agent/opa \
+          "-s -w -X github.com/open-policy-agent/opa/v1/version.Version=${OPA_VERSION#v}" ;;
+    helm)
+      have helm "$HELM_VERSION" || provided helm "$HELM_VERSION" || \
+        build_go helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+          "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+    kind)
+      have kind "$KIND_VERSION" || provided kind "$KIND_VERSION" || \
+        build_go kind sigs.k8s.io/kind "$KIND_VERSION" sigs.k8s.io/kind ;;
+    kwok|kwokctl)
+      have "$t" "$KWOK_VERSION" || provided "$t" "$KWOK_VERSION" || \
+        build_go "$t" sigs.k8s.io/kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$t" ;;
+    prometheus)
+      if ! command -v prometheus >/dev/null && [ ! -x "$BIN/prometheus" ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+          log "installing Debian's prometheus package"
+          (apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+            { apt-get update -qq && apt-get install -y --no-install-recommends prometheus >/dev/null; })
+        else
+          die "prometheus is missing: install Debian's 'prometheus' package (apt-get install prometheus) or put a prometheus binary in $BIN"
+        fi
+      fi ;;
+    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus kind kwok kwokctl)" ;;
+  esac
+done
+if [ ${#k8s[@]} -gt 0 ]; then build_kubernetes "${k8s[@]}"; fi
+log "tools ready in $BIN"
