@@ -1,0 +1,163 @@
+"""HPA v2 ``behavior``: stabilisation windows and scaling policies, as the Kubernetes controller implements them.
+
+A faithful port of ``stabilizeRecommendationWithBehaviors`` and ``convertDesiredReplicasWithBehaviorRate``
+(kubernetes/pkg/controller/podautoscaler/horizontal.go), pure and with explicit time, so the same semantics
+hold across operator restarts (the history lives in the WorkerPool's status, not in memory).
+
+History is kept compactly: recommendations are stored as *runs* ``(start_time, replicas)`` — a new entry only when
+the value changes — which is equivalent to the controller's per-tick samples for min/max over a window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .spec import ScalingRules
+
+Run = tuple[float, int]  # (start time, recommendation) — valid until the next run starts
+Event = tuple[float, int]  # (time, replica change: + up, - down)
+
+
+def add_recommendation(runs: Sequence[Run], now: float, value: int) -> list[Run]:
+    """Append ``value`` observed at ``now``; extends the last run when unchanged."""
+    out = list(runs)
+    if not out or out[-1][1] != value:
+        out.append((now, value))
+    return out
+
+
+def prune_runs(runs: Sequence[Run], now: float, keep_seconds: float) -> list[Run]:
+    """Drop runs that ended before ``now - keep_seconds`` (the run in force at the cutoff is kept)."""
+    cutoff = now - keep_seconds
+    out = list(runs)
+    while len(out) >= 2 and out[1][0] <= cutoff:
+        out.pop(0)
+    return out
+
+
+def prune_events(events: Sequence[Event], now: float, keep_seconds: float) -> list[Event]:
+    return [e for e in events if e[0] > now - keep_seconds]
+
+
+def _window_values(runs: Sequence[Run], now: float, window: float) -> list[int]:
+    """Values of the runs that overlap ``(now - window, now]``."""
+    cutoff = now - window
+    vals = []
+    for i, (_start, value) in enumerate(runs):
+        end = runs[i + 1][0] if i + 1 < len(runs) else math.inf
+        if end > cutoff:
+            vals.append(value)
+    return vals
+
+
+@dataclass(frozen=True)
+class Stabilized:
+    replicas: int
+    limited_by: str | None
+
+
+def stabilize(
+    runs: Sequence[Run], now: float, current: int, desired: int, up: ScalingRules, down: ScalingRules
+) -> Stabilized:
+    """Bring ``desired`` within the stabilisation limits.
+
+    Scaling up uses the lowest recommendation of the up-window, scaling down the highest of the down-window;
+    ``runs`` is the history *before* this tick (``desired`` is counted as in force now).
+    """
+    up_rec = min([desired, *_window_values(runs, now, up.stabilization_window_seconds)])
+    down_rec = max([desired, *_window_values(runs, now, down.stabilization_window_seconds)])
+    rec = current
+    if rec < up_rec:
+        rec = up_rec
+    if rec > down_rec:
+        rec = down_rec
+    limited = None
+    if rec != desired:
+        if desired > current:
+            limited = f"scaleUp stabilization window {up.stabilization_window_seconds}s"
+        elif desired < current:
+            limited = f"scaleDown stabilization window {down.stabilization_window_seconds}s"
+    return Stabilized(rec, limited)
+
+
+def _changes_in_period(events: Sequence[Event], now: float, period: int, sign: int) -> int:
+    return sum(abs(d) for t, d in events if t > now - period and (d > 0) == (sign > 0) and d != 0)
+
+
+def scale_up_limit(current: int, events: Sequence[Event], now: float, rules: ScalingRules) -> tuple[int, str | None]:
+    """The highest count the scaleUp policies allow now, and the policy that sets it."""
+    if rules.select_policy == "Disabled":
+        return current, "scaleUp selectPolicy Disabled"
+    best: tuple[int, str | None] | None = None
+    for p in rules.policies:
+        start = current - _changes_in_period(events, now, p.period_seconds, +1) + _changes_in_period(
+            events, now, p.period_seconds, -1
+        )
+        proposed = start + p.value if p.type == "Pods" else math.ceil(start * (1 + p.value / 100.0))
+        if best is None or (proposed > best[0] if rules.select_policy == "Max" else proposed < best[0]):
+            best = (proposed, p.describe("scaleUp"))
+    if best is None:
+        return current, None
+    return best
+
+
+def scale_down_limit(current: int, events: Sequence[Event], now: float, rules: ScalingRules) -> tuple[int, str | None]:
+    """The lowest count the scaleDown policies allow now, and the policy that sets it."""
+    if rules.select_policy == "Disabled":
+        return current, "scaleDown selectPolicy Disabled"
+    best: tuple[int, str | None] | None = None
+    for p in rules.policies:
+        start = current - _changes_in_period(events, now, p.period_seconds, +1) + _changes_in_period(
+            events, now, p.period_seconds, -1
+        )
+        proposed = start - p.value if p.type == "Pods" else int(start * (1 - p.value / 100.0))
+        # Max selects the biggest change (the lowest count), Min the smallest change.
+        if best is None or (proposed < best[0] if rules.select_policy == "Max" else proposed > best[0]):
+            best = (proposed, p.describe("scaleDown"))
+    if best is None:
+        return current, None
+    return best
+
+
+@dataclass(frozen=True)
+class Limited:
+    replicas: int
+    limited_by: str | None
+
+
+def apply_rate_limits(
+    current: int,
+    desired: int,
+    events: Sequence[Event],
+    now: float,
+    min_replicas: int,
+    max_replicas: int,
+    up: ScalingRules,
+    down: ScalingRules,
+) -> Limited:
+    """Clamp ``desired`` by the scaling policies and by min/max, naming what limited it."""
+    if desired > current:
+        limit, why = scale_up_limit(current, events, now, up)
+        if current == 0 and up.select_policy != "Disabled":
+            limit = max(limit, 1)  # activation from zero is always allowed one step (KEDA handles 0->1 itself)
+        limit = max(limit, current)
+        if max_replicas <= limit:
+            limit, why = max_replicas, "maxReplicas"
+        if desired > limit:
+            return Limited(limit, why)
+        return Limited(desired, None)
+    if desired < current:
+        limit, why = scale_down_limit(current, events, now, down)
+        limit = min(limit, current)
+        if min_replicas >= limit:
+            limit, why = min_replicas, "minReplicas"
+        if desired < limit:
+            return Limited(limit, why)
+        return Limited(desired, None)
+    if desired > max_replicas:
+        return Limited(max_replicas, "maxReplicas")
+    if desired < min_replicas:
+        return Limited(min_replicas, "minReplicas")
+    return Limited(desired, None)

@@ -1,0 +1,440 @@
+"""The scaling decision: signals in, recommendation out. Pure — no I/O, explicit time — so it is unit-testable,
+benchable, and the very same code the operator runs.
+
+Pipeline (docs/decision-model.md has the formulas and a worked example):
+
+1. validate the signals: missing, NaN, ±Inf or stale values are *missing*, never zero;
+2. estimate the per-worker service rate μ (smoothed; ``spec.model.serviceRateHint`` before there is data);
+3. size for throughput (λ at the target utilisation), for draining the backlog within the drain horizon, and for
+   the P99 objective with the M/M/c sojourn-time tail, corrected by the observed P99 when the model disagrees;
+4. idle → scale to zero only after ``idleSeconds``; missing data → no scale-down, fallback after the threshold;
+5. HPA v2 tolerance, stabilisation windows, scaling policies and min/max (:mod:`chanscale.behavior`).
+
+The policy gate runs after this, in the operator; :func:`apply_verdict` folds its verdict in, and
+:func:`record_scale` records an applied change in the state that the next tick (and a restarted operator) uses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import behavior, queueing
+from .spec import PoolSpec
+
+#: Smoothing of the measured service rate (per tick).
+MU_ALPHA = 0.3
+#: Smoothing and bounds of the latency-model correction factor.
+CORRECTION_ALPHA = 0.3
+CORRECTION_BOUNDS = (0.5, 4.0)
+#: Recommendation history kept at least this long (the policies' longest period, HPA's 1800 s maximum).
+EVENT_KEEP_SECONDS = 1800
+MAX_RUNS = 256
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One tick's signals for one pool. ``None`` means the signal is missing."""
+
+    now: float
+    current_replicas: int
+    ready_replicas: int | None = None
+    backlog: float | None = None
+    arrival_rate: float | None = None
+    processed_rate: float | None = None
+    failed_rate: float | None = None
+    busy_rate: float | None = None
+    p99_latency: float | None = None
+    age_seconds: float | None = None
+    error: str | None = None  # why the signals could not be read at all (query failure)
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """What a restart must not forget; serialised into ``status.history`` (bounded)."""
+
+    recommendations: tuple[behavior.Run, ...] = ()
+    scale_events: tuple[behavior.Event, ...] = ()
+    consecutive_failures: int = 0
+    service_rate: float | None = None
+    latency_correction: float = 1.0
+    last_active: float | None = None
+    last_scale_time: float | None = None
+    last_scale_direction: str | None = None
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "recommendations": [[round(t, 3), r] for t, r in self.recommendations],
+            "scaleEvents": [[round(t, 3), d] for t, d in self.scale_events],
+            "consecutiveFailures": self.consecutive_failures,
+            "serviceRate": _round(self.service_rate),
+            "latencyCorrection": round(self.latency_correction, 4),
+            "lastActive": self.last_active,
+            "lastScaleTime": self.last_scale_time,
+            "lastScaleDirection": self.last_scale_direction,
+        }
+
+    @classmethod
+    def from_status(cls, h: Mapping[str, Any] | None) -> PoolState:
+        """Rebuild from ``status.history``; tolerant of missing or damaged entries (a bad history is dropped)."""
+        if not h:
+            return cls()
+
+        def pairs(key: str) -> tuple[tuple[float, int], ...]:
+            out = []
+            for item in h.get(key) or ():
+                try:
+                    out.append((float(item[0]), int(item[1])))
+                except (TypeError, ValueError, IndexError):
+                    continue
+            return tuple(sorted(out))
+
+        def num(key: str) -> float | None:
+            v = h.get(key)
+            return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+        return cls(
+            recommendations=pairs("recommendations"),
+            scale_events=pairs("scaleEvents"),
+            consecutive_failures=int(h.get("consecutiveFailures") or 0),
+            service_rate=num("serviceRate"),
+            latency_correction=num("latencyCorrection") or 1.0,
+            last_active=num("lastActive"),
+            last_scale_time=num("lastScaleTime"),
+            last_scale_direction=h.get("lastScaleDirection") if h.get("lastScaleDirection") in ("up", "down") else None,
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int  # after min/max, HPA behaviour (and the verdict, once apply_verdict ran)
+    recommendation: int  # the raw model recommendation
+    current: int
+    outcome: str  # ScaleUp | ScaleDown | NoChange | Hold | Fallback
+    reason: str  # one human sentence
+    limited_by: list[str]
+    sizing: dict[str, Any]
+    signals: dict[str, float | None]
+    metrics_ok: bool
+    missing: list[str]
+    slo_met: bool | None
+    slo_message: str
+    state: PoolState
+    policy: dict[str, Any] | None = field(default=None)
+
+    @property
+    def changes(self) -> bool:
+        return self.desired != self.current
+
+
+def _round(v: float | None, nd: int = 4) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+def _clean(v: float | None) -> float | None:
+    """NaN/±Inf/negative counts and rates are not data."""
+    if v is None or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        return None
+    return float(v)
+
+
+def _estimate_service_rate(spec: PoolSpec, state: PoolState, obs: Observation, backlog: float | None) -> float | None:
+    """μ per worker: completions per busy worker-second when workers report busy time; else completions per
+    ready worker while saturated (backlog waiting); else the previous estimate or the configured hint."""
+    done = None
+    if obs.processed_rate is not None:
+        done = obs.processed_rate + (obs.failed_rate or 0.0)
+    measured = None
+    if done is not None and done > 0:
+        if obs.busy_rate is not None and obs.busy_rate > 0.05:
+            measured = done / obs.busy_rate
+        elif backlog is not None and backlog > 0 and obs.ready_replicas:
+            measured = done / obs.ready_replicas
+    prev = state.service_rate
+    if measured is None or not math.isfinite(measured) or measured <= 0:
+        return prev if prev is not None else spec.service_rate_hint
+    if prev is None:
+        return measured
+    return prev + MU_ALPHA * (measured - prev)
+
+
+def _size(
+    spec: PoolSpec, lam: float, mu: float, backlog: float, correction: float
+) -> tuple[int, str, dict[str, Any]]:
+    """The three sizing terms; the largest wins and names the driver."""
+    rho = spec.target_utilization
+    t = spec.slo.p99_latency_seconds
+    mu_eff = mu / correction
+    terms = {
+        "throughput": math.ceil(lam / (mu * rho) - 1e-9) if lam > 0 else 0,
+        "drain": math.ceil((lam + backlog / spec.slo.drain_horizon) / mu - 1e-9) if backlog > 0 else 0,
+        "latency": queueing.workers_for_latency(lam, mu_eff, t) if lam > 0 else 0,
+    }
+    driver = max(terms, key=lambda k: terms[k])
+    info: dict[str, Any] = {
+        "arrivalRate": round(lam, 4),
+        "serviceRate": round(mu, 4),
+        "latencyCorrection": round(correction, 4),
+        "drainHorizonSeconds": spec.slo.drain_horizon,
+        "terms": terms,
+        "driver": driver,
+    }
+    if t <= queueing.service_floor(mu_eff):
+        info["note"] = (
+            f"P99 objective {t}s is below the service-time floor {queueing.service_floor(mu_eff):.3f}s; "
+            "sized to make queueing negligible"
+        )
+    return terms[driver], driver, info
+
+
+def _update_correction(spec: PoolSpec, state: PoolState, obs: Observation, lam: float, mu: float | None) -> float:
+    """Learn how far the M/M/c model is from the observed P99 (only in steady state: little backlog)."""
+    k = state.latency_correction
+    if not spec.latency_correction or mu is None or obs.p99_latency is None or not obs.ready_replicas:
+        return k
+    if lam <= 0 or (obs.backlog or 0) > lam * spec.slo.p99_latency_seconds:
+        return k
+    model = queueing.sojourn_quantile(obs.ready_replicas, lam, mu)
+    if not math.isfinite(model) or model <= 0:
+        return k
+    ratio = min(max(obs.p99_latency / model, CORRECTION_BOUNDS[0]), CORRECTION_BOUNDS[1])
+    return k + CORRECTION_ALPHA * (ratio - k)
+
+
+def _slo(spec: PoolSpec, backlog: float | None, p99: float | None, err: float | None) -> tuple[bool | None, str]:
+    problems, known = [], False
+    if p99 is not None:
+        known = True
+        if p99 > spec.slo.p99_latency_seconds:
+            problems.append(f"P99 {p99:.3g}s > {spec.slo.p99_latency_seconds:g}s")
+    if spec.slo.max_backlog is not None and backlog is not None:
+        known = True
+        if backlog > spec.slo.max_backlog:
+            problems.append(f"backlog {backlog:.0f} > {spec.slo.max_backlog}")
+    if spec.slo.max_error_rate is not None and err is not None:
+        known = True
+        if err > spec.slo.max_error_rate:
+            problems.append(f"error rate {err:.3g} > {spec.slo.max_error_rate:g}")
+    if problems:
+        return False, "; ".join(problems)
+    if not known:
+        return None, "no completed messages to judge the SLO by"
+    return True, "within objectives"
+
+
+def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
+    """Compute this tick's decision for one pool. Pure: the returned ``state`` replaces the old one."""
+    now, current = obs.now, obs.current_replicas
+    stale = obs.age_seconds is not None and obs.age_seconds > spec.metrics.stale_after_seconds
+    backlog = None if stale else _clean(obs.backlog)
+    lam = None if stale else _clean(obs.arrival_rate)
+    p99 = None if stale else _clean(obs.p99_latency)
+    processed = None if stale else _clean(obs.processed_rate)
+    failed = None if stale else _clean(obs.failed_rate)
+    missing = [n for n, v in (("backlog", backlog), ("arrivalRate", lam)) if v is None]
+    metrics_ok = not missing
+    err_rate = None
+    if processed is not None and failed is not None and processed + failed > 0:
+        err_rate = failed / (processed + failed)
+    signals = {
+        "backlog": backlog,
+        "arrivalRate": _round(lam),
+        "processedRate": _round(processed),
+        "errorRate": _round(err_rate),
+        "p99LatencySeconds": _round(p99),
+        "ageSeconds": _round(obs.age_seconds, 2),
+    }
+    clean_obs = replace(obs, backlog=backlog, processed_rate=processed, failed_rate=failed, p99_latency=p99)
+
+    failures = 0 if metrics_ok else state.consecutive_failures + 1
+    mu = _estimate_service_rate(spec, state, clean_obs, backlog)
+    signals["serviceRate"] = _round(mu)
+    active = bool((backlog or 0) > 0 or (lam or 0) > 0 or (processed or 0) > 0)
+    last_active = now if active or state.last_active is None else state.last_active
+    correction = _update_correction(spec, state, clean_obs, lam or 0.0, mu)
+    slo_met, slo_msg = _slo(spec, backlog, p99, err_rate)
+    limited: list[str] = []
+
+    # --- the model's recommendation ----------------------------------------------------------------------
+    sizing: dict[str, Any]
+    if backlog is None and lam is None:
+        raw, sizing = current, {"driver": "hold", "note": "no usable signals"}
+    elif mu is None:
+        # Nothing measured yet and no hint: we cannot size; never guess. Activate from zero if work is waiting.
+        raw = max(current, 1) if active else current
+        sizing = {"driver": "unknown service rate", "note": "set spec.model.serviceRateHint to size before data"}
+        limited.append("service rate unknown (set spec.model.serviceRateHint)")
+    else:
+        raw, _driver, sizing = _size(spec, lam or 0.0, mu, backlog or 0.0, correction)
+        if not active:
+            idle_for = now - last_active
+            if spec.min_replicas == 0 and idle_for >= spec.idle_seconds:
+                raw = 0
+                sizing["idleSeconds"] = round(idle_for, 1)
+            else:
+                raw = max(raw, min(current, 1), spec.min_replicas)
+        elif raw < 1:
+            raw = 1
+
+    # HPA tolerance: ignore small relative changes.
+    if current > 0 and raw != current:
+        ratio = raw / current
+        if raw > current and ratio - 1.0 <= spec.scale_up.tolerance:
+            limited.append(f"scaleUp tolerance {spec.scale_up.tolerance:g}")
+            raw_t = current
+        elif raw < current and 1.0 - ratio <= spec.scale_down.tolerance:
+            limited.append(f"scaleDown tolerance {spec.scale_down.tolerance:g}")
+            raw_t = current
+        else:
+            raw_t = raw
+    else:
+        raw_t = raw
+
+    # Missing data: never scale down on it; the fallback after failureThreshold consecutive failures.
+    outcome = None
+    if not metrics_ok:
+        why = obs.error or ("stale samples" if stale else f"missing {', '.join(missing)}")
+        if failures >= spec.fallback.failure_threshold:
+            fb = spec.fallback
+            target = current
+            if fb.behavior == "static" and fb.replicas is not None:
+                target = fb.replicas
+            elif fb.behavior == "currentReplicasIfHigher" and fb.replicas is not None:
+                target = max(current, fb.replicas)
+            target = min(max(target, spec.min_replicas), spec.max_replicas)
+            limited.insert(0, f"fallback {fb.behavior} after {failures} failed reads ({why})")
+            new_state = _next_state(state, now, target, failures, mu, correction, last_active, record=False)
+            return Decision(
+                desired=target,
+                recommendation=raw,
+                current=current,
+                outcome="Fallback",
+                reason=f"metrics unavailable for {failures} ticks ({why}): fallback {fb.behavior} -> {target}",
+                limited_by=limited,
+                sizing=sizing,
+                signals=signals,
+                metrics_ok=False,
+                missing=missing,
+                slo_met=slo_met,
+                slo_message=slo_msg,
+                state=new_state,
+            )
+        if raw_t < current:
+            limited.append(f"no scale-down on missing data ({why})")
+            raw_t = current
+        outcome = "Hold" if raw_t == current else None
+
+    # Stabilisation windows, then the scaling policies and min/max.
+    runs = behavior.prune_runs(
+        state.recommendations,
+        now,
+        max(spec.scale_up.stabilization_window_seconds, spec.scale_down.stabilization_window_seconds),
+    )
+    stab = behavior.stabilize(runs, now, current, raw_t, spec.scale_up, spec.scale_down)
+    if stab.limited_by:
+        limited.append(stab.limited_by)
+    events = behavior.prune_events(state.scale_events, now, EVENT_KEEP_SECONDS)
+    lim = behavior.apply_rate_limits(
+        current, stab.replicas, events, now, spec.min_replicas, spec.max_replicas, spec.scale_up, spec.scale_down
+    )
+    if lim.limited_by:
+        limited.append(lim.limited_by)
+    desired = lim.replicas
+
+    if outcome is None:
+        outcome = "ScaleUp" if desired > current else "ScaleDown" if desired < current else "NoChange"
+    driver = sizing.get("driver", "hold")
+    if desired != current:
+        reason = f"{driver} needs {raw}: {current} -> {desired}"
+    elif raw != current:
+        reason = f"{driver} asks for {raw}, held at {current}"
+    else:
+        reason = f"{current} replicas meet the SLO ({driver})"
+    if limited:
+        reason += f" (limited by {limited[0]})"
+    new_state = replace(
+        _next_state(state, now, raw_t, failures, mu, correction, last_active, record=True),
+        recommendations=tuple(behavior.add_recommendation(runs, now, raw_t)[-MAX_RUNS:]),
+        scale_events=tuple(events),
+    )
+    return Decision(
+        desired=desired,
+        recommendation=raw,
+        current=current,
+        outcome=outcome,
+        reason=reason,
+        limited_by=limited,
+        sizing=sizing,
+        signals=signals,
+        metrics_ok=metrics_ok,
+        missing=missing,
+        slo_met=slo_met,
+        slo_message=slo_msg,
+        state=new_state,
+    )
+
+
+def _next_state(
+    state: PoolState,
+    now: float,
+    recommendation: int,
+    failures: int,
+    mu: float | None,
+    correction: float,
+    last_active: float | None,
+    *,
+    record: bool,
+) -> PoolState:
+    recs = state.recommendations
+    if record:
+        recs = tuple(behavior.add_recommendation(recs, now, recommendation))
+    return replace(
+        state,
+        recommendations=recs[-MAX_RUNS:],
+        consecutive_failures=failures,
+        service_rate=mu,
+        latency_correction=correction,
+        last_active=last_active,
+    )
+
+
+def apply_verdict(decision: Decision, *, allow: bool, replicas: int | None, reasons: list[str], spec: PoolSpec) -> Decision:
+    """Fold the policy gate's verdict in: deny keeps the current count; a clamp is kept within min/max."""
+    policy = {"allow": allow, "replicas": replicas, "reasons": list(reasons)}
+    if not allow:
+        return replace(
+            decision,
+            desired=decision.current,
+            outcome="Blocked",
+            reason=f"policy denied {decision.current} -> {decision.desired}: {'; '.join(reasons) or 'no reason given'}",
+            limited_by=[f"policy: {r}" for r in reasons] or ["policy: denied"],
+            policy=policy,
+        )
+    if replicas is not None and replicas != decision.desired:
+        clamped = min(max(replicas, spec.min_replicas), spec.max_replicas)
+        outcome = "ScaleUp" if clamped > decision.current else "ScaleDown" if clamped < decision.current else "Blocked"
+        return replace(
+            decision,
+            desired=clamped,
+            outcome=outcome,
+            reason=f"policy clamped {decision.current} -> {decision.desired} to {clamped}: {'; '.join(reasons)}",
+            limited_by=[f"policy: {r}" for r in reasons] + decision.limited_by,
+            policy=policy,
+        )
+    return replace(decision, policy=policy)
+
+
+def record_scale(state: PoolState, *, now: float, from_replicas: int, to_replicas: int) -> PoolState:
+    """Record an applied change: the policies' rate limits and the policy gate's history read it."""
+    if to_replicas == from_replicas:
+        return state
+    events = behavior.prune_events(state.scale_events, now, EVENT_KEEP_SECONDS)
+    events.append((now, to_replicas - from_replicas))
+    return replace(
+        state,
+        scale_events=tuple(events),
+        last_scale_time=now,
+        last_scale_direction="up" if to_replicas > from_replicas else "down",
+    )

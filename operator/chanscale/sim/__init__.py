@@ -1,0 +1,5 @@
+"""Channel simulation: an event-driven queue model shared by the exporter (``chanscale sim``) and the benchmarks."""
+
+from chanscale.sim.model import DEFAULT_BUCKETS, ChannelModel
+
+__all__ = ["DEFAULT_BUCKETS", "ChannelModel"]
