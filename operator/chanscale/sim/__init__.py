@@ -1,4 +1,4 @@
-"""Channel simulation: an event-driven queue model shared by the exporter (``chanscale sim``) and the benchmarks."""
+"""Channel simulation: the event-driven queue model shared by ``chanscale sim`` and the benchmarks."""
 
 from chanscale.sim.model import DEFAULT_BUCKETS, ChannelModel
 
