@@ -1,8 +1,8 @@
 """The Argo CD WorkerPool health check, run by a real Lua interpreter on Argo CD's own test-case format.
 
-Why a real interpreter: the check ships as Lua inside argocd-cm, and a Python re-implementation would test our
-reading of the rules, not the script Argo CD runs. Argo CD embeds gopher-lua (Lua 5.1); the script is written for
-5.1 and is run here by ``lua5.4`` (required) and also by ``lua5.1`` when that is installed.
+Why a real interpreter: the check ships as Lua inside argocd-cm, and a Python re-implementation would test
+our reading of the rules, not the script Argo CD runs. Argo CD embeds gopher-lua (Lua 5.1); the script is
+written for 5.1 and is run here by ``lua5.4`` (required) and also by ``lua5.1`` when that is installed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ VALID_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", 
 
 
 def _lua_string(text: str) -> str:
-    """Quote a string for Lua source; bytes outside printable ASCII become decimal escapes (valid in 5.1 and 5.4)."""
+    """Quote a string for Lua; bytes outside printable ASCII become decimal escapes (valid in 5.1 and 5.4)."""
     out = []
     for byte in text.encode("utf-8"):
         ch = chr(byte)
@@ -42,7 +42,7 @@ def _lua_string(text: str) -> str:
 
 
 def to_lua(value: Any) -> str:
-    """Render a decoded YAML value as a Lua table constructor, the way Argo CD hands objects to health scripts."""
+    """Render a decoded YAML value as a Lua table constructor, as Argo CD hands objects to health scripts."""
     if value is None:
         return "nil"
     if isinstance(value, bool):
@@ -73,7 +73,7 @@ def run_health(lua: str, obj: dict[str, Any], tmp_path: Path) -> tuple[str, str]
     """Run health.lua with ``obj`` bound as Argo CD binds it, returning (status, message)."""
     exe = shutil.which(lua)
     if exe is None:
-        pytest.fail(f"{lua} is not installed: apt-get install -y {lua}  (Debian/Ubuntu; the package is named {lua})")
+        pytest.fail(f"{lua} is not installed: apt-get install -y {lua}  (the Debian/Ubuntu package name)")
     wrapper = tmp_path / "run.lua"
     wrapper.write_text(
         f"obj = {to_lua(obj)}\n"
@@ -100,13 +100,15 @@ CASES = _cases()
 
 @pytest.mark.parametrize("lua", lua_interpreters())
 @pytest.mark.parametrize(("name", "obj", "expected"), CASES, ids=[c[0] for c in CASES])
-def test_health_case(lua: str, name: str, obj: dict[str, Any], expected: dict[str, str], tmp_path: Path) -> None:
+def test_health_case(
+    lua: str, name: str, obj: dict[str, Any], expected: dict[str, str], tmp_path: Path
+) -> None:
     status, message = run_health(lua, obj, tmp_path)
     assert (status, message) == (expected["status"], expected["message"]), f"case {name}"
 
 
 def test_every_status_is_covered() -> None:
-    """Each of the four outcomes the check can produce has at least one case, and every case is a valid status."""
+    """Each of the four outcomes the check produces has at least one case; every case is a valid status."""
     statuses = {c[2]["status"] for c in CASES}
     assert statuses <= VALID_STATUSES
     assert {"Healthy", "Progressing", "Degraded", "Suspended"} <= statuses
@@ -151,11 +153,13 @@ def test_examples_sync_after_the_operator() -> None:
 
 
 def test_scaled_replicas_are_ignored_and_respected() -> None:
-    """ignoreDifferences alone only hides the diff; RespectIgnoreDifferences stops a sync re-applying replicas."""
+    """ignoreDifferences only hides the diff; RespectIgnoreDifferences stops a sync re-applying replicas."""
     app = _applications()["chanscale-examples"]
     rules = app["spec"]["ignoreDifferences"]
     assert any(
-        r.get("group") == "apps" and r.get("kind") == "Deployment" and "/spec/replicas" in r.get("jsonPointers", [])
+        r.get("group") == "apps"
+        and r.get("kind") == "Deployment"
+        and "/spec/replicas" in r.get("jsonPointers", [])
         for r in rules
     ), rules
     options = app["spec"]["syncPolicy"]["syncOptions"]
