@@ -92,8 +92,10 @@ def scale_up_limit(current: int, events: Sequence[Event], now: float, rules: Sca
         return current, "scaleUp selectPolicy Disabled"
     best: tuple[int, str | None] | None = None
     for p in rules.policies:
-        start = current - _changes_in_period(events, now, p.period_seconds, +1) + _changes_in_period(
-            events, now, p.period_seconds, -1
+        start = (
+            current
+            - _changes_in_period(events, now, p.period_seconds, +1)
+            + _changes_in_period(events, now, p.period_seconds, -1)
         )
         proposed = start + p.value if p.type == "Pods" else math.ceil(start * (1 + p.value / 100.0))
         if best is None or (proposed > best[0] if rules.select_policy == "Max" else proposed < best[0]):
@@ -109,8 +111,10 @@ def scale_down_limit(current: int, events: Sequence[Event], now: float, rules: S
         return current, "scaleDown selectPolicy Disabled"
     best: tuple[int, str | None] | None = None
     for p in rules.policies:
-        start = current - _changes_in_period(events, now, p.period_seconds, +1) + _changes_in_period(
-            events, now, p.period_seconds, -1
+        start = (
+            current
+            - _changes_in_period(events, now, p.period_seconds, +1)
+            + _changes_in_period(events, now, p.period_seconds, -1)
         )
         proposed = start - p.value if p.type == "Pods" else int(start * (1 - p.value / 100.0))
         # Max selects the biggest change (the lowest count), Min the smallest change.

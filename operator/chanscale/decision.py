@@ -160,9 +160,7 @@ def _estimate_service_rate(spec: PoolSpec, state: PoolState, obs: Observation, b
     return prev + MU_ALPHA * (measured - prev)
 
 
-def _size(
-    spec: PoolSpec, lam: float, mu: float, backlog: float, correction: float
-) -> tuple[int, str, dict[str, Any]]:
+def _size(spec: PoolSpec, lam: float, mu: float, backlog: float, correction: float) -> tuple[int, str, dict[str, Any]]:
     """The three sizing terms; the largest wins and names the driver."""
     rho = spec.target_utilization
     t = spec.slo.p99_latency_seconds
@@ -264,7 +262,10 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
     elif mu is None:
         # Nothing measured yet and no hint: we cannot size; never guess. Activate from zero if work is waiting.
         raw = max(current, 1) if active else current
-        sizing = {"driver": "unknown service rate", "note": "set spec.model.serviceRateHint to size before data"}
+        sizing = {
+            "driver": "unknown service rate",
+            "note": "set spec.model.serviceRateHint to size before data",
+        }
         limited.append("service rate unknown (set spec.model.serviceRateHint)")
     else:
         raw, _driver, sizing = _size(spec, lam or 0.0, mu, backlog or 0.0, correction)
@@ -337,7 +338,14 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
         limited.append(stab.limited_by)
     events = behavior.prune_events(state.scale_events, now, EVENT_KEEP_SECONDS)
     lim = behavior.apply_rate_limits(
-        current, stab.replicas, events, now, spec.min_replicas, spec.max_replicas, spec.scale_up, spec.scale_down
+        current,
+        stab.replicas,
+        events,
+        now,
+        spec.min_replicas,
+        spec.max_replicas,
+        spec.scale_up,
+        spec.scale_down,
     )
     if lim.limited_by:
         limited.append(lim.limited_by)
@@ -400,7 +408,9 @@ def _next_state(
     )
 
 
-def apply_verdict(decision: Decision, *, allow: bool, replicas: int | None, reasons: list[str], spec: PoolSpec) -> Decision:
+def apply_verdict(
+    decision: Decision, *, allow: bool, replicas: int | None, reasons: list[str], spec: PoolSpec
+) -> Decision:
     """Fold the policy gate's verdict in: deny keeps the current count; a clamp is kept within min/max."""
     policy = {"allow": allow, "replicas": replicas, "reasons": list(reasons)}
     if not allow:

@@ -157,7 +157,14 @@ def _int(m: Mapping[str, Any], key: str, path: str, default: int | None, lo: int
 
 
 def _num(
-    m: Mapping[str, Any], key: str, path: str, default: float | None, lo: float, hi: float, *, positive: bool = False
+    m: Mapping[str, Any],
+    key: str,
+    path: str,
+    default: float | None,
+    lo: float,
+    hi: float,
+    *,
+    positive: bool = False,
 ) -> float | None:
     v = m.get(key, default)
     if v is None:
@@ -224,7 +231,8 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
     template = spec.get("template")
     if (ref is None) == (template is None):
         raise SpecError(
-            "spec", "set exactly one of spec.scaleTargetRef (an existing Deployment) or spec.template (a pod template)"
+            "spec",
+            "set exactly one of spec.scaleTargetRef (an existing Deployment) or spec.template (a pod template)",
         )
     target = None
     if ref is not None:
@@ -278,7 +286,11 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
     fallback = Fallback(
         failure_threshold=int(_int(fb, "failureThreshold", "spec.fallback", 3, 1, 1000) or 3),
         behavior=_enum(
-            fb, "behavior", "spec.fallback", "currentReplicas", ("currentReplicas", "static", "currentReplicasIfHigher")
+            fb,
+            "behavior",
+            "spec.fallback",
+            "currentReplicas",
+            ("currentReplicas", "static", "currentReplicasIfHigher"),
         ),
         replicas=_int(fb, "replicas", "spec.fallback", None, 0, 10_000),
     )
@@ -313,9 +325,13 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
             stale_after_seconds=int(_int(metrics_m, "staleAfterSeconds", "spec.metrics", 60, 5, 3600) or 60),
             queries=queries,
         ),
-        scale_up=_rules(_obj(behavior.get("scaleUp"), "spec.behavior.scaleUp"), "spec.behavior.scaleUp", DEFAULT_SCALE_UP),
+        scale_up=_rules(
+            _obj(behavior.get("scaleUp"), "spec.behavior.scaleUp"), "spec.behavior.scaleUp", DEFAULT_SCALE_UP
+        ),
         scale_down=_rules(
-            _obj(behavior.get("scaleDown"), "spec.behavior.scaleDown"), "spec.behavior.scaleDown", DEFAULT_SCALE_DOWN
+            _obj(behavior.get("scaleDown"), "spec.behavior.scaleDown"),
+            "spec.behavior.scaleDown",
+            DEFAULT_SCALE_DOWN,
         ),
         fallback=fallback,
         policy=PolicySpec(

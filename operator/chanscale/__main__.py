@@ -1,0 +1,7 @@
+"""``python -m chanscale`` is the ``chanscale`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,223 @@
+"""The ``chanscale`` command: ``run`` (the operator), ``explain`` (why did it scale?), ``sim`` (channel
+simulator exporter), ``demo`` (the local demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import GROUP, PLURAL, VERSION, __version__
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from . import telemetry
+    from .handlers import build_registry
+    from .reconcile import Config
+
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from .kube import load_client_config
+
+    load_client_config(args.kubeconfig)
+    config = Config(
+        prometheus_url=args.prometheus_url,
+        opa=args.opa_url or args.opa,
+        tick=args.tick,
+        status_refresh=args.status_refresh,
+        policy_timeout=args.policy_timeout,
+    )
+    telemetry.serve(args.metrics_port, args.metrics_addr)
+    registry = build_registry(config)
+    namespaces = args.namespace or []
+    kopf.run(
+        registry=registry,
+        standalone=args.standalone,
+        peering_name=None if args.standalone else args.peering,
+        priority=args.priority,
+        namespaces=namespaces,
+        clusterwide=not namespaces,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from .kube import load_client_config
+
+    if "/" not in args.pool:
+        print("error: name the pool as <namespace>/<name>", file=sys.stderr)
+        return 2
+    ns, name = args.pool.split("/", 1)
+    load_client_config(args.kubeconfig)
+    try:
+        wp: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(  # type: ignore[assignment]
+            GROUP, VERSION, ns, PLURAL, name
+        )
+    except ApiException as e:
+        print(f"error: cannot read WorkerPool {ns}/{name}: {e.status} {e.reason}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(wp.get("status") or {}, indent=2))
+        return 0
+    print(explain_text(wp))
+    return 0
+
+
+def explain_text(wp: dict[str, Any]) -> str:
+    """A human answer to "why did it scale?" from a WorkerPool's status."""
+    meta, spec, st = wp.get("metadata", {}), wp.get("spec", {}), wp.get("status") or {}
+    d = st.get("lastDecision") or {}
+    lines = [
+        f"WorkerPool {meta.get('namespace')}/{meta.get('name')}  channel={spec.get('channel')}  "
+        f"target=Deployment/{st.get('targetName', '?')}  mode={spec.get('mode', 'Active')}"
+    ]
+    if not d:
+        lines.append("  no decision recorded yet")
+    else:
+        lines.append(
+            f"Last decision at {d.get('time')}: {d.get('outcome')}  {d.get('from')} -> {d.get('to')} "
+            f"(model recommended {d.get('recommendation')}, applied={d.get('applied')})"
+        )
+        lines.append(f"  why: {d.get('reason')}")
+        if d.get("limitedBy"):
+            lines.append("  limited by: " + "; ".join(d["limitedBy"]))
+        sizing = d.get("sizing") or {}
+        if sizing.get("terms"):
+            terms = ", ".join(f"{k}={v}" for k, v in sizing["terms"].items())
+            lines.append(
+                f"  sizing: {terms}  (driver: {sizing.get('driver')}, "
+                f"λ={sizing.get('arrivalRate')}/s, μ={sizing.get('serviceRate')}/s per worker)"
+            )
+        inputs = d.get("inputs") or {}
+        if inputs:
+            lines.append("  inputs: " + ", ".join(f"{k}={v}" for k, v in inputs.items()))
+        pol = d.get("policy")
+        if pol:
+            verdict = "allowed" if pol.get("allow") else "denied"
+            if pol.get("replicas") is not None and pol.get("replicas") != pol.get("proposed"):
+                verdict = f"clamped to {pol['replicas']}"
+            lines.append(f"  policy {pol.get('path')}: {verdict} ({pol.get('source')})")
+            for r in pol.get("reasons") or []:
+                lines.append(f"    - {r}")
+        if d.get("lastQuietTick"):
+            lines.append(f"  since then (last tick {d['lastQuietTick']}): {d.get('quietReason')}")
+    for c in st.get("conditions") or []:
+        lines.append(f"  {c.get('type'):<17}{c.get('status'):<8}{c.get('reason', ''):<22}{c.get('message', '')}")
+    return "\n".join(lines)
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from .sim.exporter import main as sim_main
+
+    return sim_main(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from .demo import main as demo_main
+    except ImportError as e:  # pragma: no cover - the demo ships with the package
+        print(f"error: the demo is not available: {e}", file=sys.stderr)
+        return 1
+    return demo_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chanscale", description=__doc__)
+    p.add_argument("--version", action="version", version=f"chanscale {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the operator (a thin wrapper over `kopf run`)")
+    r.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable; globs ok)")
+    r.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster (the default)")
+    r.add_argument("--standalone", action="store_true", help="no peering: run as the only operator instance")
+    r.add_argument("--peering", default="chanscale", help="kopf peering object name (ignored with --standalone)")
+    r.add_argument("--priority", type=int, default=0, help="peering priority of this instance")
+    r.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        help="kubeconfig (default: in-cluster/KUBECONFIG)",
+    )
+    r.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("CHANSCALE_PROMETHEUS_URL"),
+        help="default Prometheus for pools without spec.metrics.prometheusAddress",
+    )
+    r.add_argument("--opa-url", default=os.environ.get("CHANSCALE_OPA_URL"), help="OPA server URL for the policy gate")
+    r.add_argument(
+        "--opa",
+        default=os.environ.get("CHANSCALE_OPA", "local"),
+        help="without --opa-url: 'local' supervises an `opa run --server` child with the packaged "
+        "policies, 'none' disables the gate (default: local)",
+    )
+    r.add_argument(
+        "--tick",
+        type=float,
+        default=float(os.environ.get("CHANSCALE_TICK", "10")),
+        help="seconds between evaluations (a pool's pollingInterval is honoured on top)",
+    )
+    r.add_argument(
+        "--status-refresh",
+        type=float,
+        default=30.0,
+        help="rewrite an unchanged status at most this often, seconds",
+    )
+    r.add_argument("--policy-timeout", type=float, default=2.0, help="seconds per policy evaluation")
+    r.add_argument("--metrics-port", type=int, default=8080, help="port of the operator's /metrics (0 disables)")
+    r.add_argument("--metrics-addr", default="0.0.0.0", help="address of the operator's /metrics")
+    r.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint URL ('' disables)")
+    r.add_argument("--verbose", "-v", action="store_true")
+    r.set_defaults(func=_run)
+
+    e = sub.add_parser("explain", help="why did it scale? print a pool's last decision")
+    e.add_argument("pool", help="<namespace>/<name>")
+    e.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    e.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    e.set_defaults(func=_explain)
+
+    s = sub.add_parser("sim", help="channel simulator: serves the metrics contract for simulated channels")
+    s.add_argument("--config", required=True, help="YAML file listing the channels (see docs/simulator.md)")
+    s.add_argument("--listen", default="127.0.0.1:9400", help="host:port of /metrics and /control")
+    s.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        help="read worker counts from these Deployments (omit to use the config's fixed replicas)",
+    )
+    s.add_argument(
+        "--replicas-from",
+        choices=["spec", "ready"],
+        default="spec",
+        help="count workers from spec.replicas (no kubelet) or status.readyReplicas",
+    )
+    s.add_argument("--seed", type=int, default=1)
+    s.set_defaults(func=_sim)
+
+    d = sub.add_parser("demo", help="the local demo: control plane, Prometheus, OPA, operator and a bursty channel")
+    d.add_argument("--kubeconfig", help="use this cluster instead of starting the local control plane")
+    d.add_argument("--duration", type=float, default=240.0, help="seconds of simulated load")
+    d.add_argument("--out", default="out/demo", help="directory for the plot and the summary")
+    d.add_argument("--no-tui", action="store_true", help="plain log lines instead of the live view")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

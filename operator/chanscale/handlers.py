@@ -1,0 +1,158 @@
+"""kopf handlers: thin wrappers that feed :func:`chanscale.reconcile.tick`.
+
+- Deployments and HPAs are *indexed* in memory (kopf indexes), so a tick reads a pool's target and any
+  competing autoscaler without an API request; only real scale changes write.
+- A timer per WorkerPool fires every ``--tick`` seconds; a pool's ``pollingInterval`` is honoured on top.
+- Status is written through kopf's ``patch`` object, and only when something material changed (or every
+  ``status_refresh`` seconds for the observations), so 1 000 quiet pools do not flood the API server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from . import GROUP, PLURAL, VERSION, kube, telemetry
+from .reconcile import Config, Runtime, Target, tick
+from .signals import PrometheusReader
+from .spec import PoolSpec, SpecError
+
+log = logging.getLogger("chanscale")
+
+
+def _deployment_key(namespace: str, name: str) -> tuple[str, str]:
+    return (namespace, name)
+
+
+def target_from_indexes(namespace: str, name: str, deployments: Mapping[Any, Any], hpas: Mapping[Any, Any]) -> Target:
+    entries = list(deployments.get(_deployment_key(namespace, name), ()))
+    conflicts = sorted(hpas.get((namespace, "Deployment", name), ()))
+    conflict = None
+    if conflicts:
+        h = conflicts[0]
+        conflict = f"HorizontalPodAutoscaler {h}"
+        if h.startswith("keda-hpa-"):
+            conflict += f" (KEDA ScaledObject {h[len('keda-hpa-') :]})"
+    if not entries:
+        return Target(name=name, exists=False, conflict=conflict)
+    d = entries[0]
+    return Target(name=name, exists=True, replicas=d["replicas"], ready=d["ready"], conflict=conflict)
+
+
+def build_registry(config: Config) -> kopf.OperatorRegistry:
+    """All handlers, registered on a fresh registry with the configured tick."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        # Timeouts so a silently dropped watch is re-established (kopf #698).
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.watching.connect_timeout = 30
+        settings.networking.request_timeout = 60
+        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+        settings.posting.level = logging.WARNING  # our own Events are explicit; warnings from kopf still post
+        settings.execution.max_workers = 8
+        from .policy import make_gate
+
+        memo.runtime = Runtime(
+            config=config,
+            reader=PrometheusReader(
+                config.prometheus_url,
+                ttl=max(1.0, config.tick * 0.8),
+                timeout=config.query_timeout,
+                on_query=telemetry.observe_query,
+            ),
+            gate=make_gate(config.opa),
+            scaler=kube.KubeScaler(),
+        )
+        logger.info(
+            "chanscale configured: tick=%ss prometheus=%s opa=%s",
+            config.tick,
+            config.prometheus_url,
+            config.opa,
+        )
+
+    @kopf.on.cleanup(registry=registry)
+    async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+        rt = getattr(memo, "runtime", None)
+        if rt is not None:
+            await rt.gate.close()
+
+    @kopf.on.probe(id="pools", registry=registry)
+    def probe_pools(memo: kopf.Memo, **_: Any) -> int:
+        rt = getattr(memo, "runtime", None)
+        return len(rt.last_eval) if rt is not None else 0
+
+    @kopf.index("apps", "v1", "deployments", registry=registry)
+    def deployments(
+        namespace: str | None, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
+    ) -> Any:
+        replicas = spec.get("replicas")
+        return {
+            _deployment_key(namespace or "", name): {
+                "replicas": 1 if replicas is None else int(replicas),
+                "ready": int(status.get("readyReplicas") or 0),
+            }
+        }
+
+    @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", registry=registry)
+    def hpas(namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any) -> Any:
+        ref = spec.get("scaleTargetRef") or {}
+        return {(namespace or "", ref.get("kind", ""), ref.get("name", "")): name}
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, field="spec.template", registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, field="spec.template", registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec.template", registry=registry)
+    async def ensure_template(body: kopf.Body, spec: kopf.Spec, logger: Any, **_: Any) -> None:
+        """A pool with spec.template owns a Deployment named after it (garbage-collected with the pool)."""
+        if not spec.get("template"):
+            return
+        try:
+            ps = PoolSpec.from_dict(spec)
+        except SpecError as e:
+            raise kopf.PermanentError(f"invalid spec: {e}") from e
+        try:
+            what = await kube.ensure_template_deployment(body, ps.template or {}, max(ps.min_replicas, 0))
+        except kube.ScaleError as e:
+            kopf.warn(body, reason=e.reason, message=str(e))
+            raise kopf.PermanentError(str(e)) from e
+        except Exception as e:
+            raise kopf.TemporaryError(f"could not create or update the Deployment: {e}", delay=15) from e
+        logger.info("Deployment %s %s from spec.template", body["metadata"]["name"], what)
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.tick, sharp=False, registry=registry)
+    async def reconcile(
+        body: kopf.Body,
+        meta: kopf.Meta,
+        spec: kopf.Spec,
+        namespace: str | None,
+        name: str,
+        patch: kopf.Patch,
+        memo: kopf.Memo,
+        deployments: kopf.Index[Any, Any],
+        hpas: kopf.Index[Any, Any],
+        **_: Any,
+    ) -> None:
+        rt: Runtime = memo.runtime
+        target_name = (spec.get("template") and name) or (spec.get("scaleTargetRef") or {}).get("name") or name
+        target = target_from_indexes(namespace or "", target_name, deployments, hpas)
+        result = await tick(rt, body, target)
+        for etype, reason, message in result.events:
+            kopf.event(body, type=etype, reason=reason, message=message[:1024])
+        if result.status is not None:
+            for k, v in result.status.items():
+                patch.status[k] = v
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True, registry=registry)
+    def forget(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+        rt = getattr(memo, "runtime", None)
+        if rt is not None:
+            rt.forget(namespace or "", name)
+
+    return registry

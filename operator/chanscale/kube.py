@@ -1,0 +1,154 @@
+"""The Kubernetes edge: scaling through the Deployment's scale subresource, and owning template Deployments.
+
+Uses the official ``kubernetes`` client (blocking; run in a worker thread). Every write carries the stable field
+manager ``chanscale``, so ``kubectl get deploy -o yaml --show-managed-fields`` and Argo CD's
+``managedFieldsManagers`` can tell our replica writes from Git's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import FIELD_MANAGER, GROUP, VERSION
+from .telemetry import KUBE_REQUESTS
+
+POOL_LABEL = "chanscale.dev/pool"
+
+
+class ScaleError(Exception):
+    """A scale write failed. ``reason`` is a condition reason (TargetNotFound, Forbidden, Conflict, ApiError)."""
+
+    def __init__(self, reason: str, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class Scaler(Protocol):
+    async def scale(self, namespace: str, name: str, replicas: int) -> None: ...
+
+
+@dataclass
+class KubeScaler:
+    """Writes ``spec.replicas`` through ``deployments/scale`` (merge patch, field manager ``chanscale``)."""
+
+    attempts: int = 3
+
+    def _api(self) -> Any:
+        from kubernetes import client
+
+        return client.AppsV1Api()
+
+    def _scale_sync(self, namespace: str, name: str, replicas: int) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        api = self._api()
+        last: Exception | None = None
+        for _ in range(self.attempts):
+            try:
+                KUBE_REQUESTS.labels("patch", "deployments/scale").inc()
+                api.patch_namespaced_deployment_scale(
+                    name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER
+                )
+                return
+            except ApiException as e:
+                last = e
+                if e.status == 404:
+                    raise ScaleError("TargetNotFound", f"Deployment {namespace}/{name} not found", False) from e
+                if e.status == 403:
+                    raise ScaleError(
+                        "Forbidden", f"not allowed to scale {namespace}/{name}: check chanscale's RBAC", False
+                    ) from e
+                if e.status in (409, 429, 500, 503, 504):
+                    continue  # conflict or overload: retry (merge patches carry no resourceVersion)
+                raise ScaleError("ApiError", f"scale {namespace}/{name}: {e.status} {e.reason}", True) from e
+            except Exception as e:  # connection errors
+                last = e
+        raise ScaleError("ApiError", f"scale {namespace}/{name} failed: {last}", True)
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        await asyncio.to_thread(self._scale_sync, namespace, name, replicas)
+
+
+def load_client_config(kubeconfig: str | None = None) -> None:
+    """Configure the official client the way kopf logs in: in-cluster first, else the kubeconfig."""
+    from kubernetes import config
+
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig)
+        return
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            config.load_incluster_config()
+            return
+        except config.ConfigException:
+            pass
+    config.load_kube_config()
+
+
+def deployment_for_template(pool: Mapping[str, Any], template: Mapping[str, Any], replicas: int) -> dict[str, Any]:
+    """The Deployment a template pool owns: named after the pool, selected by ``chanscale.dev/pool``."""
+    name = pool["metadata"]["name"]
+    tpl = copy.deepcopy(dict(template))
+    meta = tpl.setdefault("metadata", {})
+    labels = meta.setdefault("labels", {})
+    labels[POOL_LABEL] = name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": pool["metadata"]["namespace"],
+            "labels": {POOL_LABEL: name, "app.kubernetes.io/managed-by": "chanscale"},
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "WorkerPool",
+                    "name": name,
+                    "uid": pool["metadata"]["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {POOL_LABEL: name}}, "template": tpl},
+    }
+
+
+def _ensure_deployment_sync(body: dict[str, Any]) -> str:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    api = client.AppsV1Api()
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        KUBE_REQUESTS.labels("create", "deployments").inc()
+        api.create_namespaced_deployment(ns, body, field_manager=FIELD_MANAGER)  # type: ignore[arg-type]
+        return "created"
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    # Exists: update the template only; replicas belong to the scale subresource (and to us).
+    KUBE_REQUESTS.labels("patch", "deployments").inc()
+    existing = api.read_namespaced_deployment(name, ns)
+    owners = (existing.metadata and existing.metadata.owner_references) or []
+    if not any(o.uid == body["metadata"]["ownerReferences"][0]["uid"] for o in owners):
+        raise ScaleError(
+            "TargetConflict",
+            f"Deployment {ns}/{name} exists and is not owned by this WorkerPool: rename the pool or use scaleTargetRef",
+            False,
+        )
+    api.patch_namespaced_deployment(
+        name, ns, {"spec": {"template": body["spec"]["template"]}}, field_manager=FIELD_MANAGER
+    )
+    return "updated"
+
+
+async def ensure_template_deployment(pool: Mapping[str, Any], template: Mapping[str, Any], replicas: int) -> str:
+    """Create or update the Deployment a template pool owns. Returns "created" or "updated"."""
+    return await asyncio.to_thread(_ensure_deployment_sync, deployment_for_template(pool, template, replicas))

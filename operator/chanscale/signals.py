@@ -1,0 +1,226 @@
+"""Reading a channel's signals from Prometheus (the I/O edge of the decision).
+
+The default metrics contract is queried *aggregated* ``by (namespace, channel)``: one query per signal answers
+for every pool, and the answer is shared by all pools for ``ttl`` seconds (single-flight), so the number of
+Prometheus queries per tick does not grow with the number of pools. A pool with custom PromQL pays only for its
+own queries (identical custom queries are shared too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from urllib3.util.retry import Retry
+
+from .spec import SIGNALS, PoolSpec
+
+SeriesKey = tuple[str, str]  # (namespace, channel)
+Result = dict[SeriesKey | None, float]  # None key: a single series / scalar (custom queries)
+
+# Signal name -> the Observation field it feeds.
+FIELDS = {
+    "backlog": "backlog",
+    "arrivalRate": "arrival_rate",
+    "processedRate": "processed_rate",
+    "failedRate": "failed_rate",
+    "busyRate": "busy_rate",
+    "p99LatencySeconds": "p99_latency",
+}
+
+
+def default_queries(rate_window: str) -> dict[str, str]:
+    """The metrics contract's aggregated queries (docs/metrics-contract.md)."""
+    w = rate_window
+    by = "sum by (namespace, channel)"
+    return {
+        "backlog": f"{by} (chanscale_channel_backlog)",
+        "arrivalRate": f"{by} (rate(chanscale_channel_enqueued_total[{w}]))",
+        "processedRate": f"{by} (rate(chanscale_channel_processed_total[{w}]))",
+        "failedRate": f"{by} (rate(chanscale_channel_failed_total[{w}]))",
+        "busyRate": f"{by} (rate(chanscale_channel_busy_seconds_total[{w}]))",
+        "p99LatencySeconds": "histogram_quantile(0.99, sum by (namespace, channel, le) "
+        f"(rate(chanscale_channel_latency_seconds_bucket[{w}])))",
+        "age": "max by (namespace, channel) (time() - timestamp(chanscale_channel_backlog))",
+    }
+
+
+def render_custom(query: str, namespace: str, channel: str) -> str:
+    """Substitute ``$namespace``/``$channel`` (both validated against a strict pattern, so no injection)."""
+    return query.replace("$namespace", namespace).replace("$channel", channel)
+
+
+class QueryError(Exception):
+    """A query failed (transport, HTTP status, or an answer of the wrong shape). The message names the query."""
+
+
+class QueryFn(Protocol):
+    def __call__(self, address: str, query: str) -> Awaitable[list[Any]]: ...
+
+
+@dataclass
+class PoolSignals:
+    """One pool's readings: values by Observation field name (None = missing), plus errors by signal."""
+
+    values: dict[str, float | None] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    age_seconds: float | None = None
+
+    @property
+    def error(self) -> str | None:
+        if not self.errors:
+            return None
+        return "; ".join(f"{k}: {v}" for k, v in sorted(self.errors.items()))
+
+
+def _parse(raw: Any, query: str) -> Result:
+    """Prometheus' instant-query ``result`` (vector or scalar) -> {(namespace, channel) | None: value}."""
+    out: Result = {}
+    if isinstance(raw, list) and len(raw) == 2 and not isinstance(raw[0], dict):  # scalar: [ts, "v"]
+        out[None] = float(raw[1])
+        return out
+    if not isinstance(raw, list):
+        raise QueryError(f"unexpected result type from {query!r}")
+    for series in raw:
+        metric = series.get("metric", {})
+        value = float(series["value"][1])
+        key = (metric.get("namespace", ""), metric.get("channel", ""))
+        out[key] = value
+        if len(raw) == 1:
+            out[None] = value
+    return out
+
+
+class PrometheusReader:
+    """Shared, cached Prometheus reads. ``query_fn`` is the transport (prometheus-api-client by default)."""
+
+    def __init__(
+        self,
+        default_address: str | None,
+        *,
+        ttl: float = 5.0,
+        timeout: float = 5.0,
+        query_fn: QueryFn | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_query: Callable[[str, float, bool], None] | None = None,
+    ) -> None:
+        self.default_address = default_address
+        self.ttl = ttl
+        self.timeout = timeout
+        self._clock = clock
+        self._query_fn = query_fn or self._prometheus_api_client_query
+        self._cache: dict[tuple[str, str], tuple[float, Result | QueryError]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[Result]] = {}
+        self._clients: dict[str, Any] = {}
+        self._on_query = on_query
+        self.queries_sent = 0
+
+    async def _prometheus_api_client_query(self, address: str, query: str) -> list[Any]:
+        from prometheus_api_client import PrometheusConnect
+
+        client = self._clients.get(address)
+        if client is None:
+            retry = Retry(total=1, backoff_factor=0.1, status_forcelist=(502, 503, 504), allowed_methods=None)
+            client = PrometheusConnect(url=address, disable_ssl=False, retry=retry, timeout=self.timeout)
+            self._clients[address] = client
+        result: list[Any] = await asyncio.to_thread(client.custom_query, query)
+        return result
+
+    async def query(self, address: str, query: str) -> Result:
+        """One instant query, served from the cache within ``ttl``; concurrent callers share one request."""
+        key = (address, query)
+        now = self._clock()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            if isinstance(hit[1], QueryError):
+                raise hit[1]
+            return hit[1]
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        started = time.perf_counter()
+        ok = False
+        try:
+            raw = await self._query_fn(address, query)
+            res: Result | QueryError = _parse(raw, query)
+            ok = True
+        except QueryError as e:
+            res = e
+        except Exception as e:  # transport and HTTP errors from the client library
+            res = QueryError(f"{type(e).__name__}: {str(e)[:300]}")
+        finally:
+            self.queries_sent += 1
+            if self._on_query:
+                self._on_query(address, time.perf_counter() - started, ok)
+            self._inflight.pop(key, None)
+        self._cache[key] = (self._clock(), res)
+        if isinstance(res, QueryError):
+            fut.set_exception(res)
+            fut.exception()  # mark retrieved: waiters re-raise it
+            raise res
+        fut.set_result(res)
+        return res
+
+    def address_for(self, spec: PoolSpec) -> str:
+        address = spec.metrics.prometheus_address or self.default_address
+        if not address:
+            raise QueryError(
+                "no Prometheus address: set spec.metrics.prometheusAddress or start the operator with --prometheus-url"
+            )
+        return address
+
+    async def read(self, namespace: str, spec: PoolSpec) -> PoolSignals:
+        """All signals of one pool. Never raises: failures are reported per signal."""
+        out = PoolSignals()
+        try:
+            address = self.address_for(spec)
+        except QueryError as e:
+            out.errors["prometheus"] = str(e)
+            return out
+        defaults = default_queries(spec.metrics.rate_window)
+        want: dict[str, tuple[str, bool]] = {}
+        for sig in SIGNALS:
+            override = spec.metrics.queries.get(sig)
+            want[sig] = (render_custom(override, namespace, spec.channel), True) if override else (defaults[sig], False)
+        want["age"] = (defaults["age"], False)
+        results = await asyncio.gather(*(self.query(address, q) for q, _ in want.values()), return_exceptions=True)
+        key = (namespace, spec.channel)
+        for (sig, (q, is_custom)), res in zip(want.items(), results, strict=True):
+            if isinstance(res, BaseException):
+                out.errors[sig] = str(res)
+                value = None
+            elif is_custom:
+                if len([k for k in res if k is not None]) > 1:
+                    out.errors[sig] = f"custom query returned {len(res) - 1} series, expected one: {q!r}"
+                    value = None
+                else:
+                    value = res.get(None)
+            else:
+                value = res.get(key)
+            if value is not None and not math.isfinite(value):
+                value = None  # NaN/Inf is not data (and never zero)
+            if sig == "age":
+                out.age_seconds = value
+            else:
+                out.values[FIELDS[sig]] = value
+        # Custom backlog/arrival queries carry their own freshness; the contract's age applies only to defaults.
+        if spec.metrics.queries.get("backlog"):
+            out.age_seconds = None
+        out.errors.pop("age", None)
+        return out
+
+
+def signal_errors_for_required(signals: PoolSignals) -> str | None:
+    """The error text that explains why a required signal is missing (query failure), if any."""
+    parts = [f"{k}: {v}" for k, v in signals.errors.items() if k in ("backlog", "arrivalRate", "prometheus")]
+    return "; ".join(parts) or None
+
+
+def describe(values: Mapping[str, float | None]) -> str:
+    return ", ".join(f"{k}={'-' if v is None else f'{v:.4g}'}" for k, v in values.items())

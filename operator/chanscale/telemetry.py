@@ -1,0 +1,103 @@
+"""The operator's own Prometheus metrics (prometheus-client), served on ``--metrics-port``."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LAT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+DECISIONS = Counter(
+    "chanscale_decisions_total",
+    "Decisions made, by outcome (ScaleUp, ScaleDown, NoChange, Hold, Fallback, Blocked, DryRun, Paused, Error).",
+    ["namespace", "pool", "outcome"],
+    registry=REGISTRY,
+)
+DECISION_SECONDS = Histogram(
+    "chanscale_decision_duration_seconds",
+    "Wall time of one pool's tick: signals, decision, policy gate and scale write.",
+    buckets=_LAT,
+    registry=REGISTRY,
+)
+POLICY_SECONDS = Histogram(
+    "chanscale_policy_duration_seconds",
+    "Latency of one policy-gate evaluation.",
+    buckets=_LAT,
+    registry=REGISTRY,
+)
+QUERY_SECONDS = Histogram(
+    "chanscale_prometheus_query_duration_seconds",
+    "Latency of one Prometheus instant query.",
+    ["result"],
+    buckets=_LAT,
+    registry=REGISTRY,
+)
+QUERIES = Counter(
+    "chanscale_prometheus_queries_total",
+    "Prometheus queries sent (cache misses).",
+    ["result"],
+    registry=REGISTRY,
+)
+KUBE_REQUESTS = Counter(
+    "chanscale_kubernetes_requests_total",
+    "Kubernetes API requests chanscale itself makes (kopf's watches and status patches excluded).",
+    ["verb", "resource"],
+    registry=REGISTRY,
+)
+STATUS_WRITES = Counter(
+    "chanscale_status_writes_total",
+    "WorkerPool status patches requested.",
+    ["namespace", "pool"],
+    registry=REGISTRY,
+)
+SCALES = Counter(
+    "chanscale_scale_total", "Replica changes applied.", ["namespace", "pool", "direction"], registry=REGISTRY
+)
+REPLICAS = Gauge("chanscale_pool_replicas", "Current replicas of the target.", ["namespace", "pool"], registry=REGISTRY)
+DESIRED = Gauge(
+    "chanscale_pool_desired_replicas",
+    "Replicas after behaviour and policy.",
+    ["namespace", "pool"],
+    registry=REGISTRY,
+)
+RECOMMENDED = Gauge(
+    "chanscale_pool_recommended_replicas",
+    "The model's raw recommendation.",
+    ["namespace", "pool"],
+    registry=REGISTRY,
+)
+SLO_MET = Gauge(
+    "chanscale_pool_slo_met",
+    "1 when the pool meets its SLO, 0 when not, -1 unknown.",
+    ["namespace", "pool"],
+    registry=REGISTRY,
+)
+METRICS_AVAILABLE = Gauge(
+    "chanscale_pool_metrics_available",
+    "1 when the pool's required signals were read.",
+    ["namespace", "pool"],
+    registry=REGISTRY,
+)
+
+PER_POOL = (REPLICAS, DESIRED, RECOMMENDED, SLO_MET, METRICS_AVAILABLE)
+
+
+def observe_query(_address: str, seconds: float, ok: bool) -> None:
+    result = "success" if ok else "error"
+    QUERIES.labels(result).inc()
+    QUERY_SECONDS.labels(result).observe(seconds)
+
+
+def forget_pool(namespace: str, pool: str) -> None:
+    """Drop a deleted pool's gauges so they do not linger as stale series."""
+    for g in PER_POOL:
+        with contextlib.suppress(KeyError):
+            g.remove(namespace, pool)
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:
+    if port:
+        start_http_server(port, addr=addr, registry=REGISTRY)
