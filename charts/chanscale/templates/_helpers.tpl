@@ -1,0 +1,134 @@
+{{/* Chart name, overridable. */}}
+{{- define "chanscale.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name prefix of every object: release name, plus the chart name unless the release already has it. */}}
+{{- define "chanscale.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "chanscale.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades (a Deployment's selector is immutable). */}}
+{{- define "chanscale.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "chanscale.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "chanscale.labels" -}}
+helm.sh/chart: {{ include "chanscale.chart" . }}
+app.kubernetes.io/name: {{ include "chanscale.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: chanscale
+{{- end }}
+
+{{- define "chanscale.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "chanscale.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The operator image reference: the digest wins over the tag; the tag defaults to appVersion. */}}
+{{- define "chanscale.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The --opa argument pair for `chanscale run`. */}}
+{{- define "chanscale.opaArgs" -}}
+{{- if .Values.opa.enabled }}
+- --opa-url
+- {{ printf "http://127.0.0.1:%d" (int .Values.opa.port) | quote }}
+{{- else if .Values.opa.externalUrl }}
+- --opa-url
+- {{ .Values.opa.externalUrl | quote }}
+{{- else }}
+- --opa
+- none
+{{- end }}
+{{- end }}
+
+{{/* The policy files shipped in the ConfigMap: the generated copies of policies/ plus opa.extraPolicies. */}}
+{{- define "chanscale.policyFiles" -}}
+{{- $files := dict }}
+{{- range $path, $_ := .Files.Glob "files/policies/*" }}
+{{- $base := base $path }}
+{{- if or (hasSuffix ".rego" $base) (hasSuffix ".json" $base) }}
+{{- $_ := set $files $base ($.Files.Get $path) }}
+{{- end }}
+{{- end }}
+{{- range $name, $content := .Values.opa.extraPolicies }}
+{{- if hasKey $files $name }}
+{{- fail (printf "opa.extraPolicies.%s clashes with a shipped policy file of the same name; rename it" $name) }}
+{{- end }}
+{{- $_ := set $files $name $content }}
+{{- end }}
+{{- toYaml $files }}
+{{- end }}
+
+{{/* The rules chanscale itself needs in every namespace it manages (RBAC split: kopf's own needs are separate). */}}
+{{- define "chanscale.operatorRules" -}}
+# WorkerPools: read and watch them, patch metadata (kopf's finalizer and progress annotations).
+- apiGroups: [chanscale.dev]
+  resources: [workerpools]
+  verbs: [get, list, watch, patch]
+# WorkerPool status: the decision, signals and conditions.
+- apiGroups: [chanscale.dev]
+  resources: [workerpools/status]
+  verbs: [get, patch, update]
+# Worker Deployments: find the target (and, for spec.template pools, create and patch the owned Deployment).
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch{{ if .Values.rbac.manageTemplateDeployments }}, create, patch{{ end }}]
+# Scaling goes through the scale subresource only (field manager "chanscale").
+- apiGroups: [apps]
+  resources: [deployments/scale]
+  verbs: [get, patch, update]
+# Conflict detection: refuse to fight an HPA or a KEDA ScaledObject on the same target.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch]
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, list, watch]
+# Events explaining each decision (both the core and the events.k8s.io API).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}
+
+{{/* Fail early, with a message naming the value, on combinations the schema cannot express. */}}
+{{- define "chanscale.validate" -}}
+{{- if and .Values.pdb.enabled .Values.pdb.minAvailable (ne (toString .Values.pdb.maxUnavailable) "") }}
+{{- fail "pdb: set either pdb.maxUnavailable or pdb.minAvailable, not both (set the other to \"\")" }}
+{{- end }}
+{{- if and (not .Values.opa.enabled) .Values.opa.extraPolicies }}
+{{- fail "opa.extraPolicies needs opa.enabled=true (the policies are loaded by the OPA sidecar)" }}
+{{- end }}
+{{- if and (or .Values.serviceMonitor.enabled .Values.podMonitor.enabled) (eq (int .Values.operator.metricsPort) 0) }}
+{{- fail "serviceMonitor/podMonitor need operator.metricsPort > 0 (0 disables the metrics endpoint)" }}
+{{- end }}
+{{- end }}
