@@ -1,0 +1,1 @@
+"""chanscale benchmarks: ``python -m bench.<name> [--quick]``; results and method in bench/RESULTS.md."""

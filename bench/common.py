@@ -1,0 +1,82 @@
+"""Shared bits of the benchmark commands: where results go, what machine produced them, plotting setup."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+QUICK_DIR = BENCH_DIR.parent / "out" / "bench-quick"
+
+
+def machine() -> dict[str, Any]:
+    """The facts every figure must state: cores, CPU model, Python, kernel, git commit."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "commit": commit or "unknown",
+    }
+
+
+def machine_line(m: dict[str, Any] | None = None) -> str:
+    m = m or machine()
+    return f"{m['nproc']} × {m['cpu']}, Python {m['python']}, Linux {m['kernel']}, chanscale@{m['commit']}"
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="small, fast variant for CI (results go to out/bench-quick)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default bench/results, or out/bench-quick with --quick)",
+    )
+
+
+def out_dir(args: argparse.Namespace) -> Path:
+    d: Path = args.out or (QUICK_DIR if args.quick else RESULTS_DIR)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def fig_dir(args: argparse.Namespace) -> Path:
+    """Figures sit beside bench/RESULTS.md for full runs; quick runs keep everything under out/."""
+    if args.quick or args.out:
+        return out_dir(args)
+    return BENCH_DIR
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def pyplot() -> Any:
+    """matplotlib with the Agg backend (no display), imported late so --help stays fast."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
