@@ -2,9 +2,10 @@
 # Regenerates the copies that must never drift from their single source of truth:
 #
 #   crds/*.yaml                      -> charts/chanscale/crds/            (Helm installs CRDs from there)
-#   policies/*.rego (not *_test.rego) + policies/*.json
+#   policies/**/*.rego (not *_test.rego) + policies/**/data.json, directory layout kept
 #                                    -> charts/chanscale/files/policies/  (the OPA sidecar's ConfigMap)
 #                                    -> operator/chanscale/data/policies/ (shipped in the Python package)
+#   policies/*.schema.json           -> operator/chanscale/data/schemas/  (input/decision schemas, not OPA data)
 #   deploy/argocd/resource_customizations/chanscale.dev/WorkerPool/health.lua
 #                                    -> deploy/argocd/argocd-cm-health.yaml (the argocd-cm patch)
 #
@@ -41,24 +42,35 @@ stage_crds() {
   done
 }
 
-# stage_policies DEST: the Rego modules (tests excluded: OPA would load them as policy) and JSON data documents.
+# stage_policies DEST: the Rego modules (tests excluded: OPA would load them as policy) and the OPA data documents
+# (files named data.json), keeping their directory layout: OPA derives a data document's path from its directory
+# (policies/chanscale/config/data.json is data.chanscale.config). Other JSON (the *.schema.json input/decision
+# schemas) is not data - loading it would merge "$id" etc. into data's root and conflict - so it goes to
+# DEST/../schemas instead, for tools that validate inputs. examples/ and testdata/ directories are skipped.
 # Rego files get a header comment; JSON cannot carry comments, so it is copied byte for byte.
 stage_policies() {
-  local dest=$1 f
+  local dest=$1 f rel
   mkdir -p "$dest"
   [ -d policies ] || return 0
-  for f in policies/*.rego; do
-    [ -e "$f" ] || continue
-    case "$f" in *_test.rego) continue ;; esac
-    { echo "$POLICY_HEADER_REGO"; cat "$f"; } >"$dest/$(basename "$f")"
-  done
-  for f in policies/*.json; do
+  while IFS= read -r f; do
+    rel=${f#policies/}
+    mkdir -p "$dest/$(dirname "$rel")"
+    case "$f" in
+      *.rego) { echo "$POLICY_HEADER_REGO"; cat "$f"; } >"$dest/$rel" ;;
+      *) cp "$f" "$dest/$rel" ;;
+    esac
+  done < <(find policies -type f \( -name '*.rego' ! -name '*_test.rego' -o -name data.json \) \
+             ! -path '*/examples/*' ! -path '*/testdata/*' | LC_ALL=C sort)
+}
+
+# stage_schemas DEST: the JSON schemas of the policy input and decision (policies/*.schema.json).
+stage_schemas() {
+  local dest=$1 f
+  mkdir -p "$dest"
+  for f in policies/*.schema.json; do
     [ -e "$f" ] || continue
     cp "$f" "$dest/$(basename "$f")"
   done
-  if find policies -mindepth 2 \( -name '*.rego' -o -name '*.json' \) ! -name '*_test.rego' 2>/dev/null | grep -q .; then
-    echo "sync-generated: WARNING: policies/ has sub-directories with policy files; only top-level files are shipped" >&2
-  fi
 }
 
 # stage_argocd_cm DEST_FILE: the argocd-cm patch that carries the WorkerPool health check.
@@ -87,10 +99,12 @@ stage_argocd_cm() {
 stage_crds "$STAGE/charts/chanscale/crds"
 stage_policies "$STAGE/charts/chanscale/files/policies"
 stage_policies "$STAGE/operator/chanscale/data/policies"
+stage_schemas "$STAGE/operator/chanscale/data/schemas"
 stage_argocd_cm "$STAGE/deploy/argocd/argocd-cm-health.yaml"
 
 # Directories fully owned by this script (stale files in them are removed); single files are compared as is.
-DIRS=(charts/chanscale/crds charts/chanscale/files/policies operator/chanscale/data/policies)
+DIRS=(charts/chanscale/crds charts/chanscale/files/policies operator/chanscale/data/policies
+      operator/chanscale/data/schemas)
 FILES=(deploy/argocd/argocd-cm-health.yaml)
 
 if [ "$MODE" = check ]; then
@@ -116,7 +130,7 @@ fi
 
 for d in "${DIRS[@]}"; do
   mkdir -p "$d" "$STAGE/$d"
-  find "$d" -mindepth 1 -maxdepth 1 -type f -delete
+  rm -rf "${d:?}"/* "$d"/.gitkeep
   cp -R "$STAGE/$d"/. "$d"/
   # Keep an empty directory in git (e.g. before policies/ exists) so Helm's .Files.Glob and packaging agree.
   [ -n "$(ls -A "$d")" ] || touch "$d/.gitkeep"

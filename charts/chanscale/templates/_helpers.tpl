@@ -68,20 +68,29 @@ app.kubernetes.io/part-of: chanscale
 {{- end }}
 {{- end }}
 
-{{/* The policy files shipped in the ConfigMap: the generated copies of policies/ plus opa.extraPolicies. */}}
+{{/*
+The policy files for the ConfigMap, as {key: {path, content}}: the generated copies of policies/ (hack/sync-
+generated.sh; directories kept, because OPA derives a data document's path from its directory) plus
+opa.extraPolicies at the top level. ConfigMap keys cannot contain "/", so the key is the path with "/" -> "_",
+and the volume's items put each key back at its path.
+*/}}
 {{- define "chanscale.policyFiles" -}}
 {{- $files := dict }}
-{{- range $path, $_ := .Files.Glob "files/policies/*" }}
-{{- $base := base $path }}
-{{- if or (hasSuffix ".rego" $base) (hasSuffix ".json" $base) }}
-{{- $_ := set $files $base ($.Files.Get $path) }}
+{{- range $path, $_ := .Files.Glob "files/policies/**" }}
+{{- $rel := trimPrefix "files/policies/" $path }}
+{{- if or (hasSuffix ".rego" $rel) (hasSuffix "/data.json" $rel) (eq "data.json" $rel) }}
+{{- $key := replace "/" "_" $rel }}
+{{- if hasKey $files $key }}
+{{- fail (printf "policy files %s and %s map to the same ConfigMap key %s; rename one" (get (get $files $key) "path") $rel $key) }}
+{{- end }}
+{{- $_ := set $files $key (dict "path" $rel "content" ($.Files.Get $path)) }}
 {{- end }}
 {{- end }}
 {{- range $name, $content := .Values.opa.extraPolicies }}
 {{- if hasKey $files $name }}
-{{- fail (printf "opa.extraPolicies.%s clashes with a shipped policy file of the same name; rename it" $name) }}
+{{- fail (printf "opa.extraPolicies.%s clashes with a shipped policy file; rename it" $name) }}
 {{- end }}
-{{- $_ := set $files $name $content }}
+{{- $_ := set $files $name (dict "path" $name "content" $content) }}
 {{- end }}
 {{- toYaml $files }}
 {{- end }}
