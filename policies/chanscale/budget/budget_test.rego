@@ -1,0 +1,41 @@
+package chanscale.budget_test
+
+import data.chanscale.budget
+import data.chanscale.fixtures
+
+ns(cur, rec, params, pools) := object.union(fixtures.proposal(cur, rec, params), {"namespace": {"pools": pools}})
+
+others := [
+	{"name": "payments", "replicas": 10, "desiredReplicas": 12},
+	{"name": "emails", "replicas": 5, "desiredReplicas": null},
+	{"name": "orders", "replicas": 99},
+]
+
+test_off_by_default if {
+	count(budget.limits) == 0 with input as ns(2, 50, {}, others)
+}
+
+test_budget_clamps if {
+	budget.limits == {{
+		"guard": "budget", "kind": "upper", "bound": 13,
+		"reason": "budget: namespace \"shop\" may run 30 replicas across its pools; the others hold 17, so this pool may have at most 13 (proposed 20)",
+	}} with input as ns(4, 20, {"budget": {"maxReplicas": 30}}, others)
+}
+
+test_within_budget if {
+	count(budget.limits) == 0 with input as ns(4, 13, {"budget": {"maxReplicas": 30}}, others)
+}
+
+test_over_budget_floor_zero if {
+	[l.bound | some l in budget.limits] == [0] with input as ns(4, 6, {"budget": {"maxReplicas": 10}}, others)
+}
+
+test_scale_down_unaffected if {
+	count(budget.limits) == 0 with input as ns(6, 4, {"budget": {"maxReplicas": 10}}, others)
+}
+
+test_namespace_budget_from_data if {
+	cfg := {"namespaces": {"shop": {"budget": {"maxReplicas": 20}}}, "locked": ["budget"]}
+	[l.bound | some l in budget.limits] == [3] with input as ns(2, 8, {"budget": {"maxReplicas": 1000}}, others)
+		with data.chanscale.config as cfg
+}
