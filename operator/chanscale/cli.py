@@ -27,6 +27,9 @@ def _run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # kopf logs every successful timer run at INFO; our decisions are in status, Events and /metrics.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from .kube import load_client_config
 
     load_client_config(args.kubeconfig)

@@ -46,7 +46,7 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
     """All handlers, registered on a fresh registry with the configured tick."""
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         # Timeouts so a silently dropped watch is re-established (kopf #698).
         settings.watching.server_timeout = 300
@@ -78,7 +78,13 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             config.opa,
         )
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """A fresh registry has none of kopf's default login handlers: log in the way the official client does
+        (in-cluster service account, else the kubeconfig)."""
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.cleanup(id="shutdown", registry=registry)
     async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         rt = getattr(memo, "runtime", None)
         if rt is not None:
@@ -89,7 +95,7 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         rt = getattr(memo, "runtime", None)
         return len(rt.last_eval) if rt is not None else 0
 
-    @kopf.index("apps", "v1", "deployments", registry=registry)
+    @kopf.index("apps", "v1", "deployments", id="deployments", registry=registry)
     def deployments(
         namespace: str | None, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
     ) -> Any:
@@ -101,14 +107,14 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             }
         }
 
-    @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", registry=registry)
+    @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", id="hpas", registry=registry)
     def hpas(namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any) -> Any:
         ref = spec.get("scaleTargetRef") or {}
         return {(namespace or "", ref.get("kind", ""), ref.get("name", "")): name}
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, field="spec.template", registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, field="spec.template", registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec.template", registry=registry)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
     async def ensure_template(body: kopf.Body, spec: kopf.Spec, logger: Any, **_: Any) -> None:
         """A pool with spec.template owns a Deployment named after it (garbage-collected with the pool)."""
         if not spec.get("template"):
@@ -126,7 +132,7 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             raise kopf.TemporaryError(f"could not create or update the Deployment: {e}", delay=15) from e
         logger.info("Deployment %s %s from spec.template", body["metadata"]["name"], what)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.tick, sharp=False, registry=registry)
+    @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=config.tick, sharp=False, registry=registry)
     async def reconcile(
         body: kopf.Body,
         meta: kopf.Meta,
@@ -135,11 +141,11 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         name: str,
         patch: kopf.Patch,
         memo: kopf.Memo,
-        deployments: kopf.Index[Any, Any],
-        hpas: kopf.Index[Any, Any],
-        **_: Any,
+        **kwargs: Any,
     ) -> None:
         rt: Runtime = memo.runtime
+        deployments: kopf.Index[Any, Any] = kwargs["deployments"]
+        hpas: kopf.Index[Any, Any] = kwargs["hpas"]
         target_name = (spec.get("template") and name) or (spec.get("scaleTargetRef") or {}).get("name") or name
         target = target_from_indexes(namespace or "", target_name, deployments, hpas)
         result = await tick(rt, body, target)
@@ -149,7 +155,7 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             for k, v in result.status.items():
                 patch.status[k] = v
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True, registry=registry)
+    @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True, registry=registry)
     def forget(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
         rt = getattr(memo, "runtime", None)
         if rt is not None:
