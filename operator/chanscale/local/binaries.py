@@ -31,7 +31,9 @@ _HOW_TO_GET: dict[str, str] = {
     "prometheus": "run `make tools` (it installs Debian's `prometheus` package when root), "
     "or `apt-get install -y --no-install-recommends prometheus`",
 }
-_DEFAULT_HOW = "run `make tools` (hack/tools.sh builds it into ./bin), or set KUBEBUILDER_ASSETS to a directory holding it"
+_DEFAULT_HOW = (
+    "run `make tools` (hack/tools.sh builds it into ./bin), or set KUBEBUILDER_ASSETS to a directory holding it"
+)
 
 
 class BinaryNotFound(RuntimeError):

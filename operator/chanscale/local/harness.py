@@ -1,0 +1,142 @@
+"""Test-harness helpers around the local cluster, free of pytest so tests can import them for type hints.
+
+The integration conftest builds its fixtures from these: :class:`Kubectl` (real kubectl with the test kubeconfig),
+:class:`PrometheusTargets` (scrape targets that are removed after a test) and :class:`OperatorProcess` (one
+``chanscale run`` child process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chanscale.local.cluster import LocalControlPlane
+from chanscale.local.process import LOOPBACK, ManagedProcess, wait_until
+from chanscale.local.prometheus import DEFAULT_JOB, LocalPrometheus
+
+
+class Kubectl:
+    """Runs the real kubectl against the test cluster; calling it returns the CompletedProcess."""
+
+    def __init__(self, control_plane: LocalControlPlane) -> None:
+        self.cp = control_plane
+
+    def __call__(
+        self, *args: str, check: bool = False, input: str | None = None, kubeconfig: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.cp.kubectl(*args, check=check, input=input, kubeconfig=kubeconfig)
+
+    def json(self, *args: str) -> Any:
+        """``kubectl <args> -o json`` parsed; fails the test with kubectl's stderr when kubectl fails."""
+        res = self(*args, "-o", "json")
+        if res.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {res.stderr}")
+        return json.loads(res.stdout)
+
+    def apply(self, manifest: dict[str, Any] | list[dict[str, Any]] | str, namespace: str | None = None,
+              *extra: str) -> subprocess.CompletedProcess[str]:
+        """``kubectl apply -f -`` of a dict, a list of dicts or YAML text; returns the CompletedProcess."""
+        if isinstance(manifest, str):
+            text = manifest
+        elif isinstance(manifest, list):
+            text = yaml.safe_dump_all(manifest)
+        else:
+            text = yaml.safe_dump(manifest)
+        ns_args = ["-n", namespace] if namespace else []
+        return self("apply", *ns_args, *extra, "-f", "-", input=text)
+
+
+class PrometheusTargets:
+    """Adds scrape targets to the session Prometheus and removes them when the test ends."""
+
+    def __init__(self, prom: LocalPrometheus) -> None:
+        self.prom = prom
+        self.added: list[tuple[str, str]] = []
+
+    def add(self, address: str, labels: dict[str, str] | None = None, wait: bool = True,
+            job: str = DEFAULT_JOB) -> None:
+        """Scrape ``address``; by default wait (bounded) until Prometheus has scraped it successfully."""
+        self.prom.add_target(address, labels, job=job)
+        self.added.append((address, job))
+        if wait:
+            self.prom.wait_for_target(address, timeout=30)
+
+    def remove(self, address: str, job: str = DEFAULT_JOB) -> None:
+        self.prom.remove_target(address, job=job)
+
+    def cleanup(self) -> None:
+        for address, job in self.added:
+            if self.prom.running:
+                self.prom.remove_target(address, job=job)
+
+
+@dataclass
+class OperatorProcess:
+    """One `chanscale run` child process and the ports it serves on."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    metrics_port: int
+    liveness_port: int
+    env: dict[str, str] = field(default_factory=dict)
+    proc: ManagedProcess | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+
+    @property
+    def liveness_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.liveness_port}/healthz"
+
+    def start(self) -> OperatorProcess:
+        env = {**os.environ, **self.env}
+        self.proc = ManagedProcess(self.name, self.argv, self.log_path, env=env).start()
+        return self
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Bounded wait for the liveness endpoint; fails with the operator's log if it dies or never answers."""
+        assert self.proc is not None, "operator not started"
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(self.liveness_url, timeout=2) as resp:
+                return bool(resp.status == 200)
+
+        wait_until(healthy, timeout, f"{self.name} liveness at {self.liveness_url}", [self.proc], interval=0.25)
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            text: str = resp.read().decode()
+            return text
+
+    def log_text(self) -> str:
+        return self.proc.log_text() if self.proc else ""
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.running
+
+    def stop(self) -> int | None:
+        """Graceful stop (SIGTERM to the process group, SIGKILL after 10 s)."""
+        return self.proc.stop() if self.proc else None
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL): for restart tests."""
+        if self.proc:
+            self.proc.kill()
+
+    def restart(self, wait: bool = True) -> OperatorProcess:
+        """Stop and start again with the same arguments and ports (the log file is appended to)."""
+        self.stop()
+        self.start()
+        if wait:
+            self.wait_healthy()
+        return self

@@ -1,0 +1,533 @@
+"""The Helm chart against the real tools: helm lint/template, OPA loading the policy ConfigMap, helm install into
+the local control plane, and the ServiceAccount's RBAC checked with the API server's own authorizer.
+
+Why against real binaries: a chart that lints can still be refused by the API server (schema, admission, Pod
+Security), and RBAC is only "least privilege" if the real authorizer says so for both allowed and forbidden verbs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from chanscale.local.binaries import REPO_ROOT, BinaryNotFound, find_binary
+from chanscale.local.process import LOOPBACK, ManagedProcess, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+CHART = REPO_ROOT / "charts" / "chanscale"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _binary(name: str) -> Path:
+    try:
+        return find_binary(name)
+    except BinaryNotFound as exc:
+        pytest.fail(f"{exc}\nThe chart tests need the real {name}: run `make tools`.", pytrace=False)
+
+
+def helm(*args: str, kubeconfig: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real helm; with ``check`` a failure fails the test with helm's output."""
+    argv = [str(_binary("helm")), *args]
+    if kubeconfig is not None:
+        argv.append(f"--kubeconfig={kubeconfig}")
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": "/tmp/chanscale-helm/cache",
+        "HELM_CONFIG_HOME": "/tmp/chanscale-helm/cfg",
+        "HELM_DATA_HOME": "/tmp/chanscale-helm/data",
+    }
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=env, check=False)
+    if check:
+        assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def render(*extra: str, release: str = "cs", namespace: str = "chanscale-system") -> list[dict[str, Any]]:
+    """``helm template`` with the chart's tests included, parsed."""
+    out = helm("template", release, str(CHART), "--namespace", namespace, *extra).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def containers(deploy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = deploy["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec.get("initContainers", []) + spec["containers"]}
+
+
+# ------------------------------------------------------------------------------------------ lint and template
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=["defaults", *(p.name for p in CI_VALUES)])
+def test_helm_lint_strict(values: Path | None) -> None:
+    args = ["lint", "--strict", str(CHART)] + (["-f", str(values)] if values else [])
+    helm(*args)
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=["defaults", *(p.name for p in CI_VALUES)])
+def test_helm_template_renders(values: Path | None) -> None:
+    docs = render(*(["-f", str(values)] if values else []))
+    deploy = one(docs, "Deployment")
+    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_operator_pod_is_hardened() -> None:
+    """Pod Security "restricted" in full, plus a read-only root filesystem, for both containers."""
+    deploy = one(render(), "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    for name, c in containers(deploy).items():
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, name
+        assert sc["readOnlyRootFilesystem"] is True, name
+        assert sc["capabilities"]["drop"] == ["ALL"], name
+        assert "resources" in c and c["resources"]["requests"], name
+        assert c.get("livenessProbe") and c.get("readinessProbe"), name
+
+
+def test_operator_talks_to_opa_on_localhost() -> None:
+    deploy = one(render(), "Deployment")
+    cs = containers(deploy)
+    op_args, opa = cs["operator"]["args"], cs["opa"]
+    assert op_args[:2] == ["run", "--standalone"]
+    assert op_args[op_args.index("--opa-url") + 1] == "http://127.0.0.1:8181"
+    assert "--addr=127.0.0.1:8181" in opa["args"]
+    assert "--diagnostic-addr=0.0.0.0:8282" in opa["args"]
+    assert opa["restartPolicy"] == "Always", "OPA should be a native sidecar (starts before the operator)"
+    assert opa["livenessProbe"]["httpGet"]["port"] == "opa-diag"
+
+
+def test_policy_configmap_has_exactly_the_generated_files() -> None:
+    docs = render()
+    cm = one(docs, "ConfigMap")
+    root = CHART / "files" / "policies"
+    expected = {
+        str(p.relative_to(root)): p.read_text()
+        for p in root.rglob("*")
+        if p.is_file() and (p.suffix == ".rego" or p.name == "data.json")
+    }
+    items = {i["key"]: i["path"] for i in containers_volume(one(docs, "Deployment"), "policies")["items"]}
+    assert {items[k]: v for k, v in cm["data"].items()} == expected
+
+
+def containers_volume(deploy: dict[str, Any], name: str) -> dict[str, Any]:
+    vols = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    return vols[name]["configMap"]
+
+
+def test_namespaced_mode_grants_roles_only_in_watched_namespaces() -> None:
+    docs = render("--set", "operator.watchNamespaces={team-a,team-b}")
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    cluster_roles = {r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")}
+    assert "cs-chanscale-operator" not in cluster_roles
+    args = containers(one(docs, "Deployment"))["operator"]["args"]
+    assert "--all-namespaces" not in args
+    assert args.count("--namespace") == 2
+
+
+def test_template_deployments_permission_is_optional() -> None:
+    docs = render("--set", "rbac.manageTemplateDeployments=false")
+    role = next(r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-operator"))
+    deploy_rule = next(r for r in role["rules"] if r["resources"] == ["deployments"])
+    assert deploy_rule["verbs"] == ["get", "list", "watch"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+        (["--set", "operator.tick=0"], "/operator/tick"),
+        (["--set", "opa.image.tag=0.70.0"], "/opa/image/tag"),
+        (["--set", "opa.image.tag=latest"], "/opa/image/tag"),
+        (["--set", "prometheus.url=prometheus:9090"], "/prometheus/url"),
+        (["--set", "securityContext.allowPrivilegeEscalation=true"], "/securityContext/allowPrivilegeEscalation"),
+        (["--set", "podSecurityContext.runAsNonRoot=false"], "/podSecurityContext/runAsNonRoot"),
+        (["--set", "operator.watchNamespaces={Team_A}"], "/operator/watchNamespaces/0"),
+        (["--set", "operator.metricz=1"], "metricz"),
+        (["--set", "serviceMonitor.interval=30"], "/serviceMonitor/interval"),
+        (["--set", "image.digest=sha256:abc"], "/image/digest"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_schema_rejects_wrong_values_naming_the_key(args: list[str], message: str) -> None:
+    proc = helm("template", "cs", str(CHART), *args, check=False)
+    assert proc.returncode != 0, f"helm accepted {args}"
+    assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "pdb.minAvailable=1"], "pdb.maxUnavailable or pdb.minAvailable"),
+        (["--set", "serviceMonitor.enabled=true", "--set", "operator.metricsPort=0"], "operator.metricsPort"),
+        (["--set", "opa.enabled=false", "--set", "opa.extraPolicies.x\\.rego=package x"], "opa.enabled=true"),
+    ],
+)
+def test_template_rejects_inconsistent_values(args: list[str], message: str) -> None:
+    proc = helm("template", "cs", str(CHART), *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------------------------ OPA loads the ConfigMap
+def _kubelet_configmap_layout(cm: dict[str, Any], items: list[dict[str, str]], root: Path) -> None:
+    """Lay files out the way the kubelet projects a ConfigMap with items: a timestamped dir, ..data, symlinks."""
+    stamp = root / "..2026_11_23_12_00_00.000000000"
+    for item in items:
+        target = stamp / item["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(cm["data"][item["key"]])
+    (root / "..data").symlink_to(stamp.name)
+    for top in {Path(i["path"]).parts[0] for i in items}:
+        (root / top).symlink_to(Path("..data") / top)
+
+
+def test_opa_sidecar_args_load_the_policy_configmap(tmp_path: Path) -> None:
+    """Run the real OPA with the sidecar's exact flags on the ConfigMap as the kubelet mounts it."""
+    docs = render()
+    cm, deploy = one(docs, "ConfigMap"), one(docs, "Deployment")
+    _kubelet_configmap_layout(cm, containers_volume(deploy, "policies")["items"], tmp_path / "policies")
+    api, diag = free_port(), free_port()
+    args = []
+    for a in containers(deploy)["opa"]["args"]:
+        if a.startswith("--addr="):
+            a = f"--addr={LOOPBACK}:{api}"
+        elif a.startswith("--diagnostic-addr="):
+            a = f"--diagnostic-addr={LOOPBACK}:{diag}"
+        elif a == "/policies":
+            a = str(tmp_path / "policies")
+        args.append(a)
+    proc = ManagedProcess("opa", [_binary("opa"), *args], tmp_path / "opa.log").start()
+    try:
+        wait_until(lambda: _get(f"http://{LOOPBACK}:{diag}/health") is not None, 30, "OPA /health", [proc])
+        policies = _get(f"http://{LOOPBACK}:{api}/v1/policies")
+        assert policies is not None
+        loaded = {p["id"].split("/policies/", 1)[-1] for p in policies["result"]}
+        expected = {i["path"] for i in containers_volume(deploy, "policies")["items"] if i["path"].endswith(".rego")}
+        assert loaded == expected, "each module exactly once (hidden ..data entries ignored)"
+        source = json.loads((REPO_ROOT / "policies" / "chanscale" / "config" / "data.json").read_text())
+        config = _get(f"http://{LOOPBACK}:{api}/v1/data/chanscale/config")
+        assert config is not None and config["result"] == source
+    finally:
+        proc.stop()
+
+
+def _get(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read() or b"{}")
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------------------- install into the control plane
+MONITORING_CRDS = [
+    {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "names": {"kind": kind, "plural": plural, "singular": plural[:-1], "listKind": f"{kind}List"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }
+            ],
+        },
+    }
+    for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PodMonitor", "podmonitors"))
+]
+
+
+class Release:
+    """One installed release in its own namespace (Pod Security "restricted" enforced there)."""
+
+    def __init__(self, kubectl: Any, kubeconfig: Path, values: list[str]) -> None:
+        suffix = uuid.uuid4().hex[:6]
+        self.kubectl, self.kubeconfig = kubectl, kubeconfig
+        self.name = f"cs-{suffix}"
+        self.namespace = f"chanscale-system-{suffix}"
+        self.values = values
+        self.install: subprocess.CompletedProcess[str] | None = None
+
+    @property
+    def service_account(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}-chanscale"
+
+    def __enter__(self) -> Release:
+        res = self.kubectl("create", "namespace", self.namespace)
+        assert res.returncode == 0, res.stderr
+        self.kubectl(
+            "label",
+            "namespace",
+            self.namespace,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "chanscale.dev/test=true",
+        )
+        self.install = helm(
+            "install",
+            self.name,
+            str(CHART),
+            "--namespace",
+            self.namespace,
+            *self.values,
+            "--set",
+            "image.repository=chanscale",
+            "--set",
+            "image.tag=test",
+            kubeconfig=self.kubeconfig,
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        helm(
+            "uninstall",
+            self.name,
+            "--namespace",
+            self.namespace,
+            "--wait=false",
+            kubeconfig=self.kubeconfig,
+            check=False,
+        )
+        self.kubectl("delete", "namespace", self.namespace, "--wait=false", "--ignore-not-found")
+
+    def manifest(self) -> list[dict[str, Any]]:
+        out = helm("get", "manifest", self.name, "--namespace", self.namespace, kubeconfig=self.kubeconfig).stdout
+        return [d for d in yaml.safe_load_all(out) if d]
+
+    def can(self, verb: str, resource: str, namespace: str | None = None, subresource: str | None = None) -> bool:
+        args = ["auth", "can-i", verb, resource, f"--as={self.service_account}"]
+        args += ["-n", namespace] if namespace else []
+        args += [f"--subresource={subresource}"] if subresource else []
+        res = self.kubectl(*args)
+        assert res.stdout.strip() in ("yes", "no"), f"kubectl {' '.join(args)}: {res.stdout} {res.stderr}"
+        return res.stdout.strip() == "yes"
+
+
+@pytest.fixture(scope="module")
+def monitoring_crds(kubectl: Any) -> Iterator[None]:
+    """Minimal prometheus-operator CRDs so the ServiceMonitor/PodMonitor objects can be accepted."""
+    res = kubectl.apply(MONITORING_CRDS)
+    assert res.returncode == 0, res.stderr
+    for crd in MONITORING_CRDS:
+        kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}", "--timeout=60s")
+    yield
+    for crd in MONITORING_CRDS:
+        kubectl("delete", "crd", crd["metadata"]["name"], "--wait=false", "--ignore-not-found")
+
+
+@pytest.fixture(scope="module")
+def release(kubectl: Any, kubeconfig: Path, monitoring_crds: None) -> Iterator[Release]:
+    """The chart installed cluster-wide with every optional object on (ServiceMonitor, PodMonitor, NetPol)."""
+    with Release(kubectl, kubeconfig, ["-f", str(CHART / "ci" / "monitoring-values.yaml")]) as rel:
+        yield rel
+
+
+def test_helm_install_every_object_is_accepted(release: Release) -> None:
+    objs = release.manifest()
+    kinds = {o["kind"] for o in objs}
+    assert {
+        "Deployment",
+        "ServiceAccount",
+        "ConfigMap",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "ServiceMonitor",
+        "PodMonitor",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    } <= kinds
+    for o in objs:
+        ns = ["-n", o["metadata"].get("namespace", release.namespace)]
+        res = release.kubectl("get", o["kind"], o["metadata"]["name"], *ns, "-o", "name")
+        assert res.returncode == 0, f"{o['kind']}/{o['metadata']['name']} not on the server: {res.stderr}"
+    status = json.loads(
+        helm("status", release.name, "-n", release.namespace, "-o", "json", kubeconfig=release.kubeconfig).stdout
+    )
+    assert status["info"]["status"] == "deployed"
+
+
+def test_operator_pod_passes_restricted_pod_security(release: Release) -> None:
+    """The ReplicaSet controller creates the pod only if Pod Security "restricted" admission accepts it."""
+
+    def pod_created() -> bool:
+        res = release.kubectl(
+            "get", "pods", "-n", release.namespace, "-o", "name", "-l", "app.kubernetes.io/component=operator"
+        )
+        return res.returncode == 0 and res.stdout.strip() != ""
+
+    try:
+        wait_until(pod_created, 60, "the operator pod to be created by its ReplicaSet", interval=0.5)
+    except Exception as exc:
+        events = release.kubectl("get", "events", "-n", release.namespace, "-o", "custom-columns=R:.reason,M:.message")
+        pytest.fail(f"{exc}\nevents:\n{events.stdout}")
+
+
+def test_helm_test_pod_passes_restricted_pod_security(release: Release) -> None:
+    docs = render("--namespace", release.namespace, release=release.name)
+    test_pod = next(d for d in docs if d["kind"] == "Pod")
+    res = release.kubectl.apply(test_pod, release.namespace, "--dry-run=server")
+    assert res.returncode == 0, res.stderr
+
+
+ALLOWED_NAMESPACED = [
+    ("get", "workerpools.chanscale.dev", None),
+    ("list", "workerpools.chanscale.dev", None),
+    ("watch", "workerpools.chanscale.dev", None),
+    ("patch", "workerpools.chanscale.dev", None),
+    ("get", "workerpools.chanscale.dev", "status"),
+    ("patch", "workerpools.chanscale.dev", "status"),
+    ("update", "workerpools.chanscale.dev", "status"),
+    ("get", "deployments.apps", None),
+    ("list", "deployments.apps", None),
+    ("watch", "deployments.apps", None),
+    ("create", "deployments.apps", None),
+    ("patch", "deployments.apps", None),
+    ("get", "deployments.apps", "scale"),
+    ("patch", "deployments.apps", "scale"),
+    ("update", "deployments.apps", "scale"),
+    ("get", "horizontalpodautoscalers.autoscaling", None),
+    ("list", "horizontalpodautoscalers.autoscaling", None),
+    ("watch", "horizontalpodautoscalers.autoscaling", None),
+    ("get", "scaledobjects.keda.sh", None),
+    ("list", "scaledobjects.keda.sh", None),
+    ("watch", "scaledobjects.keda.sh", None),
+    ("create", "events", None),
+    ("patch", "events", None),
+    ("create", "events.events.k8s.io", None),
+    ("patch", "events.events.k8s.io", None),
+]
+FORBIDDEN_NAMESPACED = [
+    ("delete", "deployments.apps", None),
+    ("update", "deployments.apps", None),
+    ("deletecollection", "deployments.apps", None),
+    ("get", "secrets", None),
+    ("list", "secrets", None),
+    ("get", "configmaps", None),
+    ("create", "pods", None),
+    ("delete", "pods", None),
+    ("create", "pods", "exec"),
+    ("get", "pods", None),
+    ("create", "workerpools.chanscale.dev", None),
+    ("delete", "workerpools.chanscale.dev", None),
+    ("update", "workerpools.chanscale.dev", None),
+    ("create", "horizontalpodautoscalers.autoscaling", None),
+    ("patch", "scaledobjects.keda.sh", None),
+    ("patch", "statefulsets.apps", "scale"),
+    ("create", "serviceaccounts", "token"),
+    ("delete", "events", None),
+    ("create", "rolebindings.rbac.authorization.k8s.io", None),
+]
+ALLOWED_CLUSTER = [
+    ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("list", "namespaces"),
+    ("watch", "namespaces"),
+    ("list", "workerpools.chanscale.dev"),  # --all-namespaces lists across the cluster
+]
+FORBIDDEN_CLUSTER = [
+    ("patch", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("get", "nodes"),
+    ("create", "namespaces"),
+    ("delete", "namespaces"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+    ("impersonate", "users"),
+    ("get", "clusterkopfpeerings.kopf.dev"),  # --standalone: no peering, so no peering rights
+]
+
+
+def test_rbac_allows_the_whole_job(release: Release, namespace: str) -> None:
+    missing = [(v, r, s) for v, r, s in ALLOWED_NAMESPACED if not release.can(v, r, namespace, s)]
+    missing += [(v, r, None) for v, r in ALLOWED_CLUSTER if not release.can(v, r)]
+    assert not missing, f"the operator's ServiceAccount lacks: {missing}"
+
+
+def test_rbac_forbids_everything_else(release: Release, namespace: str) -> None:
+    extra = [(v, r, s) for v, r, s in FORBIDDEN_NAMESPACED if release.can(v, r, namespace, s)]
+    extra += [(v, r, None) for v, r in FORBIDDEN_CLUSTER if release.can(v, r)]
+    assert not extra, f"the operator's ServiceAccount may do more than it needs: {extra}"
+
+
+def test_service_account_token_scales_but_cannot_read_secrets(
+    release: Release, namespace: str, kubectl: Any, control_plane: Any, tmp_path: Path
+) -> None:
+    """Not just can-i: a real token of the chart's ServiceAccount scales through the scale subresource."""
+    worker = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "worker", "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "worker"}},
+            "template": {
+                "metadata": {"labels": {"app": "worker"}},
+                "spec": {"containers": [{"name": "w", "image": "registry.k8s.io/pause:3.10"}]},
+            },
+        },
+    }
+    assert kubectl.apply(worker).returncode == 0
+    token = control_plane.create_token(release.namespace, f"{release.name}-chanscale")
+    sa_config = control_plane.write_token_kubeconfig(token, tmp_path / "sa.kubeconfig")
+    patch = json.dumps({"spec": {"replicas": 3}})
+    scaled = kubectl(
+        "patch",
+        "deployment",
+        "worker",
+        "-n",
+        namespace,
+        "--subresource=scale",
+        "--type=merge",
+        "-p",
+        patch,
+        "--field-manager=chanscale",
+        kubeconfig=sa_config,
+    )
+    assert scaled.returncode == 0, scaled.stderr
+    assert kubectl.json("get", "deployment", "worker", "-n", namespace)["spec"]["replicas"] == 3
+    secrets = kubectl("get", "secrets", "-n", namespace, kubeconfig=sa_config)
+    assert secrets.returncode != 0 and "forbidden" in secrets.stderr.lower()
+    deleted = kubectl("delete", "deployment", "worker", "-n", namespace, kubeconfig=sa_config)
+    assert deleted.returncode != 0 and "forbidden" in deleted.stderr.lower()
+
+
+def test_namespaced_install_is_confined(kubectl: Any, kubeconfig: Path, namespace: str) -> None:
+    """With operator.watchNamespaces the ServiceAccount can scale there and nowhere else."""
+    other = f"{namespace}-other"
+    assert kubectl("create", "namespace", other).returncode == 0
+    try:
+        with Release(kubectl, kubeconfig, ["--set", f"operator.watchNamespaces={{{namespace}}}"]) as rel:
+            assert rel.can("patch", "deployments.apps", namespace, "scale")
+            assert rel.can("patch", "workerpools.chanscale.dev", namespace, "status")
+            assert not rel.can("patch", "deployments.apps", other, "scale")
+            assert not rel.can("list", "workerpools.chanscale.dev", other)
+            assert not rel.can("list", "workerpools.chanscale.dev")  # not cluster-wide
+            assert rel.can("list", "customresourcedefinitions.apiextensions.k8s.io")  # kopf's discovery
+    finally:
+        kubectl("delete", "namespace", other, "--wait=false", "--ignore-not-found")
