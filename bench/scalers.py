@@ -76,6 +76,7 @@ class HPAController:
     down_policies: tuple[tuple[str, int, float], ...] = (("Percent", 100, 15.0),)
     recommendations: deque[tuple[float, int]] = field(default_factory=deque)
     events: deque[tuple[float, int]] = field(default_factory=deque)
+    started: bool = False
 
     def replicas_for_ratio(self, current: int, usage_ratio: float, base: int) -> int:
         """getUsageRatioReplicaCount: within tolerance keep ``current``, else ceil(ratio × base)."""
@@ -85,6 +86,11 @@ class HPAController:
 
     def normalize(self, now: float, current: int, desired: int) -> int:
         """stabilizeRecommendationWithBehaviors + convertDesiredReplicasWithBehaviorRate."""
+        if not self.started:
+            # Benchmarks start from a steady state: an HPA that has been running holds the current count in its
+            # windows (a fresh or restarted controller would not, and could drop to the minimum at once).
+            self.started = True
+            self.recommendations.append((now - 1.0, current))
         keep = max(self.up_window, self.down_window)
         while self.recommendations and self.recommendations[0][0] <= now - keep:
             self.recommendations.popleft()
