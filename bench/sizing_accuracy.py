@@ -143,7 +143,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         t = r["truth"]
         lines.append(
             f"| {r['lambda']:g} | {r['mu']:g} | {r['shape']} | {r['slo']:.3g} s ({r['slo_factor']:g}/μ) | "
-            f"{t if t is not None else 'unreachable'} | {r['model_latency_term']} ({_err(r['model_latency_term'], t)}) | "
+            f"{t if t is not None else 'unreachable'} | "
+            f"{r['model_latency_term']} ({_err(r['model_latency_term'], t)}) | "
             f"{r['model_recommendation']} ({_err(r['model_recommendation'], t)}) | "
             f"{r['closed_loop']} ({_err(r['closed_loop'], t)}) | {r['closed_loop_max_minute_p99']:.3g} s |"
         )
