@@ -48,8 +48,9 @@ MAX_WORKERS = 5000
 
 def simulated_p99(lam: float, mu: float, dist: str, cv: float, c: int, messages: int, seed: int = 1) -> float:
     """P99 latency with ``c`` always-ready workers, after a warm-up of 10 % of the messages."""
-    m = ChannelModel(service_rate=mu, service_dist=dist, service_cv=cv, seed=seed, initial_replicas=c,
-                     record_latencies=True)
+    m = ChannelModel(
+        service_rate=mu, service_dist=dist, service_cv=cv, seed=seed, initial_replicas=c, record_latencies=True
+    )
     m.set_arrival_rate(lam)
     warm = 0.1 * messages / lam
     m.advance(warm)
@@ -84,21 +85,33 @@ def true_minimum(lam: float, mu: float, dist: str, cv: float, slo: float, messag
 
 
 def _spec(mu: float, slo: float) -> PoolSpec:
-    return PoolSpec.from_dict({
-        "channel": "sizing",
-        "scaleTargetRef": {"name": "w"},
-        "minReplicas": 1,
-        "maxReplicas": MAX_WORKERS,
-        "slo": {"p99LatencySeconds": slo},
-        "model": {"serviceRateHint": mu},
-    })
+    return PoolSpec.from_dict(
+        {
+            "channel": "sizing",
+            "scaleTargetRef": {"name": "w"},
+            "minReplicas": 1,
+            "maxReplicas": MAX_WORKERS,
+            "slo": {"p99LatencySeconds": slo},
+            "model": {"serviceRateHint": mu},
+        }
+    )
 
 
 def model_pick(lam: float, mu: float, slo: float) -> tuple[int, int]:
     """(M/M/c latency term, full recommendation) of ``decide`` on steady signals, first tick."""
     current = max(1, math.ceil(lam / mu))
-    obs = Observation(now=1000.0, current_replicas=current, ready_replicas=current, backlog=0.0, arrival_rate=lam,
-                      processed_rate=lam, failed_rate=0.0, busy_rate=lam / mu, p99_latency=None, age_seconds=1.0)
+    obs = Observation(
+        now=1000.0,
+        current_replicas=current,
+        ready_replicas=current,
+        backlog=0.0,
+        arrival_rate=lam,
+        processed_rate=lam,
+        failed_rate=0.0,
+        busy_rate=lam / mu,
+        p99_latency=None,
+        age_seconds=1.0,
+    )
     d = decide(_spec(mu, slo), PoolState(), obs)
     return int(d.sizing["terms"]["latency"]), d.recommendation
 
@@ -121,9 +134,18 @@ def _point(args: tuple[float, float, str, float, int, int]) -> dict[str, Any]:
     truth = true_minimum(lam, mu, dist, cv, slo, messages)
     latency_term, recommendation = model_pick(lam, mu, slo)
     loop, loop_p99 = closed_loop(lam, mu, dist, cv, slo, minutes)
-    return {"lambda": lam, "mu": mu, "shape": shape, "slo": slo, "slo_factor": slo_factor, "truth": truth,
-            "model_latency_term": latency_term, "model_recommendation": recommendation, "closed_loop": loop,
-            "closed_loop_max_minute_p99": loop_p99}
+    return {
+        "lambda": lam,
+        "mu": mu,
+        "shape": shape,
+        "slo": slo,
+        "slo_factor": slo_factor,
+        "truth": truth,
+        "model_latency_term": latency_term,
+        "model_recommendation": recommendation,
+        "closed_loop": loop,
+        "closed_loop_max_minute_p99": loop_p99,
+    }
 
 
 def _err(a: int, truth: int | None) -> str:
@@ -149,8 +171,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['closed_loop']} ({_err(r['closed_loop'], t)}) | {r['closed_loop_max_minute_p99']:.3g} s |"
         )
     lines.append("")
-    for key, label in (("model_latency_term", "M/M/c term"), ("model_recommendation", "recommendation"),
-                       ("closed_loop", "closed loop")):
+    for key, label in (
+        ("model_latency_term", "M/M/c term"),
+        ("model_recommendation", "recommendation"),
+        ("closed_loop", "closed loop"),
+    ):
         by_shape = {}
         for shape in SHAPES:
             pts = [r for r in rows if r["shape"] == shape and r["truth"] is not None]
@@ -165,13 +190,25 @@ def plot(rows: list[dict[str, Any]], path: Any, meta: dict[str, Any]) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
     markers = dict(zip(SHAPES, "so^D", strict=True))
-    for ax, key, title in zip(axes, ("model_latency_term", "model_recommendation", "closed_loop"),
-                              ("M/M/c latency term (first tick)", "full recommendation (ρ ≤ 0.8 headroom)",
-                               "closed loop after 20 min (latency correction)"), strict=True):
+    for ax, key, title in zip(
+        axes,
+        ("model_latency_term", "model_recommendation", "closed_loop"),
+        (
+            "M/M/c latency term (first tick)",
+            "full recommendation (ρ ≤ 0.8 headroom)",
+            "closed loop after 20 min (latency correction)",
+        ),
+        strict=True,
+    ):
         for shape in SHAPES:
             pts = [r for r in rows if r["shape"] == shape and r["truth"] is not None]
-            ax.scatter([r["truth"] for r in pts], [r[key] / r["truth"] for r in pts], marker=markers[shape],
-                       label=shape, alpha=0.75)
+            ax.scatter(
+                [r["truth"] for r in pts],
+                [r[key] / r["truth"] for r in pts],
+                marker=markers[shape],
+                label=shape,
+                alpha=0.75,
+            )
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("true minimum workers (simulation)")
@@ -190,8 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=None)
     args = p.parse_args(argv)
     if args.quick:
-        grid = [(lam, 20.0, shape, 10.0) for lam in (10.0, 200.0) for shape in ("exponential", "lognormal cv 2",
-                                                                                  "deterministic")]
+        grid = [
+            (lam, 20.0, shape, 10.0)
+            for lam in (10.0, 200.0)
+            for shape in ("exponential", "lognormal cv 2", "deterministic")
+        ]
         messages, minutes = 20_000, 12
     else:
         grid = list(itertools.product((10.0, 100.0, 1000.0), (5.0, 50.0), SHAPES, SLO_FACTORS))
