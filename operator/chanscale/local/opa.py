@@ -118,6 +118,10 @@ class OpaServer:
         """Resolved lazily so a missing binary fails at start (with the fix), not at construction."""
         if self._binary is None:
             self._binary = find_opa_binary()
+        elif not (self._binary.is_file() and os.access(self._binary, os.X_OK)):
+            raise OpaNotFound(
+                f"opa binary {self._binary} does not exist or is not executable; to get one: {HOW_TO_GET}"
+            )
         return self._binary
 
     @property
@@ -176,13 +180,16 @@ class OpaServer:
         with open(self.log_path, "ab") as logf:
             logf.write(f"$ {' '.join(argv)}\n".encode())
             logf.flush()
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=logf,
-                stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            )
+            try:
+                self._proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=asyncio.subprocess.STDOUT,
+                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                )
+            except OSError as exc:
+                raise OpaStartError(f"cannot run {argv[0]}: {exc}") from exc
         self.port = port
         self.starts += 1
         log.debug("started opa pid=%s on %s", self._proc.pid, self.url)
