@@ -46,7 +46,7 @@ def _window_values(runs: Sequence[Run], now: float, window: float) -> list[int]:
     cutoff = now - window
     vals = []
     for i, (_start, value) in enumerate(runs):
-        end = runs[i + 1][0] if i + 1 < len(runs) else math.inf
+        end = runs[i + 1][0] if i + 1 < len(runs) else now
         if end > cutoff:
             vals.append(value)
     return vals

@@ -1,0 +1,227 @@
+"""The decision function: sizing, missing data, fallback, idle, restart, and the policy verdict."""
+
+import itertools
+import math
+from typing import Any
+
+import pytest
+
+from chanscale.decision import Observation, PoolState, apply_verdict, decide, record_scale
+from chanscale.spec import PoolSpec
+
+pytestmark = pytest.mark.unit
+
+
+def spec(**over: Any) -> PoolSpec:
+    base: dict[str, Any] = {
+        "channel": "orders",
+        "scaleTargetRef": {"name": "w"},
+        "minReplicas": 1,
+        "maxReplicas": 50,
+        "slo": {"p99LatencySeconds": 0.25},
+        "model": {"serviceRateHint": 20},
+    }
+    base.update(over)
+    return PoolSpec.from_dict(base)
+
+
+def obs(now: float = 1000.0, current: int = 4, **sig: Any) -> Observation:
+    values = {"backlog": 0.0, "arrival_rate": 200.0, "processed_rate": 200.0, "busy_rate": 10.0}
+    values.update(sig)
+    return Observation(now=now, current_replicas=current, ready_replicas=current, **values)
+
+
+def run(s: PoolSpec, steps: list[Observation], state: PoolState | None = None) -> tuple[list[int], PoolState]:
+    st = state or PoolState()
+    out = []
+    for o in steps:
+        d = decide(s, st, o)
+        st = record_scale(d.state, now=o.now, from_replicas=o.current_replicas, to_replicas=d.desired)
+        out.append(d.desired)
+    return out, st
+
+
+def test_sizes_for_p99_with_the_queueing_model() -> None:
+    d = decide(spec(), PoolState(), obs(current=12))
+    assert d.sizing["terms"]["latency"] == 12  # λ=200, μ=20, 250 ms -> 12 (field notes)
+    assert d.sizing["terms"]["throughput"] == 13  # 200 / (20 * 0.8)
+    assert d.desired == 13
+    assert d.outcome == "ScaleUp"
+
+
+def test_drain_term_sizes_for_backlog() -> None:
+    s = spec(slo={"p99LatencySeconds": 0.25, "backlogDrainSeconds": 10})
+    d = decide(s, PoolState(), obs(current=12, backlog=2000.0))
+    assert d.sizing["terms"]["drain"] == math.ceil((200 + 2000 / 10) / 20)
+    assert d.sizing["driver"] == "drain"
+
+
+def test_measured_service_rate_replaces_the_hint() -> None:
+    d = decide(spec(), PoolState(), obs(processed_rate=100.0, busy_rate=10.0))  # μ = 10/s measured
+    assert d.state.service_rate == pytest.approx(10.0)
+    d2 = decide(spec(), d.state, obs(processed_rate=100.0, busy_rate=5.0))  # 20/s measured, smoothed
+    assert 10.0 < d2.state.service_rate < 20.0
+
+
+def test_faster_than_keda_style_steps_from_one() -> None:
+    # 1 -> 9 -> 45 (Pods 8 then Percent 400 per 10 s) where the HPA default would take many more steps.
+    s = spec(maxReplicas=100)
+    steps = [
+        obs(now=1000 + 10 * i, current=c, arrival_rate=1500.0, processed_rate=20.0) for i, c in enumerate([1, 9, 45])
+    ]
+    st = PoolState()
+    got = []
+    for o in steps:
+        d = decide(s, st, o)
+        st = record_scale(d.state, now=o.now, from_replicas=o.current_replicas, to_replicas=d.desired)
+        got.append(d.desired)
+    assert got[:2] == [9, 45]
+
+
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, -1.0])
+def test_missing_or_invalid_backlog_is_never_zero(bad: float | None) -> None:
+    s = spec()
+    d = decide(s, PoolState(), obs(current=20, backlog=bad, arrival_rate=1.0, processed_rate=1.0, busy_rate=0.05))
+    assert not d.metrics_ok
+    assert d.desired == 20  # would have scaled down to 1 on zero load
+    assert any("no scale-down on missing data" in x for x in d.limited_by)
+    assert d.state.consecutive_failures == 1
+
+
+def test_missing_data_still_allows_scale_up() -> None:
+    d = decide(spec(), PoolState(), obs(current=2, backlog=None, arrival_rate=400.0))
+    assert d.desired > 2
+
+
+def test_stale_samples_are_missing() -> None:
+    d = decide(spec(), PoolState(), obs(current=20, arrival_rate=0.0, age_seconds=600))
+    assert not d.metrics_ok
+    assert d.desired == 20
+
+
+@pytest.mark.parametrize(
+    ("fallback", "expected"),
+    [
+        ({"failureThreshold": 3}, 6),
+        ({"failureThreshold": 3, "behavior": "static", "replicas": 10}, 10),
+        ({"failureThreshold": 3, "behavior": "currentReplicasIfHigher", "replicas": 4}, 6),
+        ({"failureThreshold": 3, "behavior": "currentReplicasIfHigher", "replicas": 9}, 9),
+    ],
+)
+def test_fallback_after_threshold(fallback: dict[str, Any], expected: int) -> None:
+    s = spec(fallback=fallback)
+    st = PoolState()
+    outcomes = []
+    for i in range(3):
+        d = decide(s, st, Observation(now=1000 + 10 * i, current_replicas=6, error="ConnectionError: refused"))
+        st = d.state
+        outcomes.append(d.outcome)
+    assert outcomes[:2] == ["Hold", "Hold"]
+    assert outcomes[2] == "Fallback"
+    assert d.desired == expected
+    assert "ConnectionError" in d.reason
+    # Recovery resets the failure count.
+    d = decide(s, st, obs(now=2000, current=expected))
+    assert d.state.consecutive_failures == 0
+
+
+def test_scale_to_zero_only_after_idle_seconds() -> None:
+    s = spec(minReplicas=0, idleSeconds=60, behavior={"scaleDown": {"stabilizationWindowSeconds": 0}})
+    idle = {"backlog": 0.0, "arrival_rate": 0.0, "processed_rate": 0.0, "busy_rate": 0.0}
+    st = decide(s, PoolState(), obs(now=1000, current=2)).state  # active at t=1000
+    d = decide(s, st, obs(now=1030, current=1, **idle))
+    assert d.desired == 1
+    d = decide(s, d.state, obs(now=1065, current=1, **idle))
+    assert d.desired == 0
+
+
+def test_activation_from_zero_when_work_arrives() -> None:
+    s = spec(minReplicas=0)
+    d = decide(s, PoolState(), obs(current=0, backlog=5.0, arrival_rate=0.5, processed_rate=0.0, busy_rate=0.0))
+    assert d.desired >= 1
+
+
+def test_unknown_service_rate_holds_and_says_how_to_fix() -> None:
+    s = spec(model={})
+    d = decide(s, PoolState(), obs(current=3, processed_rate=0.0, busy_rate=0.0))
+    assert d.desired == 3
+    assert any("serviceRateHint" in x for x in d.limited_by)
+
+
+def test_scale_down_waits_for_the_stabilization_window_across_restart() -> None:
+    s = spec()
+    st = PoolState()
+    high = obs(now=1000, current=13)
+    d = decide(s, st, high)
+    st = d.state
+    # Load drops; a restarted operator rebuilds its state from status.history.
+    restored = PoolState.from_status(st.to_status())
+    d = decide(s, restored, obs(now=1100, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
+    assert d.desired == 13
+    assert any("stabilization" in x for x in d.limited_by)
+    # Recommendations are kept as runs: 13 was in force until t=1100, so the window clears at 1400.
+    d = decide(s, d.state, obs(now=1390, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
+    assert d.desired == 13
+    d = decide(s, d.state, obs(now=1401, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
+    assert d.desired < 13
+
+
+def test_damaged_history_is_ignored_not_fatal() -> None:
+    st = PoolState.from_status({"recommendations": [["x", 1], [5, 2]], "scaleEvents": "bad", "serviceRate": "?"})
+    assert st.recommendations == ((5.0, 2),)
+    assert st.service_rate is None
+
+
+def test_tolerance_holds_small_scale_down() -> None:
+    s = spec(behavior={"scaleDown": {"tolerance": 0.2, "stabilizationWindowSeconds": 0}})
+    d = decide(s, PoolState(), obs(current=15))  # wants 13: 13/15 = 0.87, within 20 %
+    assert d.desired == 15
+    assert "scaleDown tolerance 0.2" in d.limited_by
+
+
+def test_slo_met_reports_each_objective() -> None:
+    s = spec(slo={"p99LatencySeconds": 0.25, "maxBacklog": 100, "maxErrorRate": 0.01})
+    d = decide(s, PoolState(), obs(current=13, p99_latency=0.5, backlog=500.0, failed_rate=10.0))
+    assert d.slo_met is False
+    assert "P99" in d.slo_message and "backlog" in d.slo_message and "error rate" in d.slo_message
+    assert decide(s, PoolState(), obs(current=13, p99_latency=0.1, failed_rate=0.0)).slo_met is True
+
+
+def test_verdict_deny_and_clamp() -> None:
+    s = spec()
+    d = decide(s, PoolState(), obs(current=4))
+    denied = apply_verdict(d, allow=False, replicas=None, reasons=["maintenance window"], spec=s)
+    assert denied.desired == 4 and denied.outcome == "Blocked"
+    assert denied.limited_by == ["policy: maintenance window"]
+    clamped = apply_verdict(d, allow=True, replicas=6, reasons=["step limit +2"], spec=s)
+    assert clamped.desired == 6 and clamped.outcome == "ScaleUp"
+    assert clamped.limited_by[0] == "policy: step limit +2"
+    assert apply_verdict(d, allow=True, replicas=500, reasons=[], spec=s).desired == 50  # within max
+
+
+def test_record_scale_feeds_rate_limits() -> None:
+    st = record_scale(PoolState(), now=1000, from_replicas=1, to_replicas=9)
+    assert st.scale_events == ((1000, 8),)
+    assert st.last_scale_direction == "up"
+    assert record_scale(st, now=1001, from_replicas=9, to_replicas=9) is st
+
+
+def test_no_flapping_on_noisy_steady_load() -> None:
+    # ±10 % noise around a steady load: after the first sizing, the count must not oscillate.
+    import random
+
+    rng = random.Random(7)
+    s = spec(slo={"p99LatencySeconds": 1.0})
+    st = PoolState()
+    cur = 12
+    seen = []
+    for i in range(120):
+        lam = 200 * (1 + rng.uniform(-0.1, 0.1))
+        d = decide(s, st, obs(now=1000 + 10 * i, current=cur, arrival_rate=lam, processed_rate=lam))
+        st = record_scale(d.state, now=1000 + 10 * i, from_replicas=cur, to_replicas=d.desired)
+        cur = d.desired
+        seen.append(cur)
+    changes = sum(1 for a, b in itertools.pairwise(seen) if a != b)
+    reversals = sum(1 for a, b, c in zip(seen, seen[1:], seen[2:], strict=False) if (b - a) * (c - b) < 0)
+    assert reversals == 0
+    assert changes <= 3
