@@ -196,11 +196,9 @@ class PrometheusReader:
                 out.errors[sig] = str(res)
                 value = None
             elif is_custom:
-                if len([k for k in res if k is not None]) > 1:
-                    out.errors[sig] = f"custom query returned {len(res) - 1} series, expected one: {q!r}"
-                    value = None
-                else:
-                    value = res.get(None)
+                value = res.get(None)  # set only for a scalar or exactly one series
+                if value is None and res:
+                    out.errors[sig] = f"custom query returned several series, expected one: {q!r}"
             else:
                 value = res.get(key)
             if value is not None and not math.isfinite(value):

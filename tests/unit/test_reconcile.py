@@ -1,0 +1,244 @@
+"""One tick end to end with fakes: the status, the Events, the scale write, and what must never happen."""
+
+from typing import Any
+
+import pytest
+
+from chanscale.kube import ScaleError
+from chanscale.policy import PolicyUnavailable, Verdict
+from chanscale.reconcile import Config, Runtime, Target, tick
+from chanscale.signals import PrometheusReader
+
+pytestmark = pytest.mark.unit
+
+
+class Prom:
+    def __init__(self) -> None:
+        self.values = {
+            "backlog": 0.0,
+            "enqueued": 200.0,
+            "processed": 200.0,
+            "busy": 10.0,
+            "failed": 0.0,
+            "latency": 0.1,
+            "age": 1.0,
+        }
+        self.down = False
+
+    async def __call__(self, address: str, query: str) -> list[Any]:
+        if self.down:
+            raise ConnectionError("prometheus unreachable")
+        key = next(
+            k for k in ("backlog)", "enqueued", "processed", "busy", "failed", "latency", "time()") if k in query
+        )
+        v = self.values[{"backlog)": "backlog", "time()": "age"}.get(key, key)]
+        return [{"metric": {"namespace": "ns", "channel": "orders"}, "value": [0, str(v)]}]
+
+
+class Gate:
+    def __init__(self, verdict: Verdict | None = None, unavailable: bool = False) -> None:
+        self.verdict = verdict or Verdict(allow=True, replicas=None, reasons=("ok",))
+        self.unavailable = unavailable
+        self.inputs: list[dict[str, Any]] = []
+
+    async def evaluate(self, path: str, input: dict[str, Any], *, timeout: float = 2.0) -> Verdict:
+        self.inputs.append(input)
+        if self.unavailable:
+            raise PolicyUnavailable("connection refused")
+        return self.verdict
+
+    async def close(self) -> None:
+        pass
+
+
+class Scaler:
+    def __init__(self, error: ScaleError | None = None) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+        self.error = error
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        if self.error:
+            raise self.error
+        self.calls.append((namespace, name, replicas))
+
+
+def runtime(gate: Gate | None = None, scaler: Scaler | None = None, prom: Prom | None = None) -> Runtime:
+    clock = [1_000_000.0]
+    rt = Runtime(
+        config=Config(prometheus_url="http://prom", tick=10),
+        reader=PrometheusReader("http://prom", ttl=0.0, query_fn=prom or Prom()),
+        gate=gate or Gate(),
+        scaler=scaler or Scaler(),
+        wall=lambda: clock[0],
+    )
+    rt.clock = clock  # type: ignore[attr-defined]
+    return rt
+
+
+def pool(**spec_over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "channel": "orders",
+        "scaleTargetRef": {"name": "worker"},
+        "minReplicas": 1,
+        "maxReplicas": 50,
+        "slo": {"p99LatencySeconds": 0.25},
+        "model": {"serviceRateHint": 20},
+    }
+    spec.update(spec_over)
+    return {"metadata": {"namespace": "ns", "name": "orders", "generation": 1, "uid": "u"}, "spec": spec, "status": {}}
+
+
+def cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+TARGET = Target(name="worker", exists=True, replicas=4, ready=4)
+
+
+async def test_scale_up_writes_scale_status_and_event() -> None:
+    rt = runtime()
+    res = await tick(rt, pool(), TARGET)
+    assert rt.scaler.calls == [("ns", "worker", 13)]  # type: ignore[attr-defined]
+    st = res.status
+    assert st is not None
+    assert st["replicas"] == 13 and st["desiredReplicas"] == 13
+    assert st["lastDecision"]["outcome"] == "ScaleUp" and st["lastDecision"]["applied"] is True
+    assert st["lastDecision"]["sizing"]["terms"]["latency"] == 12
+    assert st["history"]["scaleEvents"][0][1] == 9
+    assert [e[1] for e in res.events] == ["Scaled"]
+    assert cond(st, "Ready")["status"] == "True"
+    assert cond(st, "PolicyAllowed")["reason"] == "Allowed"
+    inp = rt.gate.inputs[0]  # type: ignore[attr-defined]
+    assert inp["replicas"] == {"current": 4, "recommended": 13, "min": 1, "max": 50}
+    assert inp["signals"]["arrivalRate"] == 200.0
+    assert inp["pool"]["metadata"]["name"] == "orders"
+
+
+async def test_quiet_ticks_do_not_rewrite_status() -> None:
+    rt = runtime()
+    body = pool()
+    t = Target(name="worker", exists=True, replicas=13, ready=13)
+    first = await tick(rt, body, t)
+    assert first.status is not None
+    body["status"] = first.status
+    rt.clock[0] += 10  # type: ignore[attr-defined]
+    second = await tick(rt, body, t)
+    assert second.status is None and not second.skipped
+    rt.clock[0] += 30  # type: ignore[attr-defined]
+    third = await tick(rt, body, t)
+    assert third.status is not None  # refreshed observations every status_refresh seconds
+
+
+@pytest.mark.parametrize("how", ["spec", "annotation", "dryrun"])
+async def test_paused_and_dry_run_never_scale_but_record(how: str) -> None:
+    rt = runtime()
+    body = pool(mode="DryRun") if how == "dryrun" else pool(paused=True) if how == "spec" else pool()
+    if how == "annotation":
+        body["metadata"]["annotations"] = {"chanscale.dev/paused": "true"}
+    res = await tick(rt, body, TARGET)
+    assert rt.scaler.calls == []  # type: ignore[attr-defined]
+    st = res.status
+    assert st is not None
+    assert st["replicas"] == 4 and st["desiredReplicas"] == 13
+    assert st["lastDecision"]["applied"] is False
+    assert st["lastDecision"]["outcome"] == ("DryRun" if how == "dryrun" else "Paused")
+    assert [e[1] for e in res.events] == ["WouldScale"]
+    assert cond(st, "Paused")["status"] == ("False" if how == "dryrun" else "True")
+
+
+async def test_policy_deny_keeps_replicas_with_reasons() -> None:
+    rt = runtime(gate=Gate(Verdict(allow=False, replicas=None, reasons=("maintenance window: freeze",))))
+    res = await tick(rt, pool(), TARGET)
+    assert rt.scaler.calls == []  # type: ignore[attr-defined]
+    st = res.status
+    assert st is not None
+    assert cond(st, "PolicyAllowed")["status"] == "False"
+    assert "maintenance window" in cond(st, "PolicyAllowed")["message"]
+    assert st["lastDecision"]["outcome"] == "Blocked"
+    assert "PolicyBlocked" in [e[1] for e in res.events]
+
+
+async def test_policy_clamp_scales_to_the_clamp() -> None:
+    rt = runtime(gate=Gate(Verdict(allow=True, replicas=6, reasons=("step limit: at most +2",))))
+    res = await tick(rt, pool(), TARGET)
+    assert rt.scaler.calls == [("ns", "worker", 6)]  # type: ignore[attr-defined]
+    assert res.status is not None and cond(res.status, "PolicyAllowed")["reason"] == "Clamped"
+    assert "PolicyClamped" in [e[1] for e in res.events]
+
+
+@pytest.mark.parametrize(("failure_policy", "expected_calls"), [("Hold", []), ("Allow", [("ns", "worker", 13)])])
+async def test_policy_unreachable_applies_failure_policy(failure_policy: str, expected_calls: list[Any]) -> None:
+    rt = runtime(gate=Gate(unavailable=True))
+    res = await tick(rt, pool(policy={"failurePolicy": failure_policy}), TARGET)
+    assert rt.scaler.calls == expected_calls  # type: ignore[attr-defined]
+    assert res.status is not None and cond(res.status, "PolicyAllowed")["reason"] == "PolicyUnavailable"
+
+
+async def test_prometheus_down_holds_then_falls_back() -> None:
+    prom = Prom()
+    rt = runtime(prom=prom)
+    body = pool(fallback={"failureThreshold": 2, "behavior": "static", "replicas": 8})
+    prom.down = True
+    t = Target(name="worker", exists=True, replicas=20, ready=20)
+    res = await tick(rt, body, t)
+    assert rt.scaler.calls == []  # type: ignore[attr-defined]
+    assert res.status is not None
+    assert cond(res.status, "MetricsAvailable")["status"] == "False"
+    assert "prometheus unreachable" in cond(res.status, "MetricsAvailable")["message"]
+    body["status"] = res.status
+    rt.clock[0] += 10  # type: ignore[attr-defined]
+    res = await tick(rt, body, t)
+    assert rt.scaler.calls == [("ns", "worker", 8)]  # type: ignore[attr-defined]
+    assert res.status is not None and res.status["lastDecision"]["outcome"] == "Fallback"
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        (None, "TargetNotFound"),
+        (Target(name="worker", exists=True, replicas=3, conflict="HorizontalPodAutoscaler web"), "TargetConflict"),
+    ],
+)
+async def test_bad_target_is_a_condition_not_a_crash(target: Target | None, reason: str) -> None:
+    rt = runtime()
+    res = await tick(rt, pool(), target)
+    assert rt.scaler.calls == []  # type: ignore[attr-defined]
+    assert res.status is not None and cond(res.status, "Ready")["reason"] == reason
+    assert res.events[0][:2] == ("Warning", reason)
+
+
+async def test_invalid_spec_is_a_condition() -> None:
+    rt = runtime()
+    res = await tick(rt, pool(minReplicas=9, maxReplicas=2), TARGET)
+    assert res.status is not None and cond(res.status, "Ready")["reason"] == "InvalidSpec"
+    assert "spec.minReplicas" in cond(res.status, "Ready")["message"]
+
+
+async def test_scale_failure_is_reported_and_nothing_recorded() -> None:
+    rt = runtime(scaler=Scaler(ScaleError("Forbidden", "not allowed to scale ns/worker", False)))
+    res = await tick(rt, pool(), TARGET)
+    assert res.status is not None and cond(res.status, "Ready")["reason"] == "Forbidden"
+    assert "history" not in res.status or not res.status["history"].get("scaleEvents")
+
+
+async def test_unexpected_error_in_one_pool_is_contained() -> None:
+    class Boom(Gate):
+        async def evaluate(self, path: str, input: dict[str, Any], *, timeout: float = 2.0) -> Verdict:
+            raise RuntimeError("kaboom")
+
+    rt = runtime(gate=Boom())
+    res = await tick(rt, pool(), TARGET)
+    assert res.status is not None and cond(res.status, "Ready")["reason"] == "InternalError"
+    ok = await tick(runtime(), pool(), TARGET)  # another pool, same process: unaffected
+    assert ok.scaled_to == 13
+
+
+async def test_polling_interval_is_honoured() -> None:
+    rt = runtime()
+    body = pool(pollingInterval=30)
+    t = Target(name="worker", exists=True, replicas=13, ready=13)
+    assert not (await tick(rt, body, t)).skipped
+    rt.clock[0] += 10  # type: ignore[attr-defined]
+    assert (await tick(rt, body, t)).skipped
+    rt.clock[0] += 20  # type: ignore[attr-defined]
+    assert not (await tick(rt, body, t)).skipped

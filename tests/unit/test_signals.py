@@ -1,0 +1,110 @@
+"""The Prometheus reader: shared aggregated queries, custom overrides, and failures that are never zero."""
+
+import asyncio
+import math
+from typing import Any
+
+import pytest
+
+from chanscale.signals import PrometheusReader, default_queries, render_custom
+from chanscale.spec import PoolSpec
+
+pytestmark = pytest.mark.unit
+
+
+def spec(channel: str, **over: Any) -> PoolSpec:
+    d: dict[str, Any] = {
+        "channel": channel,
+        "scaleTargetRef": {"name": "w"},
+        "maxReplicas": 5,
+        "slo": {"p99LatencySeconds": 1},
+    }
+    d.update(over)
+    return PoolSpec.from_dict(d)
+
+
+class FakeProm:
+    def __init__(self, n_channels: int = 3, fail: bool = False, value: Any = "5") -> None:
+        self.calls: list[str] = []
+        self.n = n_channels
+        self.fail = fail
+        self.value = value
+
+    async def __call__(self, address: str, query: str) -> list[Any]:
+        self.calls.append(query)
+        await asyncio.sleep(0)
+        if self.fail:
+            raise ConnectionError("connection refused")
+        if "vector(" in query or "scalar(" in query:
+            return [0, "7"]
+        if "two_series" in query:
+            return [{"metric": {"a": "1"}, "value": [0, "1"]}, {"metric": {"a": "2"}, "value": [0, "2"]}]
+        return [{"metric": {"namespace": "ns", "channel": f"c{i}"}, "value": [0, self.value]} for i in range(self.n)]
+
+
+async def test_queries_per_tick_do_not_grow_with_pools() -> None:
+    fake = FakeProm(n_channels=100)
+    reader = PrometheusReader("http://prom", ttl=5, query_fn=fake)
+    results = await asyncio.gather(*(reader.read("ns", spec(f"c{i}")) for i in range(100)))
+    assert len(fake.calls) == len(default_queries("1m"))  # 7, whatever the number of pools
+    assert all(r.values["backlog"] == 5.0 for r in results)
+    await reader.read("ns", spec("c1"))
+    assert len(fake.calls) == 7  # still cached
+
+
+async def test_cache_expires_after_ttl() -> None:
+    now = [0.0]
+    fake = FakeProm()
+    reader = PrometheusReader("http://prom", ttl=5, query_fn=fake, clock=lambda: now[0])
+    await reader.read("ns", spec("c0"))
+    now[0] = 6.0
+    await reader.read("ns", spec("c0"))
+    assert len(fake.calls) == 14
+
+
+async def test_custom_query_costs_only_its_pool_and_substitutes_labels() -> None:
+    fake = FakeProm()
+    reader = PrometheusReader("http://prom", query_fn=fake)
+    s = spec("c0", metrics={"queries": {"backlog": 'scalar(vector(1)) + 0*up{channel="$channel",ns="$namespace"}'}})
+    r = await reader.read("ns", s)
+    assert r.values["backlog"] == 7.0
+    assert any('channel="c0",ns="ns"' in q for q in fake.calls)
+    assert r.age_seconds is None  # a custom backlog query carries its own freshness
+
+
+async def test_custom_query_with_several_series_is_an_error() -> None:
+    reader = PrometheusReader("http://prom", query_fn=FakeProm())
+    r = await reader.read("ns", spec("c0", metrics={"queries": {"arrivalRate": "two_series"}}))
+    assert r.values["arrival_rate"] is None
+    assert "expected one" in r.errors["arrivalRate"]
+
+
+async def test_missing_series_is_none_not_zero() -> None:
+    reader = PrometheusReader("http://prom", query_fn=FakeProm(n_channels=1))
+    r = await reader.read("ns", spec("other"))
+    assert r.values["backlog"] is None and r.values["arrival_rate"] is None
+    assert not r.errors  # absent, not failed
+
+
+async def test_nan_is_none() -> None:
+    reader = PrometheusReader("http://prom", query_fn=FakeProm(value="NaN"))
+    r = await reader.read("ns", spec("c0"))
+    assert r.values["p99_latency"] is None
+
+
+async def test_prometheus_down_reports_each_signal() -> None:
+    reader = PrometheusReader("http://prom", query_fn=FakeProm(fail=True))
+    r = await reader.read("ns", spec("c0"))
+    assert all(v is None for v in r.values.values())
+    assert "connection refused" in (r.error or "")
+
+
+async def test_no_address_is_a_clear_error() -> None:
+    reader = PrometheusReader(None, query_fn=FakeProm())
+    r = await reader.read("ns", spec("c0"))
+    assert "--prometheus-url" in (r.error or "")
+
+
+def test_render_custom_only_replaces_placeholders() -> None:
+    assert render_custom('x{channel="$channel"}', "ns", "c") == 'x{channel="c"}'
+    assert not math.isnan(1.0)
