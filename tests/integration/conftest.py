@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import pytest
 
 from chanscale.local.binaries import REPO_ROOT, BinaryNotFound
 from chanscale.local.cluster import LocalControlPlane
-from chanscale.local.harness import Kubectl, OperatorProcess, PrometheusTargets
+from chanscale.local.harness import Kubectl, OperatorFactory, OperatorProcess, PrometheusTargets
 from chanscale.local.process import LOOPBACK, free_port
 from chanscale.local.prometheus import LocalPrometheus
 
@@ -156,7 +156,6 @@ def prometheus_targets(prometheus: LocalPrometheus) -> Iterator[PrometheusTarget
 
 
 # -------------------------------------------------------------------------------------------------- operator
-OperatorFactory = Callable[..., OperatorProcess]
 
 
 @pytest.fixture
@@ -194,6 +193,7 @@ def operator_process(
             *opa_args,
             "--tick", str(tick),
             "--metrics-port", str(metrics_port),
+            "--metrics-addr", LOOPBACK,
             "--liveness", f"http://{LOOPBACK}:{liveness_port}/healthz",
             "--verbose",
             *ns_args,

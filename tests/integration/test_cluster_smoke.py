@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from chanscale import FIELD_MANAGER
 from chanscale.local.binaries import BinaryNotFound, find_binary
 from chanscale.local.cluster import LocalControlPlane
-from chanscale.local.harness import Kubectl, PrometheusTargets
+from chanscale.local.harness import Kubectl, OperatorFactory, PrometheusTargets
 from chanscale.local.process import LOOPBACK, free_port, wait_until
 from chanscale.local.prometheus import LocalPrometheus
 
@@ -176,3 +176,33 @@ def test_missing_binary_fails_with_make_tools_hint(monkeypatch: pytest.MonkeyPat
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     assert find_binary("kube-apiserver") == fake
     assert os.access(find_binary("kube-apiserver"), os.X_OK)
+
+
+def test_operator_process_serves_liveness_and_metrics(
+    operator_process: OperatorFactory, kubectl: Kubectl, namespace: str
+) -> None:
+    """The `operator_process` factory: `python -m chanscale run --kubeconfig ...` comes up against the local
+    cluster, serves liveness and metrics, and logs in with the kubeconfig it was given (it reconciles a pool)."""
+    kubectl("create", "deployment", "worker", "--image=worker:1", "--replicas=2", "-n", namespace, check=True)
+    pool = {
+        "apiVersion": "chanscale.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": "orders"},
+        "spec": {"channel": "orders", "scaleTargetRef": {"name": "worker"}, "maxReplicas": 4,
+                 "slo": {"p99LatencySeconds": 0.5}},
+    }
+    assert kubectl.apply(pool, namespace).returncode == 0
+
+    op = operator_process(namespaces=[namespace], opa="none")
+
+    assert "chanscale_" in op.metrics_text()
+
+    def reconciled() -> bool:
+        status = kubectl.json("get", "wp", "orders", "-n", namespace).get("status") or {}
+        return any(c.get("type") == "Ready" for c in status.get("conditions", []))
+
+    wait_until(reconciled, 60, "the operator to write the pool's status (did it log in with --kubeconfig?)",
+               [op.proc] if op.proc else [])
+
+    op.restart()
+    assert op.running, op.log_text()

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,7 @@ class OperatorProcess:
         if wait:
             self.wait_healthy()
         return self
+
+
+#: What the ``operator_process`` fixture returns: call it to start an operator.
+OperatorFactory = Callable[..., OperatorProcess]
