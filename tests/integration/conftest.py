@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,9 @@ _TIMINGS = pytest.StashKey[list[str]]()
 
 # ------------------------------------------------------------------------------------------- reporting hooks
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Remember each phase's report and attach the operator's log to a failing test's report.
 
     Done here rather than in fixture teardown because the report is written before teardown runs, and a log in
@@ -165,10 +167,10 @@ def operator_process(
     """Factory: ``operator_process(namespaces=[ns], opa="none")`` starts `python -m chanscale run --standalone`.
 
     Arguments: ``namespaces`` (default: all namespaces), ``opa`` ("none", "local" or an http URL),
-    ``prometheus_url`` (default: the session Prometheus), ``kubeconfig`` (default: admin; pass a token
-    kubeconfig to run with a ServiceAccount's RBAC), ``tick`` (1), ``extra_args``, ``env``, ``wait`` (wait for
-    liveness, default True). Every operator started is stopped after the test; a failing test's report carries
-    each operator's log.
+    ``prometheus_url`` (default: the session Prometheus), ``kubeconfig_path`` (default: admin; pass a token
+    kubeconfig to run with a ServiceAccount's RBAC), ``tick`` (1), ``extra_args``, ``env`` (overrides; None
+    unsets), ``wait`` (wait for liveness, default True). Every operator started is stopped after the test; a
+    failing test's report carries each operator's log.
     """
     started: list[OperatorProcess] = []
     request.node.stash[_OPERATORS] = started
@@ -180,7 +182,7 @@ def operator_process(
         kubeconfig_path: Path | None = None,
         tick: float = 1,
         extra_args: Sequence[str] = (),
-        env: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
         wait: bool = True,
     ) -> OperatorProcess:
         metrics_port, liveness_port = free_port(), free_port()
@@ -200,7 +202,9 @@ def operator_process(
             *extra_args,
         ]
         name = f"operator-{len(started) + 1}"
-        op = OperatorProcess(name, argv, tmp_path / f"{name}.log", metrics_port, liveness_port, env=dict(env or {}))
+        # KUBECONFIG too, as users run it (`export KUBECONFIG=...`); the smoke test checks --kubeconfig alone.
+        child_env: dict[str, str | None] = {"KUBECONFIG": str(kubeconfig_path or kubeconfig), **(env or {})}
+        op = OperatorProcess(name, argv, tmp_path / f"{name}.log", metrics_port, liveness_port, env=child_env)
         started.append(op)
         op.start()
         if wait:

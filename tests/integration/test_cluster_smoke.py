@@ -42,7 +42,7 @@ def _deployment(name: str, replicas: int) -> client.V1Deployment:
     )
 
 
-def _replica_sets(apps: client.AppsV1Api, namespace: str, owner: str) -> list[Any]:
+def _replica_sets(apps: Any, namespace: str, owner: str) -> list[Any]:
     items = apps.list_namespaced_replica_set(namespace).items
     return [rs for rs in items if any(ref.name == owner for ref in rs.metadata.owner_references or [])]
 
@@ -57,7 +57,7 @@ def test_control_plane_components_are_running(control_plane: LocalControlPlane, 
 
 
 def test_deployment_gets_replicaset_and_scale_subresource_works(k8s: Any, namespace: str) -> None:
-    apps = client.AppsV1Api(k8s)
+    apps: Any = client.AppsV1Api(k8s)  # Any: the generated models make every field Optional
     apps.create_namespaced_deployment(namespace, _deployment("worker", 1))
 
     # The controller-manager's deployment controller creates the ReplicaSet and reports status.
@@ -84,7 +84,7 @@ def test_deployment_gets_replicaset_and_scale_subresource_works(k8s: Any, namesp
 
 
 def test_garbage_collector_removes_owned_replicasets(k8s: Any, namespace: str) -> None:
-    apps = client.AppsV1Api(k8s)
+    apps: Any = client.AppsV1Api(k8s)  # Any: the generated models make every field Optional
     apps.create_namespaced_deployment(namespace, _deployment("gc", 1))
     wait_until(lambda: len(_replica_sets(apps, namespace, "gc")) == 1, 30, "a ReplicaSet for Deployment gc")
 
@@ -193,7 +193,8 @@ def test_operator_process_serves_liveness_and_metrics(
     }
     assert kubectl.apply(pool, namespace).returncode == 0
 
-    op = operator_process(namespaces=[namespace], opa="none")
+    # --kubeconfig alone, without KUBECONFIG in the environment: the documented way to point it at a cluster.
+    op = operator_process(namespaces=[namespace], opa="none", env={"KUBECONFIG": None})
 
     assert "chanscale_" in op.metrics_text()
 

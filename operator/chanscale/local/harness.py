@@ -87,7 +87,8 @@ class OperatorProcess:
     log_path: Path
     metrics_port: int
     liveness_port: int
-    env: dict[str, str] = field(default_factory=dict)
+    #: Environment overrides for the child; a value of None removes the variable.
+    env: dict[str, str | None] = field(default_factory=dict)
     proc: ManagedProcess | None = None
 
     @property
@@ -99,7 +100,12 @@ class OperatorProcess:
         return f"http://{LOOPBACK}:{self.liveness_port}/healthz"
 
     def start(self) -> OperatorProcess:
-        env = {**os.environ, **self.env}
+        env = dict(os.environ)
+        for key, value in self.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         self.proc = ManagedProcess(self.name, self.argv, self.log_path, env=env).start()
         return self
 
