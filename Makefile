@@ -1,0 +1,54 @@
+# chanscale — the two commands that matter are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+PYTEST ?= $(PYTHON) -m pytest
+export PATH := $(CURDIR)/bin:$(PATH)
+
+.PHONY: help install tools tools-all demo test unit integration lint generated policy-check bench bench-quick e2e clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install:  ## install the package and its dev tools (editable)
+	$(PYTHON) -m pip install -q -e '.[dev]'
+
+tools:  ## build the pinned test-cluster binaries into ./bin (once; later runs are instant)
+	hack/tools.sh
+
+tools-all:  ## also kube-scheduler, kind, kwok
+	hack/tools.sh all
+
+demo: install tools  ## the local demo: control plane, Prometheus, OPA, operator, a bursty channel; ends with a plot
+	$(PYTHON) -m chanscale demo $(DEMO_ARGS)
+
+test: install tools lint  ## everything CI runs: lint, generated-file drift, unit + integration tests, quick benchmarks
+	$(PYTEST) -m "unit or integration" $(PYTEST_ARGS)
+	$(MAKE) bench-quick
+
+unit:  ## unit tests only (no binaries needed)
+	$(PYTEST) -m unit $(PYTEST_ARGS)
+
+integration: tools  ## integration tests against the real local control plane, Prometheus and OPA
+	$(PYTEST) -m integration $(PYTEST_ARGS)
+
+lint: generated  ## ruff, mypy, opa fmt/check/test, generated copies in sync
+	$(PYTHON) -m ruff check operator tests bench
+	$(PYTHON) -m ruff format --check operator tests bench
+	$(PYTHON) -m mypy
+	hack/policy-check.sh
+	$(PYTHON) hack/gen_api_docs.py --check
+
+generated:  ## fail when the chart's or the package's copies of crds/ and policies/ drift
+	hack/sync-generated.sh --check
+
+bench:  ## all benchmarks, full size (writes bench/RESULTS.md figures)
+	$(PYTHON) -m bench
+
+bench-quick:  ## a quick run of every benchmark, so none of them rots
+	$(PYTHON) -m bench --quick
+
+e2e:  ## kind end-to-end suite (needs Docker)
+	$(PYTEST) -m e2e tests/e2e $(PYTEST_ARGS)
+
+clean:
+	rm -rf .cache/tools out .pytest_cache .mypy_cache .ruff_cache
