@@ -35,3 +35,8 @@ test_factor_default_without_config if {
 	escalation.max_up(3) == 12 with input as backlog(50000, {"escalation": {"backlogThreshold": 1}})
 		with data.chanscale.config as {}
 }
+
+test_enabled_without_config_flag if {
+	escalation.escalated with input as backlog(600, {"escalation": {"backlogThreshold": 500}})
+		with data.chanscale.config as {}
+}

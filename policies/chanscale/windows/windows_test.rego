@@ -75,8 +75,9 @@ test_absolute_window if {
 
 test_unreadable_window_holds if {
 	ws := [{"start": "11:00", "end": "13:00", "timezone": "Mars/Olympus"}]
-	reasons == {"windows: window \"unnamed\" cannot be read (needs start/end \"HH:MM\" and a known timezone, or RFC 3339 from/to, and mode freeze|noScaleDown|noScaleUp): holding until it is fixed"} with input as at(monday_noon, 2, 8, ws)
+	reasons == {"windows: window \"unnamed\" cannot be read (needs start/end \"HH:MM\", a known timezone and days as a list, or RFC 3339 from/to; mode freeze|noScaleDown|noScaleUp): holding until it is fixed"} with input as at(monday_noon, 2, 8, ws)
 	count(reasons) == 1 with input as at(monday_noon, 2, 8, [{"start": "11", "end": "13:00"}])
 	count(reasons) == 1 with input as at(monday_noon, 2, 8, [{"start": "11:00", "end": "13:00", "mode": "sometimes"}])
 	count(reasons) == 1 with input as at(monday_noon, 2, 8, [{"from": "yesterday", "to": "2026-11-24T00:00:00Z"}])
+	count(reasons) == 1 with input as at(monday_noon, 2, 8, [{"start": "11:00", "end": "13:00", "days": "Mon"}])
 }
