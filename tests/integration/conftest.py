@@ -29,7 +29,14 @@ import pytest
 
 from chanscale.local.binaries import REPO_ROOT, BinaryNotFound
 from chanscale.local.cluster import LocalControlPlane
-from chanscale.local.harness import Kubectl, OperatorFactory, OperatorProcess, PrometheusTargets
+from chanscale.local.harness import (
+    Kubectl,
+    OperatorFactory,
+    OperatorProcess,
+    PrometheusTargets,
+    SimFactory,
+    SimProcess,
+)
 from chanscale.local.process import LOOPBACK, free_port
 from chanscale.local.prometheus import LocalPrometheus
 
@@ -38,6 +45,7 @@ CRD_NAME = "workerpools.chanscale.dev"
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _OPERATORS = pytest.StashKey[list["OperatorProcess"]]()
+_SIMS = pytest.StashKey[list["SimProcess"]]()
 _TIMINGS = pytest.StashKey[list[str]]()
 
 
@@ -56,6 +64,8 @@ def pytest_runtest_makereport(
     if rep.failed:
         for op in item.stash.get(_OPERATORS, []):
             rep.sections.append((f"chanscale operator log ({op.name}, {rep.when})", op.log_text() or "<empty>"))
+        for sim in item.stash.get(_SIMS, []):
+            rep.sections.append((f"chanscale sim log ({sim.name}, {rep.when})", sim.log_text()[-5000:] or "<empty>"))
     return rep
 
 
@@ -217,3 +227,27 @@ def operator_process(
         for op in started:
             op.stop()
 
+
+@pytest.fixture
+def channel_sim(
+    request: pytest.FixtureRequest, kubeconfig: Path, prometheus_targets: PrometheusTargets, tmp_path: Path
+) -> Iterator[SimFactory]:
+    """Factory: ``channel_sim([{"namespace": ns, "channel": "orders", "deployment": "worker", "serviceRate": 20,
+    "arrivalRate": 10}])`` starts `chanscale sim` (workers = the Deployment's spec.replicas), registers it with
+    the session Prometheus and waits until it has been scraped. Stopped and unregistered after the test."""
+    started: list[SimProcess] = []
+    request.node.stash[_SIMS] = started
+
+    def start(channels: list[dict[str, Any]], scrape: bool = True) -> SimProcess:
+        sim = SimProcess(f"sim-{len(started) + 1}", channels, tmp_path, kubeconfig)
+        started.append(sim)
+        sim.start()
+        if scrape:
+            prometheus_targets.add(sim.address)
+        return sim
+
+    try:
+        yield start
+    finally:
+        for sim in started:
+            sim.stop()

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from chanscale.local.cluster import LocalControlPlane
-from chanscale.local.process import LOOPBACK, ManagedProcess, wait_until
+from chanscale.local.process import LOOPBACK, ManagedProcess, free_port, wait_until
 from chanscale.local.prometheus import DEFAULT_JOB, LocalPrometheus
 
 
@@ -149,5 +149,72 @@ class OperatorProcess:
         return self
 
 
+
+@dataclass
+class SimProcess:
+    """One ``chanscale sim`` child: simulated channels whose workers are real Deployments' replicas.
+
+    The loop it closes: operator scales Deployment -> sim reads spec.replicas -> backlog/latency change ->
+    Prometheus scrapes the sim -> operator reads Prometheus.
+    """
+
+    name: str
+    channels: list[dict[str, Any]]
+    workdir: Path
+    kubeconfig: Path | None
+    port: int = 0
+    proc: ManagedProcess | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def start(self, timeout: float = 30) -> SimProcess:
+        import sys
+
+        config = self.workdir / f"{self.name}.yaml"
+        config.write_text(yaml.safe_dump({"channels": self.channels}))
+        if not self.port:
+            self.port = free_port()
+        argv = [sys.executable, "-m", "chanscale", "sim", "--config", str(config), "--listen", self.address]
+        if self.kubeconfig is not None:
+            argv += ["--kubeconfig", str(self.kubeconfig), "--replicas-from", "spec"]
+        self.proc = ManagedProcess(self.name, argv, self.workdir / f"{self.name}.log").start()
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as resp:
+                return bool(resp.status == 200)
+
+        wait_until(healthy, timeout, f"{self.name} /healthz", [self.proc], interval=0.2)
+        return self
+
+    def set_arrival_rate(self, namespace: str, channel: str, rate: float) -> None:
+        """POST /control: change a channel's load at run time."""
+        body = json.dumps({"namespace": namespace, "channel": channel, "arrivalRate": rate}).encode()
+        req = urllib.request.Request(
+            f"{self.url}/control", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            resp.read()
+
+    def state(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/state", timeout=5) as resp:
+            result: dict[str, Any] = json.load(resp)
+            return result
+
+    def log_text(self) -> str:
+        return self.proc.log_text() if self.proc else ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+
 #: What the ``operator_process`` fixture returns: call it to start an operator.
 OperatorFactory = Callable[..., OperatorProcess]
+#: What the ``channel_sim`` fixture returns: call it with channel configs to start a simulator.
+SimFactory = Callable[..., SimProcess]
