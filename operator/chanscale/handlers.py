@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 
 from . import GROUP, PLURAL, VERSION, kube, telemetry
-from .reconcile import Config, Runtime, Target, tick
+from .reconcile import Config, Runtime, Target, status_patch, tick
 from .signals import PrometheusReader
 from .spec import PoolSpec, SpecError
 
@@ -152,7 +152,7 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         for etype, reason, message in result.events:
             kopf.event(body, type=etype, reason=reason, message=message[:1024])
         if result.status is not None:
-            for k, v in result.status.items():
+            for k, v in status_patch(body.get("status") or {}, result.status).items():
                 patch.status[k] = v
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True, registry=registry)

@@ -146,6 +146,29 @@ def due(rt: Runtime, key: tuple[str, str], spec: PoolSpec, now: float) -> bool:
     return last is None or now - last >= interval - rt.config.tick / 2
 
 
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns ``old`` into ``new`` (keys that disappeared become ``None``).
+
+    Status is written as a merge patch, which keeps keys it does not mention; without this, a field that a
+    later decision no longer has (a note, a quiet-tick marker) would linger from an earlier one.
+    """
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return new
+    out: dict[str, Any] = {k: None for k in old if k not in new}
+    for k, v in new.items():
+        if k not in old:
+            out[k] = v
+        elif old[k] != v:
+            out[k] = merge_patch(old[k], v)
+    return out
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The status keys to patch: every key chanscale writes, diffed below the top level (top-level keys that
+    chanscale does not write, such as another controller's, are left alone)."""
+    return {k: merge_patch(old.get(k), v) for k, v in new.items() if old.get(k) != v}
+
+
 def _material(status: Mapping[str, Any]) -> str:
     """A digest of what makes a status write worth it (not the ever-moving observations)."""
     d = status.get("lastDecision") or {}

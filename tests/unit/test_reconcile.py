@@ -242,3 +242,15 @@ async def test_polling_interval_is_honoured() -> None:
     assert (await tick(rt, body, t)).skipped
     rt.clock[0] += 20  # type: ignore[attr-defined]
     assert not (await tick(rt, body, t)).skipped
+
+
+def test_status_patch_removes_keys_that_disappeared() -> None:
+    from chanscale.reconcile import status_patch
+
+    old = {
+        "lastDecision": {"to": 3, "lastQuietTick": "t", "sizing": {"note": "n", "terms": {"a": 1}}},
+        "replicas": 3,
+        "other": {"x": 1},
+    }
+    new = {"lastDecision": {"to": 4, "sizing": {"terms": {"a": 1}}}, "replicas": 3}
+    assert status_patch(old, new) == {"lastDecision": {"to": 4, "lastQuietTick": None, "sizing": {"note": None}}}
