@@ -63,10 +63,19 @@ def pytest_runtest_makereport(
     item.stash.setdefault(_REPORTS, {})[rep.when] = rep
     if rep.failed:
         for op in item.stash.get(_OPERATORS, []):
-            rep.sections.append((f"chanscale operator log ({op.name}, {rep.when})", op.log_text() or "<empty>"))
+            rep.sections.append((f"chanscale operator log ({op.name}, {rep.when})", _tail(op.log_text(), op.log_path)))
         for sim in item.stash.get(_SIMS, []):
-            rep.sections.append((f"chanscale sim log ({sim.name}, {rep.when})", sim.log_text()[-5000:] or "<empty>"))
+            rep.sections.append((f"chanscale sim log ({sim.name}, {rep.when})", _tail(sim.log_text(), None)))
     return rep
+
+
+def _tail(text: str, path: Path | None, lines: int = 300) -> str:
+    """The end of a log: a verbose operator writes megabytes in a minute; the end is where the failure is."""
+    all_lines = text.splitlines()
+    if len(all_lines) <= lines:
+        return text or "<empty>"
+    where = f" (full log: {path})" if path else ""
+    return f"... {len(all_lines) - lines} earlier lines omitted{where} ...\n" + "\n".join(all_lines[-lines:])
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
