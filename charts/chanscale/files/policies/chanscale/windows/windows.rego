@@ -50,6 +50,10 @@ absolute(w) if w.from
 
 recurring(w) if not absolute(w)
 
+days_readable(w) if not w.days
+
+days_readable(w) if is_array(w.days)
+
 valid(w) if {
 	absolute(w)
 	time.parse_rfc3339_ns(w.from)
@@ -62,6 +66,7 @@ valid(w) if {
 	minutes(w.start) >= 0
 	minutes(w.end) >= 0
 	minute_of_day(now_ns, tz(w)) >= 0
+	days_readable(w)
 	mode(w) in {"freeze", "noScaleDown", "noScaleUp"}
 }
 
@@ -133,7 +138,7 @@ denials contains {"guard": "windows", "reason": msg} if {
 	some w in windows
 	not valid(w)
 	msg := sprintf(
-		"windows: window %q cannot be read (needs start/end \"HH:MM\" and a known timezone, or RFC 3339 from/to, and mode freeze|noScaleDown|noScaleUp): holding until it is fixed",
+		"windows: window %q cannot be read (needs start/end \"HH:MM\", a known timezone and days as a list, or RFC 3339 from/to; mode freeze|noScaleDown|noScaleUp): holding until it is fixed",
 		[label(w)],
 	)
 }

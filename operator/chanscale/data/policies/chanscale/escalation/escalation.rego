@@ -15,7 +15,7 @@ p := lib.params("escalation")
 default escalated := false
 
 escalated if {
-	p.enabled != false
+	not p.enabled == false
 	is_number(p.backlogThreshold)
 	is_number(input.signals.backlog)
 	input.signals.backlog >= p.backlogThreshold

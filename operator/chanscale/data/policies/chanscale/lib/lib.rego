@@ -48,4 +48,4 @@ num(x) := x if is_number(x)
 else := 0
 
 # pct renders a 0..1 ratio as a percentage for reasons.
-pct(x) := sprintf("%.1f%%", [x * 100])
+pct(x) := sprintf("%v%%", [round(x * 1000) / 10])
