@@ -5,7 +5,7 @@
 #   the operator asks for (spec.policy.path default chanscale/main/decision). Denials (windows, error brake) win
 #   over clamps; clamps (step, caps, budget) are applied together and the tightest comes first in the reasons;
 #   notes (escalation, overrides) follow. A limit never reverses the direction of the proposal: a clamp that
-#   would fall behind the current count holds instead.
+#   would fall behind the current count clamps to the current count (allow stays true: only denials deny).
 # entrypoint: true
 package chanscale.main
 
@@ -48,11 +48,10 @@ binding := [[d[2], d[1]] | some d in sorted_denials] if {
 	lib.scaling_up
 } else := [[l[3], l[2]] | some l in lowers]
 
+# Only a denial (window, brake) refuses; a bound that leaves no room is a clamp to the current count.
 default allow := false
 
-allow if lib.proposed == lib.current
-
-allow if target != lib.current
+allow if count(denials) == 0
 
 summary := [sprintf("no change proposed (%d replicas)", [lib.current])] if {
 	lib.proposed == lib.current

@@ -28,7 +28,6 @@ bound := max([floor, main.decision.replicas]) if binds
 decision := main.decision if not binds
 
 decision := object.union(main.decision, {
-	"allow": min([bound, input.replicas.current]) != input.replicas.current,
 	"replicas": min([bound, input.replicas.current]),
 	"reasons": array.concat(
 		[sprintf("critical-floor: tier=critical pools keep at least %d replicas (proposed %d)", [floor, main.decision.replicas])],
