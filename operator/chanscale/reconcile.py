@@ -227,7 +227,13 @@ async def tick(rt: Runtime, body: Mapping[str, Any], target: Target | None, *, f
         spec = PoolSpec.from_dict(spec_raw)
     except SpecError as e:
         msg = f"invalid spec: {e}"
-        res = TickResult(status=None, events=[("Warning", "InvalidSpec", msg)])
+        prev: dict[str, Any] = next((c for c in old.get("conditions") or [] if c.get("type") == "Ready"), {})
+        events: list[tuple[str, str, str]] = (
+            []
+            if (prev.get("reason"), prev.get("message")) == ("InvalidSpec", msg)
+            else [("Warning", "InvalidSpec", msg)]
+        )
+        res = TickResult(status=None, events=events)
         return _finish(rt, key, _error_status(old, gen, now, "InvalidSpec", msg, None), now, res)
     if not force and not due(rt, key, spec, now):
         return TickResult(status=None, skipped=True)
@@ -321,22 +327,16 @@ async def _tick(rt: Runtime, body: Mapping[str, Any], spec: PoolSpec, target: Ta
                         f"[{mode}] would scale {current} -> {decision.desired}: {decision.reason}",
                     )
                 )
-    if (
-        decision.policy is not None
-        and (
-            not decision.policy["allow"]
-            or decision.outcome == "Blocked"
-            or (decision.policy.get("replicas") is not None and decision.policy["replicas"] != decision.recommendation)
-        )
-        and (decision.outcome == "Blocked" or decision.policy.get("replicas") is not None)
-    ):
-        events.append(
-            (
-                "Warning",
-                "PolicyBlocked" if decision.outcome == "Blocked" else "PolicyClamped",
-                decision.reason,
-            )
-        )
+    if verdict_info is not None and (decision.outcome == "Blocked" or decision.desired != verdict_info["proposed"]):
+        # One Event per change of verdict, not one per tick while a guard keeps holding.
+        prev_policy = next((c for c in conditions if c.get("type") == "PolicyAllowed"), {})
+        if prev_policy.get("message") != "; ".join(verdict_info["reasons"]) or prev_policy.get("reason") not in (
+            "Denied",
+            "Clamped",
+            "PolicyUnavailable",
+        ):
+            reason = "PolicyBlocked" if decision.outcome == "Blocked" else "PolicyClamped"
+            events.append(("Warning", reason, decision.reason))
 
     outcome = decision.outcome if mode == "Active" else (mode if decision.desired != current else decision.outcome)
     telemetry.DECISIONS.labels(ns, name, outcome).inc()

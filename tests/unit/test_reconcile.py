@@ -254,3 +254,24 @@ def test_status_patch_removes_keys_that_disappeared() -> None:
     }
     new = {"lastDecision": {"to": 4, "sizing": {"terms": {"a": 1}}}, "replicas": 3}
     assert status_patch(old, new) == {"lastDecision": {"to": 4, "lastQuietTick": None, "sizing": {"note": None}}}
+
+
+async def test_a_holding_guard_posts_one_event_not_one_per_tick() -> None:
+    rt = runtime(gate=Gate(Verdict(allow=False, replicas=None, reasons=("caps: at most 3",))))
+    body = pool()
+    first = await tick(rt, body, TARGET)
+    assert "PolicyBlocked" in [e[1] for e in first.events]
+    body["status"] = first.status
+    rt.clock[0] += 10  # type: ignore[attr-defined]
+    second = await tick(rt, body, TARGET)
+    assert "PolicyBlocked" not in [e[1] for e in second.events]
+
+
+async def test_invalid_spec_event_is_posted_once() -> None:
+    rt = runtime()
+    body = pool(minReplicas=9, maxReplicas=2)
+    first = await tick(rt, body, TARGET)
+    body["status"] = first.status
+    rt.clock[0] += 10  # type: ignore[attr-defined]
+    second = await tick(rt, body, TARGET)
+    assert [e[1] for e in first.events] == ["InvalidSpec"] and second.events == []
