@@ -73,7 +73,7 @@ class Verdict:
     error: str | None = None
     latency_seconds: float = 0.0
     limited_by: tuple[str, ...] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 class PolicyUnavailable(Exception):
