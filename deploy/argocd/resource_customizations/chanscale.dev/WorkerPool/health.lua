@@ -4,7 +4,8 @@
 -- Precedence, first match wins:
 --   1. no status / no conditions yet, or status.observedGeneration behind metadata.generation -> Progressing
 --   2. Ready=False (TargetNotFound, TargetConflict, InvalidSpec, ...)                        -> Degraded
---   3. MetricsAvailable=False (the pool is blind; like KEDA's Fallback=True)                  -> Degraded
+--   3. MetricsAvailable=False for fallback.failureThreshold ticks (like KEDA's Fallback=True) -> Degraded
+--      (a shorter gap is a blip: the pool holds, and the message below says so)
 --   4. Paused=True, spec.paused, the chanscale.dev/paused annotation, or spec.mode DryRun    -> Suspended
 --   5. Ready missing or Unknown                                                               -> Progressing
 --   6. otherwise                                                                              -> Healthy
@@ -69,11 +70,21 @@ if is_false(ready) then
   return hs
 end
 
+local spec = obj.spec or {}
 local metrics = conds["MetricsAvailable"]
+local threshold = 3
+if spec.fallback ~= nil and spec.fallback.failureThreshold ~= nil then
+  threshold = spec.fallback.failureThreshold
+end
+local failures = obj.status.consecutiveFailures
+local metrics_blip = false
 if is_false(metrics) then
-  hs.status = "Degraded"
-  hs.message = describe(metrics, "Signals are missing from Prometheus")
-  return hs
+  if failures == nil or failures >= threshold then
+    hs.status = "Degraded"
+    hs.message = describe(metrics, "Signals are missing from Prometheus")
+    return hs
+  end
+  metrics_blip = true
 end
 
 local paused = conds["Paused"]
@@ -81,7 +92,6 @@ local annotations = {}
 if obj.metadata ~= nil and obj.metadata.annotations ~= nil then
   annotations = obj.metadata.annotations
 end
-local spec = obj.spec or {}
 if is_true(paused) then
   hs.status = "Suspended"
   hs.message = describe(paused, "Scaling is paused")
@@ -105,6 +115,11 @@ if ready == nil or ready.status ~= "True" then
 end
 
 hs.status = "Healthy"
+if metrics_blip then
+  hs.message = "Holding while signals are missing (" .. tostring(failures) .. " of " .. tostring(threshold)
+    .. " failures before the fallback): " .. describe(metrics, "signals missing")
+  return hs
+end
 local slo = conds["SLOMet"]
 if is_false(slo) then
   local cause = ""
