@@ -100,9 +100,7 @@ CASES = _cases()
 
 @pytest.mark.parametrize("lua", lua_interpreters())
 @pytest.mark.parametrize(("name", "obj", "expected"), CASES, ids=[c[0] for c in CASES])
-def test_health_case(
-    lua: str, name: str, obj: dict[str, Any], expected: dict[str, str], tmp_path: Path
-) -> None:
+def test_health_case(lua: str, name: str, obj: dict[str, Any], expected: dict[str, str], tmp_path: Path) -> None:
     status, message = run_health(lua, obj, tmp_path)
     assert (status, message) == (expected["status"], expected["message"]), f"case {name}"
 
@@ -157,9 +155,7 @@ def test_scaled_replicas_are_ignored_and_respected() -> None:
     app = _applications()["chanscale-examples"]
     rules = app["spec"]["ignoreDifferences"]
     assert any(
-        r.get("group") == "apps"
-        and r.get("kind") == "Deployment"
-        and "/spec/replicas" in r.get("jsonPointers", [])
+        r.get("group") == "apps" and r.get("kind") == "Deployment" and "/spec/replicas" in r.get("jsonPointers", [])
         for r in rules
     ), rules
     options = app["spec"]["syncPolicy"]["syncOptions"]
