@@ -183,7 +183,17 @@ class Stack:
             self.namespace,
             *(extra or []),
         ]
-        self.operator = OperatorProcess("chanscale-operator", argv, self.workdir / "operator.log", mport, lport)
+        # KUBECONFIG in the environment as well as --kubeconfig: kopf's login_via_client reads the kubernetes
+        # client's default kubeconfig location, fixed when the client is imported (docs/benchmarks.md, "Known
+        # issues").
+        self.operator = OperatorProcess(
+            "chanscale-operator",
+            argv,
+            self.workdir / "operator.log",
+            mport,
+            lport,
+            env={"KUBECONFIG": str(self.cp.kubeconfig)},
+        )
         self.operator.start()
         self.operator.wait_healthy(timeout=120)
 

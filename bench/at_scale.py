@@ -1,0 +1,307 @@
+"""The operator at scale: 10, 100, 1000 WorkerPools against the real API server, Prometheus and OPA.
+
+    python -m bench.at_scale                 # 10, 100 and 1000 pools, 120 s measured each
+    python -m bench.at_scale --quick         # CI: 10 pools, 30 s measured (~1.5 min with start-up)
+
+One local control plane and Prometheus (5 s scrape) for the whole run; for each pool count a fresh namespace,
+N Deployments (1 replica, pods Pending: no kubelet), ``chanscale sim`` serving N steady channels (10 msgs/s,
+μ = 20/s, one simulated worker each, so decisions are mostly NoChange), and a fresh ``chanscale run --opa local``
+(default 10 s tick) watching that namespace. After a warm-up (rate() windows fill), for ``--window`` seconds:
+- the operator's /metrics is sampled every 2 s: per-pool decision counters give each pool's evaluation gaps;
+- deltas of ``chanscale_prometheus_queries_total``, ``chanscale_kubernetes_requests_total``,
+  ``chanscale_status_writes_total`` and the API server's ``apiserver_request_total`` give requests per tick;
+- ``chanscale_decision_duration_seconds`` (signals + decision + policy + scale write, per pool tick) and
+  ``chanscale_policy_duration_seconds`` give latency percentiles (bucket-interpolated like histogram_quantile);
+- /proc gives the operator's RSS and CPU (the supervised OPA child separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from .common import add_common_args, fig_dir, machine, machine_line, out_dir, pyplot, write_json
+from .promsim import bucket_quantile
+from .realloop import Stack, deployment, metric_sum, process_usage, worker_pool
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _tree_usage(pid: int) -> dict[str, float]:
+    """RSS and CPU of the operator and, separately, of its child processes (the supervised OPA)."""
+    rss, cpu = process_usage(pid)
+    c_rss = c_cpu = 0.0
+    for child in _children(pid):
+        try:
+            r, c = process_usage(child)
+        except OSError:
+            continue
+        c_rss, c_cpu = c_rss + r, c_cpu + c
+    return {"rss_mib": rss, "cpu_s": cpu, "child_rss_mib": c_rss, "child_cpu_s": c_cpu}
+
+
+def hist_quantile(before: Samples, after: Samples, name: str, q: float) -> float | None:
+    """histogram_quantile over the delta of a prometheus_client histogram between two scrapes."""
+
+    def buckets(samples: Samples) -> dict[float, float]:
+        out: dict[float, float] = defaultdict(float)
+        for n, lbl, v in samples:
+            if n == f"{name}_bucket":
+                out[float(lbl["le"])] += v
+        return out
+
+    b0, b1 = buckets(before), buckets(after)
+    les = sorted(b1)
+    if not les:
+        return None
+    counts = [b1[le] - b0.get(le, 0.0) for le in les]
+    return bucket_quantile(q, [le for le in les if le != float("inf")], counts)
+
+
+def pool_gaps(series: list[tuple[float, dict[str, float]]]) -> dict[str, list[float]]:
+    """Per pool: seconds between successive observed increases of its decision counter."""
+    last_inc: dict[str, float] = {}
+    prev: dict[str, float] = {}
+    gaps: dict[str, list[float]] = defaultdict(list)
+    for t, counts in series:
+        for pool, c in counts.items():
+            if pool in prev and c > prev[pool]:
+                if pool in last_inc:
+                    gaps[pool].append(t - last_inc[pool])
+                last_inc[pool] = t
+            prev[pool] = c
+    return gaps
+
+
+def _decisions_by_pool(samples: Samples) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for n, lbl, v in samples:
+        if n == "chanscale_decisions_total":
+            out[lbl.get("pool", "")] += v
+    return out
+
+
+def _apiserver_requests(samples: Samples) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for n, lbl, v in samples:
+        if n == "apiserver_request_total":
+            out[lbl.get("resource", "") or "-"] += v
+    return out
+
+
+def measure(st: Stack, pools: int, window: float, warmup: float, tick: float) -> dict[str, Any]:
+    """Run one pool count in its own namespace and return the measurements."""
+    ns = f"scale-{pools}"
+    st.namespace = ns
+    client.CoreV1Api(st.api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    t_setup = time.monotonic()
+    names = [(f"c{i}", f"w{i}") for i in range(pools)]
+    st.create_pools([], [deployment(w, 1) for _, w in names])
+    st.start_sim(
+        [{"namespace": ns, "channel": c, "serviceRate": 20.0, "arrivalRate": 10.0, "replicas": 1} for c, _ in names],
+        follow_deployments=False,
+    )
+    st.start_operator()
+    st.create_pools([worker_pool(f"p{i}", c, w, 1.0, 20.0, 10) for i, (c, w) in enumerate(names)], [])
+    setup_s = time.monotonic() - t_setup
+    time.sleep(warmup)
+    assert st.operator is not None and st.operator.proc is not None and st.operator.proc.pid is not None
+    pid = st.operator.proc.pid
+    series: list[tuple[float, dict[str, float]]] = []
+    before = st.operator_metrics()
+    api_before = _apiserver_requests(st.apiserver_metrics())
+    use_before = _tree_usage(pid)
+    t0 = time.monotonic()
+    stop = threading.Event()
+
+    def sampler() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                series.append((time.monotonic(), _decisions_by_pool(st.operator_metrics())))
+            stop.wait(2.0)
+
+    th = threading.Thread(target=sampler, daemon=True)
+    th.start()
+    time.sleep(window)
+    stop.set()
+    th.join(timeout=30)
+    elapsed = time.monotonic() - t0
+    after = st.operator_metrics()
+    api_after = _apiserver_requests(st.apiserver_metrics())
+    use_after = _tree_usage(pid)
+    ticks = elapsed / tick
+    gaps = pool_gaps(series)
+    all_gaps = sorted(g for gs in gaps.values() for g in gs)
+    late = sum(1 for gs in gaps.values() if gs and max(gs) > tick * 1.5 + 2.0)
+    never = pools - sum(1 for p, c in _decisions_by_pool(after).items() if c > _decisions_by_pool(before).get(p, 0))
+
+    def delta(name: str) -> float:
+        return metric_sum(after, name) - metric_sum(before, name)
+
+    api_delta = {k: api_after.get(k, 0.0) - api_before.get(k, 0.0) for k in api_after}
+    res = {
+        "pools": pools,
+        "setup_s": setup_s,
+        "window_s": elapsed,
+        "ticks": ticks,
+        "decisions": delta("chanscale_decisions_total"),
+        "decisions_per_pool_per_tick": delta("chanscale_decisions_total") / max(pools, 1) / ticks,
+        "pools_not_evaluated": never,
+        "pools_with_a_gap_over_1.5_intervals": late,
+        "gap_p50_s": all_gaps[len(all_gaps) // 2] if all_gaps else None,
+        "gap_p99_s": all_gaps[int(len(all_gaps) * 0.99)] if all_gaps else None,
+        "gap_max_s": all_gaps[-1] if all_gaps else None,
+        "prometheus_queries_per_tick": delta("chanscale_prometheus_queries_total") / ticks,
+        "operator_kube_requests_per_tick": delta("chanscale_kubernetes_requests_total") / ticks,
+        "status_writes_per_tick": delta("chanscale_status_writes_total") / ticks,
+        "apiserver_requests_per_tick": sum(api_delta.values()) / ticks,
+        "apiserver_requests_per_tick_by_resource": {k: v / ticks for k, v in sorted(api_delta.items()) if v > 0},
+        "decision_p50_s": hist_quantile(before, after, "chanscale_decision_duration_seconds", 0.5),
+        "decision_p99_s": hist_quantile(before, after, "chanscale_decision_duration_seconds", 0.99),
+        "policy_p50_s": hist_quantile(before, after, "chanscale_policy_duration_seconds", 0.5),
+        "policy_p99_s": hist_quantile(before, after, "chanscale_policy_duration_seconds", 0.99),
+        "operator_rss_mib": use_after["rss_mib"],
+        "operator_cpu_percent": 100.0 * (use_after["cpu_s"] - use_before["cpu_s"]) / elapsed,
+        "opa_rss_mib": use_after["child_rss_mib"],
+        "opa_cpu_percent": 100.0 * (use_after["child_cpu_s"] - use_before["child_cpu_s"]) / elapsed,
+    }
+    if st.operator:
+        st.operator.stop()
+        st.operator = None
+    if st.sim:
+        st.sim.stop()
+        st.sim = None
+    assert st.prom is not None
+    st.prom.set_targets([])
+    client.CoreV1Api(st.api).delete_namespace(ns)
+    return res
+
+
+def _f(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Obtained with `{meta['command']}` on {machine_line(meta['machine'])}; everything (etcd, kube-apiserver, "
+        f"kube-controller-manager, Prometheus, OPA, simulator, operator) shares this machine. Operator tick "
+        f"{meta['tick']:g} s, Prometheus scrape 5 s, {meta['window']:g} s measured per row after a "
+        f"{meta['warmup']:g} s warm-up; figures from one run.",
+        "",
+        "| pools | evaluations / pool / tick | pools never evaluated | pools with a gap > 1.5 ticks | gap p50 / p99 / "
+        "max s | Prometheus queries / tick | operator API requests / tick | status writes / tick | API server "
+        "requests / tick (all clients) | decision p50 / p99 ms | policy p50 / p99 ms | operator RSS MiB | operator "
+        "CPU % | OPA RSS MiB / CPU % |",
+        "|" + "---|" * 14,
+    ]
+    for r in rows:
+
+        def ms(k: str, row: dict[str, Any] = r) -> str:
+            return "–" if row[k] is None else f"{1000 * row[k]:.1f}"
+
+        lines.append(
+            f"| {r['pools']} | {_f(r['decisions_per_pool_per_tick'])} | {r['pools_not_evaluated']} | "
+            f"{r['pools_with_a_gap_over_1.5_intervals']} | {_f(r['gap_p50_s'], 1)} / {_f(r['gap_p99_s'], 1)} / "
+            f"{_f(r['gap_max_s'], 1)} | {_f(r['prometheus_queries_per_tick'], 1)} | "
+            f"{_f(r['operator_kube_requests_per_tick'], 1)} | {_f(r['status_writes_per_tick'], 1)} | "
+            f"{_f(r['apiserver_requests_per_tick'], 0)} | {ms('decision_p50_s')} / {ms('decision_p99_s')} | "
+            f"{ms('policy_p50_s')} / {ms('policy_p99_s')} | {_f(r['operator_rss_mib'], 0)} | "
+            f"{_f(r['operator_cpu_percent'], 0)} | {_f(r['opa_rss_mib'], 0)} / {_f(r['opa_cpu_percent'], 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    n = [r["pools"] for r in rows]
+    axes[0].plot(n, [r["prometheus_queries_per_tick"] for r in rows], marker="o", label="Prometheus queries")
+    axes[0].plot(n, [r["operator_kube_requests_per_tick"] for r in rows], marker="o", label="operator API requests")
+    axes[0].plot(n, [r["status_writes_per_tick"] for r in rows], marker="o", label="status writes")
+    axes[0].set_title("per tick", fontsize=9)
+    for key, label in (
+        ("decision_p50_s", "decision p50"),
+        ("decision_p99_s", "decision p99"),
+        ("policy_p99_s", "policy p99"),
+    ):
+        axes[1].plot(n, [1000 * (r[key] or 0) for r in rows], marker="o", label=label)
+    axes[1].set_title("latency, ms", fontsize=9)
+    axes[2].plot(n, [r["operator_cpu_percent"] for r in rows], marker="o", label="operator CPU %")
+    axes[2].plot(n, [r["operator_rss_mib"] for r in rows], marker="o", label="operator RSS MiB")
+    axes[2].set_title("resources", fontsize=9)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("WorkerPools")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Operator at scale — `{meta['command']}` on {machine_line(meta['machine'])}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--pools", default=None, help="comma-separated pool counts (default 10,100,1000; 10 with --quick)")
+    p.add_argument("--window", type=float, default=None, help="seconds measured per pool count (120; 30 quick)")
+    p.add_argument("--warmup", type=float, default=None, help="seconds before measuring (75; 20 quick)")
+    p.add_argument("--tick", type=float, default=10.0)
+    p.add_argument("--opa", default="local")
+    args = p.parse_args(argv)
+    counts = [int(x) for x in (args.pools or ("10" if args.quick else "10,100,1000")).split(",")]
+    window = args.window or (30.0 if args.quick else 120.0)
+    warmup = args.warmup or (20.0 if args.quick else 75.0)
+    rows = []
+    t_start = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="chanscale-bench-scale-") as tmp,
+        Stack(workdir=Path(tmp), tick=args.tick, opa=args.opa) as st,
+    ):
+        st.start_cluster()
+        for n in counts:
+            print(f"measuring {n} pools ...", flush=True)
+            rows.append(measure(st, n, window, warmup, args.tick))
+            print(rows[-1], flush=True)
+    cmd = "python -m bench.at_scale" + (" --quick" if args.quick else "")
+    meta = {
+        "command": cmd,
+        "machine": machine(),
+        "tick": args.tick,
+        "window": window,
+        "warmup": warmup,
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    out = out_dir(args)
+    md = markdown(rows, meta)
+    (out / "at_scale.md").write_text(md + "\n")
+    write_json(out / "at_scale.json", {"meta": meta, "rows": rows})
+    plot(rows, fig_dir(args) / "at_scale.png", meta)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
