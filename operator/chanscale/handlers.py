@@ -58,7 +58,7 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
         settings.posting.level = logging.WARNING  # our own Events are explicit; warnings from kopf still post
         settings.execution.max_workers = 8
-        from .policy import make_gate
+        from .policy import PolicyUnavailable, make_gate
 
         memo.runtime = Runtime(
             config=config,
@@ -77,6 +77,14 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             config.prometheus_url,
             config.opa,
         )
+        # Start a supervised local OPA now, so the first decision does not pay for it; failing here is not fatal
+        # (the gate retries with back-off and each pool's failurePolicy applies meanwhile).
+        start = getattr(memo.runtime.gate, "start", None)
+        if start is not None:
+            try:
+                await start()
+            except PolicyUnavailable as e:
+                logger.warning("policy gate not available yet: %s", e)
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -154,6 +162,8 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         if result.status is not None:
             for k, v in status_patch(body.get("status") or {}, result.status).items():
                 patch.status[k] = v
+        for k, v in result.labels.items():
+            patch.metadata.labels[k] = v
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True, registry=registry)
     def forget(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:

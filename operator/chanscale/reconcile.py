@@ -55,6 +55,7 @@ class TickResult:
     scaled_to: int | None = None
     decision: Decision | None = None
     skipped: bool = False
+    labels: dict[str, str | None] = field(default_factory=dict)  # metadata.labels to set (None removes)
 
 
 @dataclass
@@ -493,6 +494,13 @@ async def _tick(rt: Runtime, body: Mapping[str, Any], spec: PoolSpec, target: Ta
     }
 
     result = TickResult(status=None, events=events, scaled_to=decision.desired if applied else None, decision=decision)
+    # Labels a policy asks for (e.g. chanscale.dev/escalated) go on the pool, so a priority class or an alert can
+    # select escalated pools; a label of ours that the policy no longer asks for is removed.
+    if verdict_info is not None:
+        wanted = {k: str(v) for k, v in (verdict_info.get("labels") or {}).items()}
+        have = {k for k in (meta.get("labels") or {}) if k.startswith("chanscale.dev/")}
+        result.labels = {**{k: None for k in have - wanted.keys()}, **wanted}
+        result.labels = {k: v for k, v in result.labels.items() if (meta.get("labels") or {}).get(k) != v}
     if applied:  # a scale always writes status (the history must survive a restart)
         rt.last_written.pop(key, None)
     return _finish(rt, key, status, now, result)
@@ -554,5 +562,7 @@ async def _gate(
         "error": verdict.error,
         "path": spec.policy.path,
         "latencySeconds": round(verdict.latency_seconds, 5),
+        "limitedBy": list(verdict.limited_by),
+        "labels": dict(verdict.labels),
     }
     return decided, info

@@ -275,3 +275,25 @@ async def test_invalid_spec_event_is_posted_once() -> None:
     rt.clock[0] += 10  # type: ignore[attr-defined]
     second = await tick(rt, body, TARGET)
     assert [e[1] for e in first.events] == ["InvalidSpec"] and second.events == []
+
+
+async def test_escalation_labels_are_set_and_removed() -> None:
+    gate = Gate(
+        Verdict(
+            allow=True,
+            replicas=None,
+            reasons=("escalated",),
+            escalated=True,
+            labels={"chanscale.dev/escalated": "true"},
+        )
+    )
+    rt = runtime(gate=gate)
+    res = await tick(rt, pool(), TARGET)
+    assert res.labels == {"chanscale.dev/escalated": "true"}
+    assert res.status is not None and cond(res.status, "Escalated")["status"] == "True"
+    body = pool()
+    body["metadata"]["labels"] = {"chanscale.dev/escalated": "true", "team": "a"}
+    gate.verdict = Verdict(allow=True, replicas=None, reasons=("ok",))
+    rt.clock[0] += 10  # type: ignore[attr-defined]
+    res = await tick(rt, body, TARGET)
+    assert res.labels == {"chanscale.dev/escalated": None}
