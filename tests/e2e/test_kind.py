@@ -7,6 +7,7 @@ local-control-plane variant (tests/integration/test_chart_scenario.py). Skips, s
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 import pytest
 from scenario import JobLoad, Kubectl, KubectlCluster, ScaleScenario
@@ -34,7 +35,9 @@ def test_scales_up_under_load_and_back_down(kubectl: Kubectl, image: str, chart_
 
 
 def test_operator_metrics_reach_prometheus(kubectl: Kubectl, chart_release: str) -> None:
-    """The operator's own chanscale_* metrics are scraped (pod annotations set by the chart's podAnnotations)."""
+    """The operator's own metrics are scraped (pod annotations set through the chart's podAnnotations) and show
+    the scale-ups of the scenario test."""
+    query = "sum(chanscale_scale_total)"
     res = kubectl(
         "-n",
         "monitoring",
@@ -43,8 +46,8 @@ def test_operator_metrics_reach_prometheus(kubectl: Kubectl, chart_release: str)
         "--",
         "wget",
         "-qO-",
-        "http://127.0.0.1:9090/api/v1/query?query=count(%7B__name__%3D~%22chanscale_.%2B%22%7D)",
+        "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote(query),
     )
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout)["data"]["result"]
-    assert result and float(result[0]["value"][1]) > 0, res.stdout
+    assert result and float(result[0]["value"][1]) > 0, f"{query}: {res.stdout}"
