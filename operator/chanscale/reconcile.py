@@ -495,12 +495,12 @@ async def _tick(rt: Runtime, body: Mapping[str, Any], spec: PoolSpec, target: Ta
 
     result = TickResult(status=None, events=events, scaled_to=decision.desired if applied else None, decision=decision)
     # Labels a policy asks for (e.g. chanscale.dev/escalated) go on the pool, so a priority class or an alert can
-    # select escalated pools; a label of ours that the policy no longer asks for is removed.
-    if verdict_info is not None:
-        wanted = {k: str(v) for k, v in (verdict_info.get("labels") or {}).items()}
-        have = {k for k in (meta.get("labels") or {}) if k.startswith("chanscale.dev/")}
-        result.labels = {**{k: None for k in have - wanted.keys()}, **wanted}
-        result.labels = {k: v for k, v in result.labels.items() if (meta.get("labels") or {}).get(k) != v}
+    # select escalated pools; a label of ours that this tick's verdict does not ask for (or a tick that proposed
+    # no change, hence asked no policy) is removed.
+    wanted = {k: str(v) for k, v in ((verdict_info or {}).get("labels") or {}).items()}
+    current_labels = meta.get("labels") or {}
+    stale = {k: None for k in current_labels if k.startswith("chanscale.dev/") and k not in wanted}
+    result.labels = {**stale, **{k: v for k, v in wanted.items() if current_labels.get(k) != v}}
     if applied:  # a scale always writes status (the history must survive a restart)
         rt.last_written.pop(key, None)
     return _finish(rt, key, status, now, result)
