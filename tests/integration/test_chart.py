@@ -392,6 +392,9 @@ def test_helm_install_every_object_is_accepted(release: Release) -> None:
         helm("status", release.name, "-n", release.namespace, "-o", "json", kubeconfig=release.kubeconfig).stdout
     )
     assert status["info"]["status"] == "deployed"
+    notes = status["info"]["notes"]
+    assert "It manages WorkerPools in all namespaces." in notes, notes
+    assert f"helm test {release.name} -n {release.namespace}" in notes, notes
 
 
 def test_operator_pod_passes_restricted_pod_security(release: Release) -> None:
