@@ -204,12 +204,13 @@ class ScaleScenario:
     # -- steps
     def wait_replicas(self, cluster: Cluster, ok: Callable[[int], bool], what: str, timeout: float) -> int:
         """Poll the worker's replicas until ``ok``; on timeout fail with the history and the pool's conditions."""
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         while True:
             n = cluster.replicas(self.namespace, self.worker)
             self.history.append((time.monotonic(), what, n))
             if n is not None and ok(n):
-                self.log(f"[scenario] {what}: replicas={n}")
+                self.log(f"[scenario] {what}: replicas={n} after {time.monotonic() - start:.0f}s")
                 return n
             if time.monotonic() > deadline:
                 raise AssertionError(self._explain(cluster, f"timed out after {timeout:.0f}s waiting for {what}"))
