@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from chanscale.local.harness import Kubectl
+from chanscale.local.harness import Kubectl, OperatorFactory
+from chanscale.local.process import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +208,25 @@ def test_malformed_pool_is_rejected_naming_the_field(
 def test_at_least_ten_malformed_cases() -> None:
     """The issue asks for >= 10 distinct rejections; keep the table from shrinking unnoticed."""
     assert len(MALFORMED) >= 10
+
+
+def test_operator_is_unaffected_by_malformed_pools(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorFactory
+) -> None:
+    """Rejected pools never reach the operator: it keeps running and reconciles the valid pool next to them."""
+    op = operator_process(namespaces=[namespace])
+    for case_id, mutate, _ in MALFORMED:
+        pool = copy.deepcopy(valid_pool(f"bad-{case_id}"[:63]))
+        mutate(pool)
+        assert kubectl.apply(pool, namespace).returncode != 0, case_id
+    kubectl("create", "deployment", "orders-worker", "--image=worker:1", "-n", namespace, check=True)
+
+    assert kubectl.apply(valid_pool(), namespace).returncode == 0
+
+    def reconciled() -> bool:
+        status = kubectl.json("get", "wp", "orders", "-n", namespace).get("status") or {}
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+
+    wait_until(reconciled, 60, "the operator to reconcile the valid pool", [op.proc] if op.proc else [])
+    assert op.running
+    assert kubectl("get", "wp", "-n", namespace, "-o", "name").stdout.split() == ["workerpool.chanscale.dev/orders"]
