@@ -61,10 +61,12 @@ def test_deployment_gets_replicaset_and_scale_subresource_works(k8s: Any, namesp
     apps.create_namespaced_deployment(namespace, _deployment("worker", 1))
 
     # The controller-manager's deployment controller creates the ReplicaSet and reports status.
-    wait_until(lambda: len(_replica_sets(apps, namespace, "worker")) == 1, 30,
-               "a ReplicaSet for Deployment worker")
-    wait_until(lambda: apps.read_namespaced_deployment_status("worker", namespace).status.replicas == 1, 30,
-               "Deployment worker status.replicas == 1")
+    wait_until(lambda: len(_replica_sets(apps, namespace, "worker")) == 1, 30, "a ReplicaSet for Deployment worker")
+    wait_until(
+        lambda: apps.read_namespaced_deployment_status("worker", namespace).status.replicas == 1,
+        30,
+        "Deployment worker status.replicas == 1",
+    )
 
     scale = apps.patch_namespaced_deployment_scale(
         "worker", namespace, {"spec": {"replicas": 3}}, field_manager=FIELD_MANAGER
@@ -72,11 +74,17 @@ def test_deployment_gets_replicaset_and_scale_subresource_works(k8s: Any, namesp
     assert scale.spec.replicas == 3
     assert apps.read_namespaced_deployment_scale("worker", namespace).spec.replicas == 3
 
-    wait_until(lambda: _replica_sets(apps, namespace, "worker")[0].spec.replicas == 3, 30,
-               "the ReplicaSet to follow the scale patch to 3")
+    wait_until(
+        lambda: _replica_sets(apps, namespace, "worker")[0].spec.replicas == 3,
+        30,
+        "the ReplicaSet to follow the scale patch to 3",
+    )
     # Pods are created (Pending forever: there is no scheduler or kubelet), so status.replicas follows too.
-    wait_until(lambda: apps.read_namespaced_deployment_status("worker", namespace).status.replicas == 3, 30,
-               "Deployment worker status.replicas == 3")
+    wait_until(
+        lambda: apps.read_namespaced_deployment_status("worker", namespace).status.replicas == 3,
+        30,
+        "Deployment worker status.replicas == 3",
+    )
     managers = {
         (f.manager, f.subresource) for f in apps.read_namespaced_deployment("worker", namespace).metadata.managed_fields
     }
@@ -97,8 +105,11 @@ def test_service_account_tokens_authenticate_and_rbac_applies(
     control_plane: LocalControlPlane, kubectl: Kubectl, namespace: str, tmp_path: Path
 ) -> None:
     # The ServiceAccount controller creates `default` in every new namespace.
-    wait_until(lambda: kubectl("get", "serviceaccount", "default", "-n", namespace).returncode == 0, 30,
-               f"ServiceAccount default in {namespace}")
+    wait_until(
+        lambda: kubectl("get", "serviceaccount", "default", "-n", namespace).returncode == 0,
+        30,
+        f"ServiceAccount default in {namespace}",
+    )
     token = control_plane.create_token(namespace, "default")
     kubeconfig = control_plane.write_token_kubeconfig(token, tmp_path / "sa.kubeconfig", namespace)
 
@@ -110,10 +121,21 @@ def test_service_account_tokens_authenticate_and_rbac_applies(
     assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied
 
     kubectl("create", "role", "read-deploy", "-n", namespace, "--verb=get,list", "--resource=deployments", check=True)
-    kubectl("create", "rolebinding", "read-deploy", "-n", namespace, "--role=read-deploy",
-            f"--serviceaccount={namespace}:default", check=True)
-    wait_until(lambda: kubectl("get", "deployments", "-n", namespace, kubeconfig=kubeconfig).returncode == 0, 30,
-               "the RoleBinding to grant list deployments")
+    kubectl(
+        "create",
+        "rolebinding",
+        "read-deploy",
+        "-n",
+        namespace,
+        "--role=read-deploy",
+        f"--serviceaccount={namespace}:default",
+        check=True,
+    )
+    wait_until(
+        lambda: kubectl("get", "deployments", "-n", namespace, kubeconfig=kubeconfig).returncode == 0,
+        30,
+        "the RoleBinding to grant list deployments",
+    )
 
 
 @pytest.fixture
@@ -188,8 +210,12 @@ def test_operator_process_serves_liveness_and_metrics(
         "apiVersion": "chanscale.dev/v1alpha1",
         "kind": "WorkerPool",
         "metadata": {"name": "orders"},
-        "spec": {"channel": "orders", "scaleTargetRef": {"name": "worker"}, "maxReplicas": 4,
-                 "slo": {"p99LatencySeconds": 0.5}},
+        "spec": {
+            "channel": "orders",
+            "scaleTargetRef": {"name": "worker"},
+            "maxReplicas": 4,
+            "slo": {"p99LatencySeconds": 0.5},
+        },
     }
     assert kubectl.apply(pool, namespace).returncode == 0
 
@@ -202,8 +228,12 @@ def test_operator_process_serves_liveness_and_metrics(
         status = kubectl.json("get", "wp", "orders", "-n", namespace).get("status") or {}
         return any(c.get("type") == "Ready" for c in status.get("conditions", []))
 
-    wait_until(reconciled, 60, "the operator to write the pool's status (did it log in with --kubeconfig?)",
-               [op.proc] if op.proc else [])
+    wait_until(
+        reconciled,
+        60,
+        "the operator to write the pool's status (did it log in with --kubeconfig?)",
+        [op.proc] if op.proc else [],
+    )
 
     op.restart()
     assert op.running, op.log_text()

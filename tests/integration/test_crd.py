@@ -84,8 +84,9 @@ def test_printer_columns_show_status(kubectl: Kubectl, namespace: str) -> None:
             "lastDecision": {"limitedBy": ["scaleUpPolicy"]},
         }
     }
-    patched = kubectl("patch", "wp", "orders", "-n", namespace, "--subresource=status", "--type=merge",
-                      "-p", json.dumps(status))
+    patched = kubectl(
+        "patch", "wp", "orders", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(status)
+    )
     assert patched.returncode == 0, patched.stderr
     wide = kubectl("get", "wp", "orders", "-n", namespace, "-o", "wide").stdout.splitlines()
     values = dict(zip(_header(wide[0]), [v.strip() for v in _split_row(wide)], strict=True))
@@ -166,22 +167,36 @@ MALFORMED: list[tuple[str, Mutator, list[str]]] = [
     ("missing-max-replicas", _delete("maxReplicas"), ["spec.maxReplicas"]),
     ("missing-slo", _delete("slo"), ["spec.slo"]),
     ("bad-mode", _set("mode", "Aggressive"), ["spec.mode"]),
-    ("bad-policy-type", _set("behavior.scaleUp.policies", _policy(type="Replicas")),
-     ["spec.behavior.scaleUp.policies[0].type"]),
-    ("period-over-1800", _set("behavior.scaleDown.policies", _policy(periodSeconds=3600)),
-     ["spec.behavior.scaleDown.policies[0].periodSeconds"]),
+    (
+        "bad-policy-type",
+        _set("behavior.scaleUp.policies", _policy(type="Replicas")),
+        ["spec.behavior.scaleUp.policies[0].type"],
+    ),
+    (
+        "period-over-1800",
+        _set("behavior.scaleDown.policies", _policy(periodSeconds=3600)),
+        ["spec.behavior.scaleDown.policies[0].periodSeconds"],
+    ),
     ("bad-select-policy", _set("behavior.scaleUp.selectPolicy", "Maximum"), ["spec.behavior.scaleUp.selectPolicy"]),
     ("fallback-static-without-replicas", _set("fallback", {"behavior": "static"}), ["spec.fallback"]),
-    ("fallback-replicas-above-max", _set("fallback", {"behavior": "static", "replicas": 50}),
-     ["spec.fallback.replicas"]),
-    ("bad-prometheus-address", _set("metrics.prometheusAddress", "prometheus:9090"),
-     ["spec.metrics.prometheusAddress"]),
+    (
+        "fallback-replicas-above-max",
+        _set("fallback", {"behavior": "static", "replicas": 50}),
+        ["spec.fallback.replicas"],
+    ),
+    (
+        "bad-prometheus-address",
+        _set("metrics.prometheusAddress", "prometheus:9090"),
+        ["spec.metrics.prometheusAddress"],
+    ),
     ("bad-rate-window", _set("metrics.rateWindow", "5 minutes"), ["spec.metrics.rateWindow"]),
     ("error-rate-above-one", _set("slo.maxErrorRate", 1.5), ["spec.slo.maxErrorRate"]),
     ("target-kind-statefulset", _set("scaleTargetRef.kind", "StatefulSet"), ["spec.scaleTargetRef.kind"]),
-    ("template-without-containers",
-     _both(_delete("scaleTargetRef"), _set("template", {"spec": {"containers": []}})),
-     ["spec.template.spec.containers"]),
+    (
+        "template-without-containers",
+        _both(_delete("scaleTargetRef"), _set("template", {"spec": {"containers": []}})),
+        ["spec.template.spec.containers"],
+    ),
     ("zero-target-utilization", _set("model.targetUtilization", 0), ["spec.model.targetUtilization"]),
     ("policy-path-traversal", _set("policy.path", "../../system/main"), ["spec.policy.path"]),
     ("bad-failure-policy", _set("policy.failurePolicy", "Deny"), ["spec.policy.failurePolicy"]),

@@ -43,10 +43,14 @@ def fast_pool(name: str = "orders", target: str = "worker", **spec: Any) -> dict
             "model": {"serviceRateHint": SERVICE_RATE},
             "metrics": {"rateWindow": "10s", "staleAfterSeconds": 10},
             "behavior": {
-                "scaleUp": {"stabilizationWindowSeconds": 0,
-                            "policies": [{"type": "Percent", "value": 1000, "periodSeconds": 1}]},
-                "scaleDown": {"stabilizationWindowSeconds": 0,
-                              "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}]},
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "policies": [{"type": "Percent", "value": 1000, "periodSeconds": 1}],
+                },
+                "scaleDown": {
+                    "stabilizationWindowSeconds": 0,
+                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 1}],
+                },
             },
         },
     }
@@ -56,13 +60,19 @@ def fast_pool(name: str = "orders", target: str = "worker", **spec: Any) -> dict
 
 
 def channel(namespace: str, rate: float = LOW_RATE, deployment: str = "worker", name: str = "orders") -> dict[str, Any]:
-    return {"namespace": namespace, "channel": name, "deployment": deployment, "serviceRate": SERVICE_RATE,
-            "arrivalRate": rate}
+    return {
+        "namespace": namespace,
+        "channel": name,
+        "deployment": deployment,
+        "serviceRate": SERVICE_RATE,
+        "arrivalRate": rate,
+    }
 
 
 def create_worker(kubectl: Kubectl, namespace: str, replicas: int, name: str = "worker") -> None:
-    res = kubectl("create", "deployment", name, "--image=registry.invalid/worker:1", f"--replicas={replicas}",
-                  "-n", namespace)
+    res = kubectl(
+        "create", "deployment", name, "--image=registry.invalid/worker:1", f"--replicas={replicas}", "-n", namespace
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -79,8 +89,9 @@ def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c.get("type") == ctype), {})
 
 
-def has_condition(kubectl: Kubectl, namespace: str, ctype: str, cstatus: str, reason: str | None = None,
-                  pool: str = "orders") -> Callable[[], bool]:
+def has_condition(
+    kubectl: Kubectl, namespace: str, ctype: str, cstatus: str, reason: str | None = None, pool: str = "orders"
+) -> Callable[[], bool]:
     def check() -> bool:
         c = condition(pool_status(kubectl, namespace, pool), ctype)
         return c.get("status") == cstatus and (reason is None or c.get("reason") == reason)
@@ -102,7 +113,7 @@ def event_reasons(kubectl: Kubectl, namespace: str, pool: str = "orders") -> set
 def decisions_total(op: OperatorProcess, namespace: str, pool: str = "orders") -> float:
     """Ticks the operator has evaluated for a pool (chanscale_decisions_total, all outcomes)."""
     total = 0.0
-    pattern = re.compile(r'^chanscale_decisions_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$')
+    pattern = re.compile(r"^chanscale_decisions_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
     for line in op.metrics_text().splitlines():
         m = pattern.match(line)
         if m and f'namespace="{namespace}"' in m["labels"] and f'pool="{pool}"' in m["labels"]:
@@ -123,13 +134,21 @@ def test_burst_scales_up_and_drain_scales_down(
     sim = channel_sim([channel(namespace, LOW_RATE)])
     assert kubectl.apply(fast_pool(), namespace).returncode == 0
     op = operator_process(namespaces=[namespace])
-    wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "True"), 60,
-               "the operator to read the channel's signals", procs(op))
+    wait_until(
+        has_condition(kubectl, namespace, "MetricsAvailable", "True"),
+        60,
+        "the operator to read the channel's signals",
+        procs(op),
+    )
 
     sim.set_arrival_rate(namespace, "orders", BURST_RATE)
 
-    wait_until(lambda: replicas(kubectl, namespace) >= 6, 120,
-               f"a scale-up to >= 6 replicas for {BURST_RATE}/s at {SERVICE_RATE}/s per worker", procs(op))
+    wait_until(
+        lambda: replicas(kubectl, namespace) >= 6,
+        120,
+        f"a scale-up to >= 6 replicas for {BURST_RATE}/s at {SERVICE_RATE}/s per worker",
+        procs(op),
+    )
     status = pool_status(kubectl, namespace)
     assert status["lastDecision"]["from"] < status["lastDecision"]["to"], status["lastDecision"]
     assert "Scaled" in event_reasons(kubectl, namespace)
@@ -137,8 +156,12 @@ def test_burst_scales_up_and_drain_scales_down(
 
     sim.set_arrival_rate(namespace, "orders", LOW_RATE)
 
-    wait_until(lambda: replicas(kubectl, namespace) <= 2, 180,
-               "a scale-down to <= 2 replicas once the backlog has drained", procs(op))
+    wait_until(
+        lambda: replicas(kubectl, namespace) <= 2,
+        180,
+        "a scale-down to <= 2 replicas once the backlog has drained",
+        procs(op),
+    )
     assert replicas(kubectl, namespace) >= 1  # never below minReplicas
 
 
@@ -156,22 +179,38 @@ def test_prometheus_outage_applies_fallback_never_zero(
         pool = fast_pool(fallback={"behavior": "static", "replicas": 5, "failureThreshold": 3})
         assert kubectl.apply(pool, namespace).returncode == 0
         op = operator_process(namespaces=[namespace], prometheus_url=prom.url)
-        wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "True"), 60,
-                   "the operator to read the channel's signals", procs(op))
+        wait_until(
+            has_condition(kubectl, namespace, "MetricsAvailable", "True"),
+            60,
+            "the operator to read the channel's signals",
+            procs(op),
+        )
         wait_until(lambda: replicas(kubectl, namespace) in (2, 3), 60, "steady state at 2-3 replicas", procs(op))
 
         prom.stop(cleanup=False)
 
-        wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "False", "QueryFailed"), 60,
-                   "MetricsAvailable=False/QueryFailed while Prometheus is down", procs(op))
-        wait_until(lambda: replicas(kubectl, namespace) == 5, 60,
-                   "the static fallback (5 replicas) after 3 failed ticks", procs(op))
+        wait_until(
+            has_condition(kubectl, namespace, "MetricsAvailable", "False", "QueryFailed"),
+            60,
+            "MetricsAvailable=False/QueryFailed while Prometheus is down",
+            procs(op),
+        )
+        wait_until(
+            lambda: replicas(kubectl, namespace) == 5,
+            60,
+            "the static fallback (5 replicas) after 3 failed ticks",
+            procs(op),
+        )
         assert pool_status(kubectl, namespace)["consecutiveFailures"] >= 3
 
         prom.start()
 
-        wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "True"), 90,
-                   "MetricsAvailable=True again once Prometheus is back", procs(op))
+        wait_until(
+            has_condition(kubectl, namespace, "MetricsAvailable", "True"),
+            90,
+            "MetricsAvailable=True again once Prometheus is back",
+            procs(op),
+        )
     finally:
         prom.stop()
 
@@ -185,8 +224,12 @@ def test_opa_policy_clamps_scale_up(
     pool = fast_pool(policy={"parameters": {"caps": {"maxReplicas": 3}}})
     assert kubectl.apply(pool, namespace).returncode == 0
     op = operator_process(namespaces=[namespace], opa="local")
-    wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "True"), 60,
-               "the operator to read the channel's signals", procs(op))
+    wait_until(
+        has_condition(kubectl, namespace, "MetricsAvailable", "True"),
+        60,
+        "the operator to read the channel's signals",
+        procs(op),
+    )
 
     sim.set_arrival_rate(namespace, "orders", BURST_RATE)
 
@@ -196,12 +239,15 @@ def test_opa_policy_clamps_scale_up(
         st = pool_status(kubectl, namespace)
         c = condition(st, "PolicyAllowed")
         # First clamped (1 -> 3), then, at the cap, each further step is denied: both name the caps guard.
-        return st.get("recommendedReplicas", 0) > 3 and c.get("reason") in ("Clamped", "Denied") and (
-            "caps" in c.get("message", "")
+        return (
+            st.get("recommendedReplicas", 0) > 3
+            and c.get("reason") in ("Clamped", "Denied")
+            and ("caps" in c.get("message", ""))
         )
 
-    wait_until(capped_by_policy, 60, "PolicyAllowed to report the caps guard holding the model's recommendation",
-               procs(op))
+    wait_until(
+        capped_by_policy, 60, "PolicyAllowed to report the caps guard holding the model's recommendation", procs(op)
+    )
     assert {"PolicyClamped", "PolicyBlocked"} & event_reasons(kubectl, namespace)
     # Never above the cap, not even for one tick: every Scaled event ends at <= 3.
     scaled = [e["message"] for e in events(kubectl, namespace) if e.get("reason") == "Scaled"]
@@ -223,8 +269,12 @@ def test_paused_pool_decides_but_does_not_scale(
     op = operator_process(namespaces=[namespace])
 
     wait_until(has_condition(kubectl, namespace, "Paused", "True"), 60, "Paused=True", procs(op))
-    wait_until(lambda: pool_status(kubectl, namespace).get("desiredReplicas", 0) > 1, 90,
-               "a recorded decision to scale up while paused", procs(op))
+    wait_until(
+        lambda: pool_status(kubectl, namespace).get("desiredReplicas", 0) > 1,
+        90,
+        "a recorded decision to scale up while paused",
+        procs(op),
+    )
     wait_until(lambda: "WouldScale" in event_reasons(kubectl, namespace), 30, "a WouldScale event", procs(op))
     assert replicas(kubectl, namespace) == 1
     assert pool_status(kubectl, namespace)["lastDecision"]["mode"] == "Paused"
@@ -246,8 +296,12 @@ def test_hpa_on_the_same_deployment_is_a_conflict(
     assert kubectl.apply(fast_pool(), namespace).returncode == 0
     op = operator_process(namespaces=[namespace])
 
-    wait_until(has_condition(kubectl, namespace, "Ready", "False", "TargetConflict"), 60,
-               "Ready=False/TargetConflict with the HPA", procs(op))
+    wait_until(
+        has_condition(kubectl, namespace, "Ready", "False", "TargetConflict"),
+        60,
+        "Ready=False/TargetConflict with the HPA",
+        procs(op),
+    )
     assert "TargetConflict" in event_reasons(kubectl, namespace)
     assert "worker" in condition(pool_status(kubectl, namespace), "Ready")["message"]
     assert replicas(kubectl, namespace) == 2
@@ -272,10 +326,18 @@ def test_broken_pool_does_not_affect_healthy_pool(
         assert kubectl.apply(pool, namespace).returncode == 0
     op = operator_process(namespaces=[namespace])
 
-    wait_until(has_condition(kubectl, namespace, "Ready", "False", "TargetNotFound", pool="ghost"), 60,
-               "Ready=False/TargetNotFound on the pool whose Deployment is missing", procs(op))
-    wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "False", pool="badquery"), 60,
-               "MetricsAvailable=False on the pool with an invalid PromQL override", procs(op))
+    wait_until(
+        has_condition(kubectl, namespace, "Ready", "False", "TargetNotFound", pool="ghost"),
+        60,
+        "Ready=False/TargetNotFound on the pool whose Deployment is missing",
+        procs(op),
+    )
+    wait_until(
+        has_condition(kubectl, namespace, "MetricsAvailable", "False", pool="badquery"),
+        60,
+        "MetricsAvailable=False on the pool with an invalid PromQL override",
+        procs(op),
+    )
     assert "TargetNotFound" in event_reasons(kubectl, namespace, "ghost")
 
     sim.set_arrival_rate(namespace, "orders", BURST_RATE)
@@ -285,8 +347,12 @@ def test_broken_pool_does_not_affect_healthy_pool(
 
     create_worker(kubectl, namespace, 1, name="ghost-worker")
 
-    wait_until(has_condition(kubectl, namespace, "Ready", "True", pool="ghost"), 60,
-               "the broken pool to recover once its Deployment exists", procs(op))
+    wait_until(
+        has_condition(kubectl, namespace, "Ready", "True", pool="ghost"),
+        60,
+        "the broken pool to recover once its Deployment exists",
+        procs(op),
+    )
     assert op.running
 
 
@@ -302,8 +368,12 @@ def test_restart_keeps_the_scale_down_window(
     op = operator_process(namespaces=[namespace])
     wait_until(lambda: replicas(kubectl, namespace) >= 6, 120, "the burst scale-up to >= 6", procs(op))
     sim.set_arrival_rate(namespace, "orders", LOW_RATE)
-    wait_until(lambda: pool_status(kubectl, namespace).get("recommendedReplicas", 99) <= 2, 120,
-               "the model to recommend <= 2 replicas after the load drops", procs(op))
+    wait_until(
+        lambda: pool_status(kubectl, namespace).get("recommendedReplicas", 99) <= 2,
+        120,
+        "the model to recommend <= 2 replicas after the load drops",
+        procs(op),
+    )
     held = replicas(kubectl, namespace)
     assert held >= 6, "the 600 s scale-down window should hold the replicas"
 
@@ -315,4 +385,3 @@ def test_restart_keeps_the_scale_down_window(
     assert replicas(kubectl, namespace) == held
     history = copy.deepcopy(pool_status(kubectl, namespace).get("history"))
     assert history, "status.history should carry the recommendations across the restart"
-

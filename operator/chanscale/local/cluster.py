@@ -219,8 +219,7 @@ class LocalControlPlane:
             *self.extra_apiserver_flags,
         ]
         proc = self._spawn("kube-apiserver", argv)
-        return wait_until(self._apiserver_ready, self.ready_timeout, "kube-apiserver /readyz", [proc],
-                          interval=0.2)
+        return wait_until(self._apiserver_ready, self.ready_timeout, "kube-apiserver /readyz", [proc], interval=0.2)
 
     def _apiserver_ready(self) -> bool:
         return _http_ok(f"{self.server}/readyz", self._ssl_context())
@@ -253,8 +252,13 @@ class LocalControlPlane:
         ]
         proc = self._spawn("kube-controller-manager", argv)
         # Ready means controllers are actually working: the ServiceAccount controller has made `default`.
-        return wait_until(self._default_service_account_exists, self.ready_timeout,
-                          "kube-controller-manager to create the default ServiceAccount", [proc], interval=0.2)
+        return wait_until(
+            self._default_service_account_exists,
+            self.ready_timeout,
+            "kube-controller-manager to create the default ServiceAccount",
+            [proc],
+            interval=0.2,
+        )
 
     def _default_service_account_exists(self) -> bool:
         url = f"{self.server}/api/v1/namespaces/default/serviceaccounts/default"
@@ -270,7 +274,10 @@ class LocalControlPlane:
         (self.dir / "kube-controller-manager.kubeconfig").write_text(yaml.safe_dump(kcm))
 
     def kubeconfig_dict(
-        self, client_cert: bytes | None = None, client_key: bytes | None = None, token: str | None = None,
+        self,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
+        token: str | None = None,
         namespace: str | None = None,
     ) -> dict[str, Any]:
         """A kubeconfig for this cluster authenticating with a client cert or a bearer token."""
@@ -286,8 +293,15 @@ class LocalControlPlane:
         return {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": CONTEXT, "cluster": {
-                "server": self.server, "certificate-authority-data": _b64(self.pki.ca.cert.read_bytes())}}],
+            "clusters": [
+                {
+                    "name": CONTEXT,
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": _b64(self.pki.ca.cert.read_bytes()),
+                    },
+                }
+            ],
             "users": [{"name": CONTEXT, "user": user}],
             "contexts": [{"name": CONTEXT, "context": context}],
             "current-context": CONTEXT,
@@ -304,7 +318,11 @@ class LocalControlPlane:
 
     # ------------------------------------------------------------------------------------------- clients
     def kubectl(
-        self, *args: str, check: bool = False, input: str | None = None, timeout: float = 60,
+        self,
+        *args: str,
+        check: bool = False,
+        input: str | None = None,
+        timeout: float = 60,
         kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this cluster; returns the CompletedProcess (text mode)."""

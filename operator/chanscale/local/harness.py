@@ -41,8 +41,9 @@ class Kubectl:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {res.stderr}")
         return json.loads(res.stdout)
 
-    def apply(self, manifest: dict[str, Any] | list[dict[str, Any]] | str, namespace: str | None = None,
-              *extra: str) -> subprocess.CompletedProcess[str]:
+    def apply(
+        self, manifest: dict[str, Any] | list[dict[str, Any]] | str, namespace: str | None = None, *extra: str
+    ) -> subprocess.CompletedProcess[str]:
         """``kubectl apply -f -`` of a dict, a list of dicts or YAML text; returns the CompletedProcess."""
         if isinstance(manifest, str):
             text = manifest
@@ -61,8 +62,9 @@ class PrometheusTargets:
         self.prom = prom
         self.added: list[tuple[str, str]] = []
 
-    def add(self, address: str, labels: dict[str, str] | None = None, wait: bool = True,
-            job: str = DEFAULT_JOB) -> None:
+    def add(
+        self, address: str, labels: dict[str, str] | None = None, wait: bool = True, job: str = DEFAULT_JOB
+    ) -> None:
         """Scrape ``address``; by default wait (bounded) until Prometheus has scraped it successfully."""
         self.prom.add_target(address, labels, job=job)
         self.added.append((address, job))
@@ -147,7 +149,6 @@ class OperatorProcess:
         if wait:
             self.wait_healthy()
         return self
-
 
 
 @dataclass

@@ -103,24 +103,36 @@ def generate_pki(directory: Path, service_ip: str = "10.0.0.1") -> LocalPKI:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .sign(ca_key, hashes.SHA256())
     )
-    dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-           "kubernetes.default.svc.cluster.local"]
+    dns = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", service_ip)]
     server = _leaf(ca_cert, ca_key, _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
     # system:masters is the bootstrap superuser group: the test harness (and the controller-manager, which then
     # needs no per-controller credentials) may do anything, while RBAC still applies to ServiceAccount tokens.
     admin = _leaf(ca_cert, ca_key, _name("chanscale-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
-    kcm = _leaf(ca_cert, ca_key, _name("system:kube-controller-manager", "system:masters"),
-                ExtendedKeyUsageOID.CLIENT_AUTH)
+    kcm = _leaf(
+        ca_cert, ca_key, _name("system:kube-controller-manager", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH
+    )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sa_private = directory / "sa.key"
     sa_public = directory / "sa.pub"

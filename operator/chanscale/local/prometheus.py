@@ -251,9 +251,7 @@ class LocalPrometheus:
         """Block until ``address`` has been scraped with the given health (``up``/``down``)."""
 
         def scraped() -> bool:
-            return any(
-                t["labels"].get("instance") == address and t["health"] == health for t in self.active_targets()
-            )
+            return any(t["labels"].get("instance") == address and t["health"] == health for t in self.active_targets())
 
         procs = [self._proc] if self._proc else []
         wait_until(scraped, timeout, f"prometheus to scrape {address} with health {health!r}", procs, interval=0.25)
