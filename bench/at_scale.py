@@ -4,8 +4,10 @@
     python -m bench.at_scale --quick         # CI: 10 pools, 30 s measured (~1.5 min with start-up)
 
 One local control plane and Prometheus (5 s scrape) for the whole run; for each pool count a fresh namespace,
-N Deployments (1 replica, pods Pending: no kubelet), ``chanscale sim`` serving N steady channels (10 msgs/s,
-μ = 20/s, one simulated worker each, so decisions are mostly NoChange), and a fresh ``chanscale run --opa local``
+N Deployments (1 replica, pods Pending: no kubelet), ``chanscale sim`` serving N channels (μ = 20/s, three
+simulated workers each; 9 in 10 steady at 10 msgs/s, so their decisions are NoChange; every 10th alternates
+10 ↔ 40 msgs/s with a 20 s scale-down window, so scale patches and policy calls happen at every size), and a
+fresh ``chanscale run --opa local``
 (default 10 s tick) watching that namespace. After a warm-up (rate() windows fill), for ``--window`` seconds:
 - the operator's /metrics is sampled every 2 s: per-pool decision counters give each pool's evaluation gaps;
 - deltas of ``chanscale_prometheus_queries_total``, ``chanscale_kubernetes_requests_total``,
@@ -108,6 +110,29 @@ def _apiserver_requests(samples: Samples) -> dict[str, float]:
     return out
 
 
+#: Every CHURN-th pool alternates between 10 and 40 msgs/s (period 80 s, phase by index) and scales down after
+#: a 20 s window, so scale patches and policy calls happen at every size; the others are steady (NoChange).
+CHURN = 10
+
+
+def _channel(ns: str, i: int, channel: str) -> dict[str, Any]:
+    ch: dict[str, Any] = {"namespace": ns, "channel": channel, "serviceRate": 20.0, "replicas": 3}
+    if i % CHURN == 0:
+        shift = (i // CHURN * 7) % 40
+        ch["trace"] = [[0, 10.0], [shift, 40.0], [shift + 40, 10.0]] if shift else [[0, 40.0], [40, 10.0]]
+        ch["loopSeconds"] = 80
+    else:
+        ch["arrivalRate"] = 10.0
+    return ch
+
+
+def _pool(i: int, channel: str, target: str) -> dict[str, Any]:
+    pool = worker_pool(f"p{i}", channel, target, 1.0, 20.0, 10)
+    if i % CHURN == 0:
+        pool["spec"]["behavior"] = {"scaleDown": {"stabilizationWindowSeconds": 20}}
+    return pool
+
+
 def measure(st: Stack, pools: int, window: float, warmup: float, tick: float) -> dict[str, Any]:
     """Run one pool count in its own namespace and return the measurements."""
     ns = f"scale-{pools}"
@@ -116,12 +141,9 @@ def measure(st: Stack, pools: int, window: float, warmup: float, tick: float) ->
     t_setup = time.monotonic()
     names = [(f"c{i}", f"w{i}") for i in range(pools)]
     st.create_pools([], [deployment(w, 1) for _, w in names])
-    st.start_sim(
-        [{"namespace": ns, "channel": c, "serviceRate": 20.0, "arrivalRate": 10.0, "replicas": 1} for c, _ in names],
-        follow_deployments=False,
-    )
+    st.start_sim([_channel(ns, i, c) for i, (c, _) in enumerate(names)], follow_deployments=False)
     st.start_operator()
-    st.create_pools([worker_pool(f"p{i}", c, w, 1.0, 20.0, 10) for i, (c, w) in enumerate(names)], [])
+    st.create_pools([_pool(i, c, w) for i, (c, w) in enumerate(names)], [])
     setup_s = time.monotonic() - t_setup
     time.sleep(warmup)
     assert st.operator is not None and st.operator.proc is not None and st.operator.proc.pid is not None

@@ -258,8 +258,11 @@ class Stack:
         return parse_metrics(self.operator.metrics_text())
 
     def apiserver_metrics(self) -> list[tuple[str, dict[str, str], float]]:
-        resp = self.api.call_api("/metrics", "GET", _preload_content=False, auth_settings=["BearerToken"])
-        return parse_metrics(resp[0].data.decode())
+        assert self.cp is not None
+        res = self.cp.kubectl("get", "--raw", "/metrics")
+        if res.returncode != 0:
+            raise RuntimeError(f"kubectl get --raw /metrics failed: {res.stderr}")
+        return parse_metrics(res.stdout)
 
     def prom_raw(self, expr: str, window: str) -> dict[str, list[tuple[float, float]]]:
         """Raw samples of ``expr[window]`` keyed by channel (sample timestamps are scrape times)."""
