@@ -12,9 +12,11 @@ import pytest
 # repository root on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench import control_quality, sizing_accuracy, traces
+from bench import control_quality, reaction_time, sizing_accuracy, traces
+from bench.at_scale import hist_quantile, pool_gaps
 from bench.harness import Config, run
 from bench.promsim import PromView, bucket_quantile, extrapolated_rate
+from bench.realloop import metric_sum, parse_metrics
 from bench.scalers import KPA, SCALERS, Env, HPAController, KEDAQueue, Limits
 
 from chanscale.sim.model import DEFAULT_BUCKETS, ChannelModel
@@ -177,3 +179,44 @@ def test_sizing_truth_search_matches_theory_for_mmc() -> None:
 def test_sizing_reports_unreachable_objectives() -> None:
     # Deterministic 1 s service can never meet a 0.5 s P99.
     assert sizing_accuracy.true_minimum(1.0, 1.0, "deterministic", 0.0, 0.5, 2_000) is None
+
+
+def test_parse_metrics_and_histogram_quantile_of_a_delta() -> None:
+    text = "\n".join(
+        [
+            "# HELP x_seconds demo",
+            'x_seconds_bucket{le="0.1"} 10.0',
+            'x_seconds_bucket{le="1.0"} 20.0',
+            'x_seconds_bucket{le="+Inf"} 20.0',
+            'chanscale_decisions_total{namespace="n",pool="p0",outcome="NoChange"} 3.0',
+        ]
+    )
+    before = parse_metrics(text)
+    after = parse_metrics(
+        text.replace('le="0.1"} 10.0', 'le="0.1"} 110.0')
+        .replace('le="1.0"} 20.0', 'le="1.0"} 120.0')
+        .replace('le="+Inf"} 20.0', 'le="+Inf"} 120.0')
+    )
+    assert metric_sum(before, "chanscale_decisions_total", pool="p0") == 3.0
+    assert hist_quantile(before, after, "x_seconds", 0.5) == pytest.approx(0.05)
+
+
+def test_pool_gaps_follow_counter_increases() -> None:
+    series = [(0.0, {"a": 1.0}), (2.0, {"a": 1.0}), (10.0, {"a": 2.0}), (20.0, {"a": 3.0}), (22.0, {"a": 3.0})]
+    assert pool_gaps(series) == {"a": [10.0]}
+
+
+def test_reaction_analysis_measures_visible_patched_and_drained() -> None:
+    rows = reaction_time.analyse(
+        steps={"c0": 100.0},
+        pre={"w0": 2},
+        events=[(99.0, "w0", 2), (109.0, "w0", 2), (112.5, "w0", 5)],
+        samples={"c0": [(95.0, 0.0), (100.0, 3.0), (105.0, 300.0), (110.0, 500.0)]},
+        states=[(100.0, "c0", 0.0), (110.0, "c0", 600.0), (140.0, "c0", 50.0), (150.0, "c0", 5.0)],
+    )
+    (r,) = rows
+    assert r["visible_after_step_s"] == pytest.approx(5.0)
+    assert r["reaction_s"] == pytest.approx(7.5)
+    assert r["end_to_end_s"] == pytest.approx(12.5)
+    assert r["replicas_first_patch"] == 5
+    assert r["drained_s"] == pytest.approx(50.0)
