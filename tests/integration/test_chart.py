@@ -116,6 +116,25 @@ def test_operator_talks_to_opa_on_localhost() -> None:
     assert opa["livenessProbe"]["httpGet"]["port"] == "opa-diag"
 
 
+def test_selectors_match_what_they_select() -> None:
+    """Service, PDB, NetworkPolicy and PodMonitor select the operator pod; the ServiceMonitor selects the Service."""
+    docs = render("-f", str(CHART / "ci" / "monitoring-values.yaml"))
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    svc = one(docs, "Service")
+
+    def subset(sel: dict[str, str], labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in sel.items())
+
+    assert subset(svc["spec"]["selector"], pod_labels)
+    assert subset(one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], pod_labels)
+    assert subset(one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], pod_labels)
+    assert subset(one(docs, "PodMonitor")["spec"]["selector"]["matchLabels"], pod_labels)
+    assert subset(one(docs, "ServiceMonitor")["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+    test_pod = next(d for d in docs if d["kind"] == "Pod")
+    netpol_from = one(docs, "NetworkPolicy")["spec"]["ingress"][-1]["from"][0]["podSelector"]["matchLabels"]
+    assert subset(netpol_from, test_pod["metadata"]["labels"]), "the helm test pod must pass the NetworkPolicy"
+
+
 def test_policy_configmap_has_exactly_the_generated_files() -> None:
     docs = render()
     cm = one(docs, "ConfigMap")
