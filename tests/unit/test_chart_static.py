@@ -99,3 +99,18 @@ def test_chart_app_version_is_the_package_version() -> None:
 def test_opa_image_is_pinned_1x() -> None:
     tag = _values()["opa"]["image"]["tag"]
     assert re.fullmatch(r"1\.\d+\.\d+(-[a-z0-9.-]+)?", tag), tag
+
+
+def test_dockerfile_matches_the_chart() -> None:
+    """The image cannot be built here (no Docker), so check what the chart relies on: a pinned multi-stage build
+    that runs as the UID the chart's securityContext declares, with a build context that has what pip needs."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
+    assert base and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base.group(1)), "pin the base to a patch release"
+    assert dockerfile.count("\nFROM ") >= 2, "multi-stage"
+    user = re.search(r"^USER (\d+):(\d+)$", dockerfile, re.M)
+    assert user, "USER must be numeric so runAsNonRoot can verify it"
+    psc = _values()["podSecurityContext"]
+    assert (int(user.group(1)), int(user.group(2))) == (psc["runAsUser"], psc["runAsGroup"])
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    assert {"!pyproject.toml", "!README.md", "!operator/"} <= set(ignore)
