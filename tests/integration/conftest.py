@@ -139,8 +139,9 @@ def _namespace_name(node_name: str) -> str:
 
 
 @pytest.fixture
-def namespace(request: pytest.FixtureRequest, kubectl: Kubectl) -> Iterator[str]:
+def namespace(request: pytest.FixtureRequest, control_plane: LocalControlPlane, kubectl: Kubectl) -> Iterator[str]:
     """A fresh namespace for this test; deleted afterwards (without waiting: the namespace controller finishes)."""
+    control_plane.check_running()  # a dead component fails here with its log, not later as a puzzling timeout
     name = _namespace_name(request.node.name)
     created = kubectl("create", "namespace", name)
     assert created.returncode == 0, f"could not create namespace {name}: {created.stderr}"

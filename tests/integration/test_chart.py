@@ -89,6 +89,26 @@ def test_helm_template_renders(values: Path | None) -> None:
     assert deploy["spec"]["strategy"]["type"] == "Recreate"
 
 
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=["defaults", *(p.name for p in CI_VALUES)])
+def test_operator_args_parse_with_the_real_cli(values: Path | None) -> None:
+    """The container args are accepted by `chanscale run`'s own argument parser (a typo would crash-loop)."""
+    from chanscale.cli import build_parser
+
+    deploy = one(render(*(["-f", str(values)] if values else [])), "Deployment")
+    args = build_parser().parse_args(containers(deploy)["operator"]["args"])
+    assert args.command == "run" and args.standalone
+    assert args.opa_url or args.opa == "none"
+    assert args.liveness.endswith("/healthz")
+
+
+def test_helm_test_script_compiles() -> None:
+    """The helm test hook's inline Python is at least valid Python (it only runs in a real cluster)."""
+    pod = next(d for d in render() if d["kind"] == "Pod")
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["python", "-c"]
+    compile(container["args"][0], "helm-test", "exec")
+
+
 def test_operator_pod_is_hardened() -> None:
     """Pod Security "restricted" in full, plus a read-only root filesystem, for both containers."""
     deploy = one(render(), "Deployment")

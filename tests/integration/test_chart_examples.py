@@ -60,3 +60,27 @@ def test_examples_sim_config_names_the_argocd_destination_namespace() -> None:
     app = yaml.safe_load((REPO_ROOT / "deploy" / "argocd" / "apps" / "chanscale-examples.yaml").read_text())
     channels = yaml.safe_load(sim["data"]["channels.yaml"])["channels"]
     assert {c["namespace"] for c in channels} == {app["spec"]["destination"]["namespace"]}
+
+
+def test_simulator_args_parse_and_its_config_loads(tmp_path: Path) -> None:
+    """examples/simulator.yaml's container args are accepted by `chanscale sim`, and its config is valid for it."""
+    from chanscale.cli import build_parser
+    from chanscale.sim.exporter import load_channels
+
+    docs = [d for d in yaml.safe_load_all((REPO_ROOT / "examples" / "simulator.yaml").read_text()) if d]
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    args = build_parser().parse_args(deploy["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert args.command == "sim" and args.listen == "0.0.0.0:9400"
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    cfg = tmp_path / "channels.yaml"
+    cfg.write_text(cm["data"]["channels.yaml"])
+    channels = load_channels(str(cfg), seed=1)
+    assert [(c.channel, c.deployment) for c in channels] == [("orders", "orders-worker")]
+    kubeconfig = yaml.safe_load(cm["data"]["kubeconfig"])
+    assert kubeconfig["users"][0]["user"]["tokenFile"].startswith("/var/run/secrets/kubernetes.io/serviceaccount/")
+
+
+def test_load_job_script_compiles() -> None:
+    job = yaml.safe_load((REPO_ROOT / "examples" / "load.yaml").read_text())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    compile(container["args"][0], "load-job", "exec")
