@@ -303,7 +303,7 @@ def plot_run(rec: DemoRecord, path: Path) -> Path:
     # Replicas.
     for attr, style, label in (
         ("recommended", dict(color="0.55", ls=":", lw=1.2), "model recommends"),
-        ("desired", dict(color="tab:orange", ls="--", lw=1.2), "desired (after behaviour + policy)"),
+        ("desired", dict(color="tab:pink", ls="--", lw=1.3), "desired (after behaviour + policy)"),
         ("replicas", dict(color="black", lw=1.8), "replicas (Deployment)"),
         ("ready_workers", dict(color="tab:cyan", lw=1.0, alpha=0.8), "ready workers"),
     ):
