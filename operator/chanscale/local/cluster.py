@@ -50,9 +50,17 @@ CONTEXT = "chanscale-local"
 
 
 def _scratch_root() -> str | None:
-    """/dev/shm when writable: etcd and the apiserver start faster on tmpfs and nothing needs to survive."""
+    """/dev/shm when writable and roomy: etcd and the apiserver start faster on tmpfs and nothing needs to survive.
+
+    A cluster takes about 125 MB there (etcd preallocates its WAL), and containers often mount a 64 MB /dev/shm,
+    so require 1 GiB free; otherwise the system temp dir.
+    """
     shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    try:
+        roomy = shutil.disk_usage(shm).free >= 1 << 30
+    except OSError:
+        return None
+    return str(shm) if roomy and shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 @dataclass
