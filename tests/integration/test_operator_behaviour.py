@@ -385,3 +385,62 @@ def test_restart_keeps_the_scale_down_window(
     assert replicas(kubectl, namespace) == held
     history = copy.deepcopy(pool_status(kubectl, namespace).get("history"))
     assert history, "status.history should carry the recommendations across the restart"
+
+
+def test_dry_run_records_decisions_without_scaling(
+    kubectl: Kubectl, namespace: str, channel_sim: SimFactory, operator_process: OperatorFactory
+) -> None:
+    create_worker(kubectl, namespace, 1)
+    channel_sim([channel(namespace, BURST_RATE)])
+    assert kubectl.apply(fast_pool(mode="DryRun"), namespace).returncode == 0
+    op = operator_process(namespaces=[namespace])
+
+    wait_until(
+        lambda: pool_status(kubectl, namespace).get("desiredReplicas", 0) > 1,
+        90,
+        "a recorded scale-up decision in DryRun mode",
+        procs(op),
+    )
+    wait_until(lambda: "WouldScale" in event_reasons(kubectl, namespace), 30, "a WouldScale event", procs(op))
+    assert replicas(kubectl, namespace) == 1
+    status = pool_status(kubectl, namespace)
+    assert status["lastDecision"]["mode"] == "DryRun" and status["lastDecision"]["applied"] is False, status
+    assert "Scaled" not in event_reasons(kubectl, namespace)
+
+
+def test_template_pool_owns_its_deployment(
+    kubectl: Kubectl, namespace: str, channel_sim: SimFactory, operator_process: OperatorFactory
+) -> None:
+    """spec.template: the operator creates the Deployment, scales it, and the garbage collector removes it with
+    the pool (ownerReference)."""
+    pool = fast_pool()
+    del pool["spec"]["scaleTargetRef"]
+    pool["spec"]["template"] = {
+        "metadata": {"labels": {"app": "orders"}},
+        "spec": {"containers": [{"name": "worker", "image": "registry.invalid/worker:1"}]},
+    }
+    sim = channel_sim([channel(namespace, LOW_RATE, deployment="orders")])
+    assert kubectl.apply(pool, namespace).returncode == 0
+    op = operator_process(namespaces=[namespace])
+
+    wait_until(
+        lambda: kubectl("get", "deployment", "orders", "-n", namespace).returncode == 0,
+        60,
+        "the operator to create Deployment orders from spec.template",
+        procs(op),
+    )
+    deployment = kubectl.json("get", "deployment", "orders", "-n", namespace)
+    owners = deployment["metadata"].get("ownerReferences", [])
+    assert [(o["kind"], o["name"], o.get("controller")) for o in owners] == [("WorkerPool", "orders", True)]
+
+    sim.set_arrival_rate(namespace, "orders", BURST_RATE)
+    wait_until(lambda: replicas(kubectl, namespace, "orders") >= 6, 120, "the owned Deployment to scale up", procs(op))
+
+    kubectl("delete", "wp", "orders", "-n", namespace, check=True)
+
+    wait_until(
+        lambda: kubectl("get", "deployment", "orders", "-n", namespace).returncode != 0,
+        60,
+        "the garbage collector to delete the Deployment with its pool",
+        procs(op),
+    )
