@@ -292,6 +292,10 @@ class DemoStack:
                 raise DemoError(f"cannot create namespace {NAMESPACE}: {e.status} {e.reason}") from e
         with contextlib.suppress(ApiException):
             custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, POOL)
+            # The previous run's operator is gone, so nobody would remove its kopf finalizer: drop it ourselves.
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, PLURAL, POOL, {"metadata": {"finalizers": None}}
+            )
         with contextlib.suppress(ApiException):
             apps.delete_namespaced_deployment(DEPLOYMENT, NAMESPACE, propagation_policy="Background")
         self._wait_gone(lambda: custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, POOL))
