@@ -32,11 +32,12 @@ integration: tools  ## integration tests against the real local control plane, P
 	$(PYTEST) -m integration $(PYTEST_ARGS)
 
 lint: generated  ## ruff, mypy, opa fmt/check/test, generated copies in sync
-	$(PYTHON) -m ruff check operator tests bench
-	$(PYTHON) -m ruff format --check operator tests bench
+	$(PYTHON) -m ruff check operator tests bench hack
+	$(PYTHON) -m ruff format --check operator tests bench hack
 	$(PYTHON) -m mypy
 	hack/policy-check.sh
 	$(PYTHON) hack/gen_api_docs.py --check
+	hack/chart-check.sh
 
 generated:  ## fail when the chart's or the package's copies of crds/ and policies/ drift
 	hack/sync-generated.sh --check

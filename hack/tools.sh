@@ -104,9 +104,9 @@ build_go() {  # build_go NAME MODULE VERSION PACKAGE [LDFLAGS]
 
 want_tools=("$@")
 if [ ${#want_tools[@]} -eq 0 ]; then
-  want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa helm prometheus)
+  want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa helm prometheus lua)
 elif [ "${want_tools[0]}" = all ]; then
-  want_tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus kind kwok kwokctl)
+  want_tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua kind kwok kwokctl)
 fi
 
 check_sumdb
@@ -142,7 +142,17 @@ for t in "${want_tools[@]}"; do
           die "prometheus is missing: install Debian's 'prometheus' package (apt-get install prometheus) or put a prometheus binary in $BIN"
         fi
       fi ;;
-    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus kind kwok kwokctl)" ;;
+    lua)  # the Argo CD health-check tests run the Lua script with a real interpreter
+      if ! command -v lua5.4 >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+          log "installing Debian's lua5.4 package"
+          (apt-get install -y --no-install-recommends lua5.4 >/dev/null 2>&1 || \
+            { apt-get update -qq && apt-get install -y --no-install-recommends lua5.4 >/dev/null; })
+        else
+          die "lua5.4 is missing: install it (apt-get install lua5.4)"
+        fi
+      fi ;;
+    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua kind kwok kwokctl)" ;;
   esac
 done
 if [ ${#k8s[@]} -gt 0 ]; then build_kubernetes "${k8s[@]}"; fi

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -287,7 +288,8 @@ def load_channels(path: str, seed: int) -> list[SimChannel]:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     channels = load_channels(args.config, args.seed)
-    kube = bool(args.kubeconfig) and any(c.deployment for c in channels)
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    kube = bool(args.kubeconfig or in_cluster) and any(c.deployment for c in channels)
     if kube:
         from ..kube import load_client_config
 
