@@ -22,15 +22,11 @@ from typing import Any
 from . import traces
 from .common import add_common_args, fig_dir, machine, machine_line, out_dir, pyplot, write_json
 from .harness import Config, run
-from .scalers import SCALERS
+from .scalers import SCALERS, VARIANTS
 
 #: Base arrival rate (msgs/s) of every trace; with μ = 20 msgs/s per worker the peaks need 10-40 workers.
 BASE_RATE = 40.0
 DISTS: dict[str, tuple[str, float]] = {"exponential": ("exponential", 1.0), "lognormal(cv=2)": ("lognormal", 2.0)}
-#: Variants of chanscale run for diagnosis (same code, one documented spec knob changed).
-VARIANTS: dict[str, dict[str, Any]] = {
-    "chanscale-nocorr": {"model": {"serviceRateHint": 20.0, "latencyCorrection": False}}
-}
 
 
 def _job(args: tuple[str, str, int, str, float, bool]) -> dict[str, Any]:
@@ -38,10 +34,7 @@ def _job(args: tuple[str, str, int, str, float, bool]) -> dict[str, Any]:
     dist, cv = DISTS[dist_label]
     cfg = Config(service_dist=dist, service_cv=cv)
     trace = traces.make(trace_name, BASE_RATE, seed, scale)
-    overrides = VARIANTS.get(scaler)
-    name = "chanscale" if overrides else scaler
-    res = run(trace, name, seed, cfg, keep_series=keep, spec_overrides=overrides)
-    res.scaler = scaler
+    res = run(trace, scaler, seed, cfg, keep_series=keep)
     res.service_dist = dist_label
     return res.to_dict()
 
@@ -125,6 +118,24 @@ def markdown(
                     f"{_fmt(a['recovery_s'], 0)} | {_fmt(a['p99_s'], 2)} |"
                 )
         lines.append("")
+    lines.append("### All traces together (sums over traces and seeds)")
+    lines.append("")
+    lines.append("| service time | scaler | minutes over SLO | pod-hours | scale events / run | reversals / run |")
+    lines.append("|---|---|---|---|---|---|")
+    for dist in dists:
+        for sc in scalers:
+            cells = [a for (d, _t, s), a in agg.items() if d == dist and s == sc]
+            if not cells:
+                continue
+            over = sum(a["minutes_over_slo"] for a in cells)
+            mins = sum(a["minutes"] for a in cells)
+            lines.append(
+                f"| {dist} | {sc} | {over}/{mins} ({100 * over / max(mins, 1):.1f} %) | "
+                f"{sum(a['replica_hours'] for a in cells):.1f} | "
+                f"{statistics.fmean(a['scale_events'] for a in cells):.1f} | "
+                f"{statistics.fmean(a['reversals'] for a in cells):.1f} |"
+            )
+    lines.append("")
     if "chanscale" in scalers and "keda-tuned" in scalers:
         lines.append('### Headline: chanscale ÷ KEDA tuned (lower is better; "—" = both zero)')
         lines.append("")

@@ -134,6 +134,14 @@ class PromView:
         """``rate(chanscale_channel_<counter>[window])``."""
         return extrapolated_rate([(s.t, s.counters[counter]) for s in self.samples], t, self.window)
 
+    def irate(self, counter: str, t: float) -> float | None:
+        """``irate(chanscale_channel_<counter>[window])``: the slope of the last two samples."""
+        pts = [(s.t, s.counters[counter]) for s in self.samples if t - self.window < s.t <= t]
+        if len(pts) < 2 or pts[-1][0] <= pts[-2][0]:
+            return None
+        (t0, v0), (t1, v1) = pts[-2], pts[-1]
+        return (v1 - v0 if v1 >= v0 else v1) / (t1 - t0)
+
     def quantile(self, q: float, t: float) -> float | None:
         """``histogram_quantile(q, rate(chanscale_channel_latency_seconds_bucket[window]))``."""
         rates = []

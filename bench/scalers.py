@@ -277,6 +277,7 @@ class Chanscale:
     state: PoolState = field(default_factory=PoolState)
     outcomes: dict[str, int] = field(default_factory=dict)
     limited: dict[str, int] = field(default_factory=dict)
+    fast_arrival: bool = False  # what-if: arrival rate = max(rate, irate) over the same window
 
     def __post_init__(self) -> None:
         self.spec = PoolSpec.from_dict(self.spec_dict)
@@ -288,12 +289,15 @@ class Chanscale:
 
     def decide(self, env: Env) -> int:
         p, t = env.prom, env.t
+        arrival = p.rate("enqueued_total", t)
+        if self.fast_arrival and arrival is not None:
+            arrival = max(arrival, p.irate("enqueued_total", t) or 0.0)
         obs = Observation(
             now=t,
             current_replicas=env.current,
             ready_replicas=env.ready,
             backlog=p.backlog(t),
-            arrival_rate=p.rate("enqueued_total", t),
+            arrival_rate=arrival,
             processed_rate=p.rate("processed_total", t),
             failed_rate=p.rate("failed_total", t),
             busy_rate=p.rate("busy_seconds_total", t),
@@ -315,7 +319,7 @@ def build(
     name: str, *, slo: float, service_rate: float, limits: Limits, spec_overrides: dict[str, Any] | None = None
 ) -> Scaler:
     """Construct scaler ``name`` for a channel with P99 objective ``slo`` and per-worker rate ``service_rate``."""
-    if name == "chanscale":
+    if name.startswith("chanscale"):
         spec: dict[str, Any] = {
             "channel": "bench",
             "scaleTargetRef": {"name": "workers"},
@@ -325,7 +329,11 @@ def build(
             "model": {"serviceRateHint": service_rate},
         }
         spec.update(spec_overrides or {})
-        return Chanscale(spec)
+        if name == "chanscale-nocorr":  # diagnosis: the latency correction switched off (a documented spec knob)
+            spec["model"] = {**spec["model"], "latencyCorrection": False}
+        elif name != "chanscale" and name != "chanscale-irate":
+            raise ValueError(f"unknown scaler {name!r}")
+        return Chanscale(spec, name=name, fast_arrival=name == "chanscale-irate")
     if name == "keda-default":
         return KEDAQueue("keda-default", limits, lag_threshold=10.0)
     if name == "keda-tuned":
@@ -341,3 +349,6 @@ def build(
 
 
 SCALERS = ("chanscale", "keda-default", "keda-tuned", "hpa-p99", "kpa", "oracle")
+#: chanscale variants for diagnosis: the latency correction off; a faster arrival-rate signal (what-if: the
+#: decision gets max(rate, irate) of the enqueued counter, a query change, not a code change).
+VARIANTS = ("chanscale-nocorr", "chanscale-irate")
