@@ -5,8 +5,8 @@
 
 One local control plane and Prometheus (5 s scrape) for the whole run; for each pool count a fresh namespace,
 N Deployments (1 replica, pods Pending: no kubelet), ``chanscale sim`` serving N channels (μ = 20/s, three
-simulated workers each; 9 in 10 steady at 10 msgs/s, so their decisions are NoChange; every 10th alternates
-10 ↔ 40 msgs/s with a 20 s scale-down window, so scale patches and policy calls happen at every size), and a
+simulated workers each; 4 in 5 steady at 10 msgs/s, so their decisions are NoChange; every 5th alternates
+10 ↔ 40 msgs/s every 120 s with a 20 s scale-down window, so scale patches and policy calls happen at every size), and a
 fresh ``chanscale run --opa local``
 (default 10 s tick) watching that namespace. After a warm-up (rate() windows fill), for ``--window`` seconds:
 - the operator's /metrics is sampled every 2 s: per-pool decision counters give each pool's evaluation gaps;
@@ -110,17 +110,21 @@ def _apiserver_requests(samples: Samples) -> dict[str, float]:
     return out
 
 
-#: Every CHURN-th pool alternates between 10 and 40 msgs/s (period 80 s, phase by index) and scales down after
-#: a 20 s window, so scale patches and policy calls happen at every size; the others are steady (NoChange).
-CHURN = 10
+#: Every CHURN-th pool (1 in 5) alternates between 10 and 40 msgs/s (120 s each, longer than the 1m rate() window so
+#: each half is seen in full; phase by index) and scales down after a 20 s window, so scale patches and policy
+#: calls happen at every size; the others are steady (NoChange).
+CHURN = 5
+PERIOD_HALF = 120
 
 
 def _channel(ns: str, i: int, channel: str) -> dict[str, Any]:
     ch: dict[str, Any] = {"namespace": ns, "channel": channel, "serviceRate": 20.0, "replicas": 3}
     if i % CHURN == 0:
-        shift = (i // CHURN * 7) % 40
-        ch["trace"] = [[0, 10.0], [shift, 40.0], [shift + 40, 10.0]] if shift else [[0, 40.0], [40, 10.0]]
-        ch["loopSeconds"] = 80
+        shift = (i // CHURN * 13) % PERIOD_HALF
+        ch["trace"] = (
+            [[0, 10.0], [shift, 40.0], [shift + PERIOD_HALF, 10.0]] if shift else [[0, 40.0], [PERIOD_HALF, 10.0]]
+        )
+        ch["loopSeconds"] = 2 * PERIOD_HALF
     else:
         ch["arrivalRate"] = 10.0
     return ch
