@@ -63,6 +63,8 @@ class PoolState:
     last_active: float | None = None
     last_scale_time: float | None = None
     last_scale_direction: str | None = None
+    backlog_sample: tuple[float, float] | None = None  # (sample time, backlog): baseline for backlog growth
+    backlog_growth: float | None = None  # msgs/s, from the last two distinct samples
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -74,6 +76,8 @@ class PoolState:
             "lastActive": self.last_active,
             "lastScaleTime": self.last_scale_time,
             "lastScaleDirection": self.last_scale_direction,
+            "backlogSample": list(self.backlog_sample) if self.backlog_sample else None,
+            "backlogGrowth": _round(self.backlog_growth),
         }
 
     @classmethod
@@ -104,6 +108,8 @@ class PoolState:
             last_active=num("lastActive"),
             last_scale_time=num("lastScaleTime"),
             last_scale_direction=h.get("lastScaleDirection") if h.get("lastScaleDirection") in ("up", "down") else None,
+            backlog_sample=_pair(h.get("backlogSample")),
+            backlog_growth=num("backlogGrowth"),
         )
 
 
@@ -127,6 +133,35 @@ class Decision:
     @property
     def changes(self) -> bool:
         return self.desired != self.current
+
+
+def _pair(v: Any) -> tuple[float, float] | None:
+    try:
+        a, b = float(v[0]), float(v[1])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (a, b) if math.isfinite(a) and math.isfinite(b) else None
+
+
+#: Backlog growth is measured between distinct samples at least this far apart, and forgotten past the limit.
+GROWTH_MIN_SECONDS = 5.0
+GROWTH_MAX_SECONDS = 120.0
+
+
+def _backlog_growth(
+    state: PoolState, obs: Observation, backlog: float | None
+) -> tuple[tuple[float, float] | None, float | None]:
+    """dB/dt between the backlog samples Prometheus scraped (sample time = now − age), so reading the same
+    sample twice or two samples close together never inflates it. Returns the new baseline and growth."""
+    if backlog is None:
+        return state.backlog_sample, None
+    ts = obs.now - (obs.age_seconds or 0.0)
+    prev = state.backlog_sample
+    if prev is None or ts - prev[0] > GROWTH_MAX_SECONDS or ts < prev[0]:
+        return (ts, backlog), None
+    if ts - prev[0] < GROWTH_MIN_SECONDS:
+        return prev, state.backlog_growth
+    return (ts, backlog), (backlog - prev[1]) / (ts - prev[0])
 
 
 def _round(v: float | None, nd: int = 4) -> float | None:
@@ -246,6 +281,14 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
     }
     clean_obs = replace(obs, backlog=backlog, processed_rate=processed, failed_rate=failed, p99_latency=p99)
 
+    # Arrivals from the flow balance: inflow = completions + backlog growth. rate() over the window lags a step by
+    # up to the window; the backlog's growth between two scrapes shows it at once.
+    sample, growth = _backlog_growth(state, obs, backlog)
+    lam_window = lam
+    if lam is not None and growth is not None and growth > 0:
+        inflow = (processed or 0.0) + (failed or 0.0) + growth
+        if inflow > lam:
+            lam = inflow
     failures = 0 if metrics_ok else state.consecutive_failures + 1
     mu = _estimate_service_rate(spec, state, clean_obs, backlog)
     signals["serviceRate"] = _round(mu)
@@ -269,6 +312,10 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
         limited.append("service rate unknown (set spec.model.serviceRateHint)")
     else:
         raw, _driver, sizing = _size(spec, lam or 0.0, mu, backlog or 0.0, correction)
+        if lam is not None and lam_window is not None and lam > lam_window:
+            sizing["arrivalRateWindow"] = round(lam_window, 4)
+            sizing["backlogGrowth"] = _round(growth)
+            sizing["note"] = "arrival rate from completions + backlog growth (ahead of the rate() window)"
         if not active:
             idle_for = now - last_active
             if spec.min_replicas == 0 and idle_for >= spec.idle_seconds:
@@ -306,7 +353,9 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
                 target = max(current, fb.replicas)
             target = min(max(target, spec.min_replicas), spec.max_replicas)
             limited.insert(0, f"fallback {fb.behavior} after {failures} failed reads ({why})")
-            new_state = _next_state(state, now, target, failures, mu, correction, last_active, record=False)
+            new_state = _next_state(
+                state, now, target, failures, mu, correction, last_active, record=False, sample=sample, growth=growth
+            )
             return Decision(
                 desired=target,
                 recommendation=raw,
@@ -363,7 +412,9 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
     if limited:
         reason += f" (limited by {limited[0]})"
     new_state = replace(
-        _next_state(state, now, raw_t, failures, mu, correction, last_active, record=True),
+        _next_state(
+            state, now, raw_t, failures, mu, correction, last_active, record=True, sample=sample, growth=growth
+        ),
         recommendations=tuple(behavior.add_recommendation(runs, now, raw_t)[-MAX_RUNS:]),
         scale_events=tuple(events),
     )
@@ -394,6 +445,8 @@ def _next_state(
     last_active: float | None,
     *,
     record: bool,
+    sample: tuple[float, float] | None = None,
+    growth: float | None = None,
 ) -> PoolState:
     recs = state.recommendations
     if record:
@@ -401,6 +454,8 @@ def _next_state(
     return replace(
         state,
         recommendations=recs[-MAX_RUNS:],
+        backlog_sample=sample,
+        backlog_growth=growth,
         consecutive_failures=failures,
         service_rate=mu,
         latency_correction=correction,

@@ -225,3 +225,28 @@ def test_no_flapping_on_noisy_steady_load() -> None:
     reversals = sum(1 for a, b, c in zip(seen, seen[1:], seen[2:], strict=False) if (b - a) * (c - b) < 0)
     assert reversals == 0
     assert changes <= 3
+
+
+def test_backlog_growth_sees_a_step_before_the_rate_window() -> None:
+    # 2 workers at μ=20 complete 40/s; the windowed arrival rate still says 40/s, but the backlog grew by
+    # 600 in 10 s: arrivals are really 100/s, and chanscale sizes for them one tick after the step.
+    s = spec(slo={"p99LatencySeconds": 1.0})
+    base = {"arrival_rate": 40.0, "processed_rate": 40.0, "busy_rate": 2.0}
+    d1 = decide(s, PoolState(), obs(now=1000, current=2, backlog=0.0, age_seconds=1.0, **base))
+    d2 = decide(s, d1.state, obs(now=1010, current=2, backlog=600.0, age_seconds=1.0, **base))
+    assert d2.state.backlog_growth == pytest.approx(60.0)
+    assert d2.sizing["arrivalRate"] == pytest.approx(100.0)
+    assert d2.sizing["arrivalRateWindow"] == pytest.approx(40.0)
+    assert d2.sizing["terms"]["throughput"] == math.ceil(100 / (20 * 0.8))
+
+
+def test_the_same_sample_read_twice_is_not_growth() -> None:
+    s = spec()
+    base = {"arrival_rate": 40.0, "processed_rate": 40.0, "busy_rate": 2.0}
+    d1 = decide(s, PoolState(), obs(now=1000, current=2, backlog=0.0, age_seconds=1.0, **base))
+    # 2 s later Prometheus has not scraped again: the same sample (older by 2 s) must not count as growth.
+    d2 = decide(s, d1.state, obs(now=1002, current=2, backlog=0.0, age_seconds=3.0, **base))
+    assert d2.state.backlog_sample == d1.state.backlog_sample
+    assert d2.state.backlog_growth is None
+    restored = PoolState.from_status(d2.state.to_status())
+    assert restored.backlog_sample == d2.state.backlog_sample
