@@ -15,14 +15,19 @@ from . import GROUP, PLURAL, VERSION, __version__
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        # Before kopf (and the kubernetes client it imports) read it: the client fixes its default kubeconfig
+        # path at import time, and kopf's login handler loads that default.
+        os.environ["KUBECONFIG"] = args.kubeconfig
+        import kubernetes.config.kube_config as kube_config
+
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = args.kubeconfig
     import kopf
 
     from . import telemetry
     from .handlers import build_registry
     from .reconcile import Config
 
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -352,7 +352,7 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
             elif fb.behavior == "currentReplicasIfHigher" and fb.replicas is not None:
                 target = max(current, fb.replicas)
             target = min(max(target, spec.min_replicas), spec.max_replicas)
-            limited.insert(0, f"fallback {fb.behavior} after {failures} failed reads ({why})")
+            limited.insert(0, f"fallback {fb.behavior} after {failures} failed reads")
             new_state = _next_state(
                 state, now, target, failures, mu, correction, last_active, record=False, sample=sample, growth=growth
             )
@@ -372,7 +372,7 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
                 state=new_state,
             )
         if raw_t < current:
-            limited.append(f"no scale-down on missing data ({why})")
+            limited.append(f"no scale-down on missing data ({', '.join(missing) or 'stale'})")
             raw_t = current
         outcome = "Hold" if raw_t == current else None
 
