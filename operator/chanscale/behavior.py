@@ -82,47 +82,44 @@ def stabilize(
     return Stabilized(rec, limited)
 
 
-def _changes_in_period(events: Sequence[Event], now: float, period: int, sign: int) -> int:
-    return sum(abs(d) for t, d in events if t > now - period and (d > 0) == (sign > 0) and d != 0)
+def _period_start(current: int, events: Sequence[Event], now: float, period: int) -> int:
+    """The count at the start of a policy's period: changes made within it are counted back."""
+    recent = [d for t, d in events if t > now - period]
+    return current - sum(d for d in recent if d > 0) + sum(-d for d in recent if d < 0)
+
+
+def _policy_limit(
+    current: int, events: Sequence[Event], now: float, rules: ScalingRules, direction: str
+) -> tuple[int, str | None]:
+    """The count the policies allow in ``direction`` ("scaleUp"/"scaleDown") and the policy that sets it.
+
+    ``selectPolicy: Max`` picks the policy allowing the biggest change (highest count up, lowest down),
+    ``Min`` the smallest; Percent rounds up when scaling up and down when scaling down, as the controller does.
+    """
+    if rules.select_policy == "Disabled":
+        return current, f"{direction} selectPolicy Disabled"
+    up = direction == "scaleUp"
+    best: tuple[int, str | None] | None = None
+    for p in rules.policies:
+        start = _period_start(current, events, now, p.period_seconds)
+        if p.type == "Pods":
+            proposed = start + p.value if up else start - p.value
+        else:
+            proposed = math.ceil(start * (1 + p.value / 100.0)) if up else int(start * (1 - p.value / 100.0))
+        bigger_change = proposed > best[0] if best is not None and up else best is not None and proposed < best[0]
+        if best is None or bigger_change == (rules.select_policy == "Max"):
+            best = (proposed, p.describe(direction))
+    return best if best is not None else (current, None)
 
 
 def scale_up_limit(current: int, events: Sequence[Event], now: float, rules: ScalingRules) -> tuple[int, str | None]:
     """The highest count the scaleUp policies allow now, and the policy that sets it."""
-    if rules.select_policy == "Disabled":
-        return current, "scaleUp selectPolicy Disabled"
-    best: tuple[int, str | None] | None = None
-    for p in rules.policies:
-        start = (
-            current
-            - _changes_in_period(events, now, p.period_seconds, +1)
-            + _changes_in_period(events, now, p.period_seconds, -1)
-        )
-        proposed = start + p.value if p.type == "Pods" else math.ceil(start * (1 + p.value / 100.0))
-        if best is None or (proposed > best[0] if rules.select_policy == "Max" else proposed < best[0]):
-            best = (proposed, p.describe("scaleUp"))
-    if best is None:
-        return current, None
-    return best
+    return _policy_limit(current, events, now, rules, "scaleUp")
 
 
 def scale_down_limit(current: int, events: Sequence[Event], now: float, rules: ScalingRules) -> tuple[int, str | None]:
     """The lowest count the scaleDown policies allow now, and the policy that sets it."""
-    if rules.select_policy == "Disabled":
-        return current, "scaleDown selectPolicy Disabled"
-    best: tuple[int, str | None] | None = None
-    for p in rules.policies:
-        start = (
-            current
-            - _changes_in_period(events, now, p.period_seconds, +1)
-            + _changes_in_period(events, now, p.period_seconds, -1)
-        )
-        proposed = start - p.value if p.type == "Pods" else int(start * (1 - p.value / 100.0))
-        # Max selects the biggest change (the lowest count), Min the smallest change.
-        if best is None or (proposed < best[0] if rules.select_policy == "Max" else proposed > best[0]):
-            best = (proposed, p.describe("scaleDown"))
-    if best is None:
-        return current, None
-    return best
+    return _policy_limit(current, events, now, rules, "scaleDown")
 
 
 @dataclass(frozen=True)
