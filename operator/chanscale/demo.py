@@ -62,6 +62,7 @@ class Scenario:
     startup_delay: float = 3.0  # seconds before a new worker consumes
     slo_p99: float = 1.0
     max_backlog: int = 300
+    backlog_drain_seconds: float = 10.0  # clear a burst's backlog fast: the drain term then asks for big steps
     min_replicas: int = 2
     max_replicas: int = 30
     initial_replicas: int = 4
@@ -132,7 +133,11 @@ def worker_pool(sc: Scenario) -> dict[str, Any]:
             "scaleTargetRef": {"name": DEPLOYMENT},
             "minReplicas": sc.min_replicas,
             "maxReplicas": sc.max_replicas,
-            "slo": {"p99LatencySeconds": sc.slo_p99, "maxBacklog": sc.max_backlog},
+            "slo": {
+                "p99LatencySeconds": sc.slo_p99,
+                "maxBacklog": sc.max_backlog,
+                "backlogDrainSeconds": sc.backlog_drain_seconds,
+            },
             "model": {"serviceRateHint": sc.service_rate},
             "metrics": {"rateWindow": sc.rate_window},
             # The HPA's 300 s scale-down window would hide the scale-down in a four-minute demo.
@@ -191,6 +196,13 @@ def check_binaries(external_cluster: bool) -> None:
         problems.append(str(e))
     if problems:
         raise DemoError("missing tools - run `make tools`:\n" + "\n".join(problems))
+    # The plot is drawn at the end: find out now, not after a four-minute run.
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise DemoError(
+            f"matplotlib is needed for the plot ({e}): run `make install` or pip install 'chanscale[plot]'"
+        ) from e
 
 
 @dataclass
@@ -575,6 +587,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """A second Ctrl-C during teardown must not abandon half-stopped children (each stop is bounded: 10 s)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def wait_for_first_decision(stack: DemoStack, timeout: float = 120.0) -> None:
     """Bounded wait until the operator has read the channel's signals and written a status (the loop is closed)."""
     from .local.process import wait_until
@@ -696,7 +719,9 @@ def main(args: argparse.Namespace) -> int:
             _dump_logs(stack)
             code = 1
         finally:
-            stack.stop()
+            with _uninterruptible():
+                print("stopping the operator, simulator, Prometheus and the control plane ...", flush=True)
+                stack.stop()
     if len(rec.samples) >= 2:
         _png, md, _data, _summary = write_outputs(rec, out)
         _print_summary(stream, md.read_text(encoding="utf-8"), explain, out)
