@@ -4,7 +4,7 @@ PYTHON ?= python3
 PYTEST ?= $(PYTHON) -m pytest
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: help install tools tools-all demo test unit integration lint generated policy-check bench bench-quick e2e clean
+.PHONY: help install tools tools-all demo demo-quick test unit integration lint generated policy-check bench bench-quick e2e clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ tools-all:  ## also kube-scheduler, kind, kwok
 
 demo: install tools  ## the local demo: control plane, Prometheus, OPA, operator, a bursty channel; ends with a plot
 	$(PYTHON) -m chanscale demo $(DEMO_ARGS)
+
+demo-quick: install tools  ## a 60 s demo
+	$(PYTHON) -m chanscale demo --duration 60 $(DEMO_ARGS)
 
 test: install tools lint  ## everything CI runs: lint, generated-file drift, unit + integration tests, quick benchmarks
 	$(PYTEST) -m "unit or integration" $(PYTEST_ARGS)
