@@ -179,9 +179,7 @@ def test_counters_are_monotone_under_random_control() -> None:
         snap = m.snapshot()
         for k in keys:
             assert snap[k] >= prev[k], k
-        assert all(
-            a >= b for a, b in zip(snap["latency_bucket_counts"], prev["latency_bucket_counts"], strict=True)
-        )
+        assert all(a >= b for a, b in zip(snap["latency_bucket_counts"], prev["latency_bucket_counts"], strict=True))
         assert snap["latency_count"] == snap["processed_total"] + snap["failed_total"]
         assert snap["enqueued_total"] == snap["latency_count"] + snap["backlog"] + snap["in_flight"]
         assert snap["ready_workers"] + snap["starting_workers"] == snap["desired_workers"]

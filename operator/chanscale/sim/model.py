@@ -115,9 +115,7 @@ class ChannelModel:
         self._service_rng = random.Random(f"{seed}/service")
         self._error_rng = random.Random(f"{seed}/errors")
         self._startup_rng = random.Random(f"{seed}/startup")
-        self._sample_service = _service_sampler(
-            self._service_rng, 1.0 / service_rate, service_dist, service_cv
-        )
+        self._sample_service = _service_sampler(self._service_rng, 1.0 / service_rate, service_dist, service_cv)
         self._startup_delay = startup_delay
 
         self.now = float(start_time)
