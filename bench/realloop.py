@@ -183,9 +183,8 @@ class Stack:
             self.namespace,
             *(extra or []),
         ]
-        # KUBECONFIG in the environment as well as --kubeconfig: kopf's login_via_client reads the kubernetes
-        # client's default kubeconfig location, fixed when the client is imported (docs/benchmarks.md, "Known
-        # issues").
+        # KUBECONFIG in the environment as well as --kubeconfig: operators before efbf1b2 needed it for kopf's
+        # login (docs/benchmarks.md, "Known issues"); harmless since.
         self.operator = OperatorProcess(
             "chanscale-operator",
             argv,
