@@ -277,7 +277,7 @@ class Chanscale:
     state: PoolState = field(default_factory=PoolState)
     outcomes: dict[str, int] = field(default_factory=dict)
     limited: dict[str, int] = field(default_factory=dict)
-    fast_arrival: bool = False  # what-if: arrival rate = max(rate, irate) over the same window
+    fast_arrival: bool = True  # arrival rate = max(rate, irate), as the shipped default arrivalRate query
 
     def __post_init__(self) -> None:
         self.spec = PoolSpec.from_dict(self.spec_dict)
@@ -331,9 +331,9 @@ def build(
         spec.update(spec_overrides or {})
         if name == "chanscale-nocorr":  # diagnosis: the latency correction switched off (a documented spec knob)
             spec["model"] = {**spec["model"], "latencyCorrection": False}
-        elif name != "chanscale" and name != "chanscale-irate":
+        elif name != "chanscale" and name != "chanscale-rateonly":
             raise ValueError(f"unknown scaler {name!r}")
-        return Chanscale(spec, name=name, fast_arrival=name == "chanscale-irate")
+        return Chanscale(spec, name=name, fast_arrival=name != "chanscale-rateonly")
     if name == "keda-default":
         return KEDAQueue("keda-default", limits, lag_threshold=10.0)
     if name == "keda-tuned":
@@ -349,6 +349,6 @@ def build(
 
 
 SCALERS = ("chanscale", "keda-default", "keda-tuned", "hpa-p99", "kpa", "oracle")
-#: chanscale variants for diagnosis: the latency correction off; a faster arrival-rate signal (what-if: the
-#: decision gets max(rate, irate) of the enqueued counter, a query change, not a code change).
-VARIANTS = ("chanscale-nocorr", "chanscale-irate")
+#: chanscale variants for diagnosis: the latency correction off; arrivals from rate() alone (the arrivalRate
+#: query before max(rate, irate) became the default).
+VARIANTS = ("chanscale-nocorr", "chanscale-rateonly")

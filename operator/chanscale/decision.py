@@ -65,6 +65,7 @@ class PoolState:
     last_scale_direction: str | None = None
     backlog_sample: tuple[float, float] | None = None  # (sample time, backlog): baseline for backlog growth
     backlog_growth: float | None = None  # msgs/s, from the last two distinct samples
+    calm_since: float | None = None  # since when the backlog has been small (the correction learns after a window)
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -78,6 +79,7 @@ class PoolState:
             "lastScaleDirection": self.last_scale_direction,
             "backlogSample": list(self.backlog_sample) if self.backlog_sample else None,
             "backlogGrowth": _round(self.backlog_growth),
+            "calmSince": self.calm_since,
         }
 
     @classmethod
@@ -110,6 +112,7 @@ class PoolState:
             last_scale_direction=h.get("lastScaleDirection") if h.get("lastScaleDirection") in ("up", "down") else None,
             backlog_sample=_pair(h.get("backlogSample")),
             backlog_growth=num("backlogGrowth"),
+            calm_since=num("calmSince"),
         )
 
 
@@ -199,11 +202,13 @@ def _size(spec: PoolSpec, lam: float, mu: float, backlog: float, correction: flo
     """The three sizing terms; the largest wins and names the driver."""
     rho = spec.target_utilization
     t = spec.slo.p99_latency_seconds
-    mu_eff = mu / correction
+    # The correction tightens (k > 1) or relaxes (k < 1) the latency target the M/M/c model is held to; μ stays
+    # the measured rate, so the correction never inflates the count needed just to keep up with arrivals.
+    t_model = t / correction
     terms = {
         "throughput": math.ceil(lam / (mu * rho) - 1e-9) if lam > 0 else 0,
         "drain": math.ceil((lam + backlog / spec.slo.drain_horizon) / mu - 1e-9) if backlog > 0 else 0,
-        "latency": queueing.workers_for_latency(lam, mu_eff, t) if lam > 0 else 0,
+        "latency": queueing.workers_for_latency(lam, mu, t_model) if lam > 0 else 0,
     }
     driver = max(terms, key=lambda k: terms[k])
     info: dict[str, Any] = {
@@ -214,26 +219,40 @@ def _size(spec: PoolSpec, lam: float, mu: float, backlog: float, correction: flo
         "terms": terms,
         "driver": driver,
     }
-    if t <= queueing.service_floor(mu_eff):
+    if t_model <= queueing.service_floor(mu):
         info["note"] = (
-            f"P99 objective {t}s is below the service-time floor {queueing.service_floor(mu_eff):.3f}s; "
+            f"P99 objective {t}s (model target {t_model:.3g}s) is below the service-time floor "
+            f"{queueing.service_floor(mu):.3f}s; "
             "sized to make queueing negligible"
         )
     return terms[driver], driver, info
 
 
-def _update_correction(spec: PoolSpec, state: PoolState, obs: Observation, lam: float, mu: float | None) -> float:
-    """Learn how far the M/M/c model is from the observed P99 (only in steady state: little backlog)."""
+def _window_seconds(window: str) -> float:
+    return float(window[:-1]) * {"s": 1, "m": 60, "h": 3600}[window[-1]]
+
+
+def _update_correction(
+    spec: PoolSpec, state: PoolState, obs: Observation, lam: float, mu: float | None
+) -> tuple[float, float | None]:
+    """Learn how far the M/M/c model is from the observed P99, in steady state only.
+
+    Steady state means the backlog has stayed small (at most λ·t) for a whole ``rate()`` window: the observed P99
+    is computed over that window, so right after a drain it still holds the drained messages' latencies and would
+    teach the model that it needs far more workers than it does. Returns (correction, calm since).
+    """
     k = state.latency_correction
+    calm = lam > 0 and (obs.backlog or 0) <= lam * spec.slo.p99_latency_seconds
+    calm_since = (state.calm_since if state.calm_since is not None else obs.now) if calm else None
     if not spec.latency_correction or mu is None or obs.p99_latency is None or not obs.ready_replicas:
-        return k
-    if lam <= 0 or (obs.backlog or 0) > lam * spec.slo.p99_latency_seconds:
-        return k
+        return k, calm_since
+    if calm_since is None or obs.now - calm_since < _window_seconds(spec.metrics.rate_window):
+        return k, calm_since
     model = queueing.sojourn_quantile(obs.ready_replicas, lam, mu)
     if not math.isfinite(model) or model <= 0:
-        return k
+        return k, calm_since
     ratio = min(max(obs.p99_latency / model, CORRECTION_BOUNDS[0]), CORRECTION_BOUNDS[1])
-    return k + CORRECTION_ALPHA * (ratio - k)
+    return k + CORRECTION_ALPHA * (ratio - k), calm_since
 
 
 def _slo(spec: PoolSpec, backlog: float | None, p99: float | None, err: float | None) -> tuple[bool | None, str]:
@@ -294,7 +313,7 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
     signals["serviceRate"] = _round(mu)
     active = bool((backlog or 0) > 0 or (lam or 0) > 0 or (processed or 0) > 0)
     last_active = now if active or state.last_active is None else state.last_active
-    correction = _update_correction(spec, state, clean_obs, lam or 0.0, mu)
+    correction, calm_since = _update_correction(spec, state, clean_obs, lam or 0.0, mu)
     slo_met, slo_msg = _slo(spec, backlog, p99, err_rate)
     limited: list[str] = []
 
@@ -354,7 +373,17 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
             target = min(max(target, spec.min_replicas), spec.max_replicas)
             limited.insert(0, f"fallback {fb.behavior} after {failures} failed reads")
             new_state = _next_state(
-                state, now, target, failures, mu, correction, last_active, record=False, sample=sample, growth=growth
+                state,
+                now,
+                target,
+                failures,
+                mu,
+                correction,
+                last_active,
+                record=False,
+                sample=sample,
+                growth=growth,
+                calm_since=calm_since,
             )
             return Decision(
                 desired=target,
@@ -413,7 +442,17 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
         reason += f" (limited by {limited[0]})"
     new_state = replace(
         _next_state(
-            state, now, raw_t, failures, mu, correction, last_active, record=True, sample=sample, growth=growth
+            state,
+            now,
+            raw_t,
+            failures,
+            mu,
+            correction,
+            last_active,
+            record=True,
+            sample=sample,
+            growth=growth,
+            calm_since=calm_since,
         ),
         recommendations=tuple(behavior.add_recommendation(runs, now, raw_t)[-MAX_RUNS:]),
         scale_events=tuple(events),
@@ -447,6 +486,7 @@ def _next_state(
     record: bool,
     sample: tuple[float, float] | None = None,
     growth: float | None = None,
+    calm_since: float | None = None,
 ) -> PoolState:
     recs = state.recommendations
     if record:
@@ -456,6 +496,7 @@ def _next_state(
         recommendations=recs[-MAX_RUNS:],
         backlog_sample=sample,
         backlog_growth=growth,
+        calm_since=calm_since,
         consecutive_failures=failures,
         service_rate=mu,
         latency_correction=correction,

@@ -39,7 +39,11 @@ def default_queries(rate_window: str) -> dict[str, str]:
     by = "sum by (namespace, channel)"
     return {
         "backlog": f"{by} (chanscale_channel_backlog)",
-        "arrivalRate": f"{by} (rate(chanscale_channel_enqueued_total[{w}]))",
+        # max(rate, irate): irate follows a step in arrivals at the next scrape, rate() smooths the noise
+        # (`a > b or b` is PromQL's element-wise max). Still one query for all pools.
+        "arrivalRate": f"({by} (irate(chanscale_channel_enqueued_total[{w}])) > "
+        f"{by} (rate(chanscale_channel_enqueued_total[{w}]))) or "
+        f"{by} (rate(chanscale_channel_enqueued_total[{w}]))",
         "processedRate": f"{by} (rate(chanscale_channel_processed_total[{w}]))",
         "failedRate": f"{by} (rate(chanscale_channel_failed_total[{w}]))",
         "busyRate": f"{by} (rate(chanscale_channel_busy_seconds_total[{w}]))",

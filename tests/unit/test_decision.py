@@ -250,3 +250,26 @@ def test_the_same_sample_read_twice_is_not_growth() -> None:
     assert d2.state.backlog_growth is None
     restored = PoolState.from_status(d2.state.to_status())
     assert restored.backlog_sample == d2.state.backlog_sample
+
+
+def test_correction_waits_a_calm_rate_window_after_a_drain() -> None:
+    # Right after a drain the 1-minute P99 still holds the drained messages' latencies: learning from it
+    # would over-provision for the whole scale-down window.
+    s = spec(slo={"p99LatencySeconds": 1.0})
+    st = PoolState()
+    for i in range(5):  # calm, but the P99 window still remembers a backlog: 8 s
+        d = decide(s, st, obs(now=1000 + 10 * i, current=13, p99_latency=8.0))
+        st = d.state
+    assert st.latency_correction == 1.0
+    d = decide(s, st, obs(now=1000 + 70, current=13, p99_latency=8.0))  # calm for > 60 s: now it learns
+    assert d.state.latency_correction > 1.0
+
+
+def test_correction_tightens_the_target_not_the_throughput() -> None:
+    s = spec(slo={"p99LatencySeconds": 1.0}, maxReplicas=1000)
+    heavy = PoolState(latency_correction=4.0)
+    d = decide(s, heavy, obs(current=13, arrival_rate=1000.0, processed_rate=1000.0, busy_rate=50.0))
+    # μ = 20: keeping up needs 50 workers, the throughput term 63 at 80 %; a 4x correction must not ask for
+    # 4x the workers (dividing μ by 4 would need > 200 just to be stable).
+    assert d.sizing["terms"]["throughput"] == 63
+    assert d.sizing["terms"]["latency"] < 100
