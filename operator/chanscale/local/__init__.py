@@ -1,5 +1,6 @@
-"""Local, loopback-only test infrastructure: real upstream programs started by the integration tests.
+"""Real upstream programs on loopback: etcd + kube-apiserver + kube-controller-manager, Prometheus and OPA.
 
-Nothing here is used by the operator at run time; it exists so that tests (and developers) can stand up a real
-etcd + kube-apiserver + kube-controller-manager, a real Prometheus and a real OPA on 127.0.0.1 in seconds.
+The integration tests, ``chanscale demo`` and the benchmarks stand up a real control plane, Prometheus and OPA on
+127.0.0.1 in seconds with these. The operator itself uses only :mod:`chanscale.local.opa`, to supervise a local
+``opa run --server`` when started with ``--opa local``.
 """
