@@ -240,9 +240,10 @@ def _kubelet_configmap_layout(cm: dict[str, Any], items: list[dict[str, str]], r
         (root / top).symlink_to(Path("..data") / top)
 
 
-def test_opa_sidecar_args_load_the_policy_configmap(tmp_path: Path) -> None:
-    """Run the real OPA with the sidecar's exact flags on the ConfigMap as the kubelet mounts it."""
-    docs = render()
+def start_opa_from_chart(docs: list[dict[str, Any]], tmp_path: Path) -> tuple[ManagedProcess, str, str]:
+    """The real OPA with the chart's sidecar flags, on the policies ConfigMap laid out as the kubelet mounts it.
+
+    Returns the process, the API URL and the diagnostic URL (both moved to free loopback ports)."""
     cm, deploy = one(docs, "ConfigMap"), one(docs, "Deployment")
     _kubelet_configmap_layout(cm, containers_volume(deploy, "policies")["items"], tmp_path / "policies")
     api, diag = free_port(), free_port()
@@ -258,13 +259,25 @@ def test_opa_sidecar_args_load_the_policy_configmap(tmp_path: Path) -> None:
     proc = ManagedProcess("opa", [_binary("opa"), *args], tmp_path / "opa.log").start()
     try:
         wait_until(lambda: _get(f"http://{LOOPBACK}:{diag}/health") is not None, 30, "OPA /health", [proc])
-        policies = _get(f"http://{LOOPBACK}:{api}/v1/policies")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, f"http://{LOOPBACK}:{api}", f"http://{LOOPBACK}:{diag}"
+
+
+def test_opa_sidecar_args_load_the_policy_configmap(tmp_path: Path) -> None:
+    """Run the real OPA with the sidecar's exact flags on the ConfigMap as the kubelet mounts it."""
+    docs = render()
+    deploy = one(docs, "Deployment")
+    proc, api_url, _diag_url = start_opa_from_chart(docs, tmp_path)
+    try:
+        policies = _get(f"{api_url}/v1/policies")
         assert policies is not None
         loaded = {p["id"].split("/policies/", 1)[-1] for p in policies["result"]}
         expected = {i["path"] for i in containers_volume(deploy, "policies")["items"] if i["path"].endswith(".rego")}
         assert loaded == expected, "each module exactly once (hidden ..data entries ignored)"
         source = json.loads((REPO_ROOT / "policies" / "chanscale" / "config" / "data.json").read_text())
-        config = _get(f"http://{LOOPBACK}:{api}/v1/data/chanscale/config")
+        config = _get(f"{api_url}/v1/data/chanscale/config")
         assert config is not None and config["result"] == source
     finally:
         proc.stop()

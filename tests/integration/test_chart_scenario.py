@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from test_chart import _binary, _get, _kubelet_configmap_layout, containers, containers_volume, one, render
+from test_chart import _get, render, start_opa_from_chart
 
 from chanscale.local.binaries import REPO_ROOT
 from chanscale.local.process import LOOPBACK, ManagedProcess, free_port, wait_until
@@ -39,21 +39,8 @@ scenario = _scenario_module()
 
 
 def _start_opa_from_chart(docs: list[dict[str, Any]], tmp_path: Path) -> tuple[ManagedProcess, str]:
-    cm, deploy = one(docs, "ConfigMap"), one(docs, "Deployment")
-    _kubelet_configmap_layout(cm, containers_volume(deploy, "policies")["items"], tmp_path / "policies")
-    api, diag = free_port(), free_port()
-    args = []
-    for a in containers(deploy)["opa"]["args"]:
-        if a.startswith("--addr="):
-            a = f"--addr={LOOPBACK}:{api}"
-        elif a.startswith("--diagnostic-addr="):
-            a = f"--diagnostic-addr={LOOPBACK}:{diag}"
-        elif a == "/policies":
-            a = str(tmp_path / "policies")
-        args.append(a)
-    proc = ManagedProcess("opa", [_binary("opa"), *args], tmp_path / "opa.log").start()
-    wait_until(lambda: _get(f"http://{LOOPBACK}:{diag}/health") is not None, 30, "OPA /health", [proc])
-    return proc, f"http://{LOOPBACK}:{api}"
+    proc, api_url, _diag_url = start_opa_from_chart(docs, tmp_path)
+    return proc, api_url
 
 
 def test_scale_up_and_down_with_the_charts_rbac_and_policies(
