@@ -21,29 +21,17 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from chanscale import GROUP, PLURAL, VERSION
 from chanscale.local.binaries import REPO_ROOT
 from chanscale.local.cluster import LocalControlPlane
-from chanscale.local.harness import OperatorProcess
+from chanscale.local.harness import OperatorProcess, worker_deployment
 from chanscale.local.process import LOOPBACK, ManagedProcess, free_port, wait_until
 from chanscale.local.prometheus import LocalPrometheus
 
-GROUP, VERSION, PLURAL = "chanscale.dev", "v1alpha1", "workerpools"
 
-
-def deployment(name: str, replicas: int) -> client.V1Deployment:
+def deployment(name: str, replicas: int) -> Any:
     """A worker Deployment; its pods stay Pending (no kubelet): the simulator counts spec.replicas as workers."""
-    labels = {"app": name}
-    return client.V1Deployment(
-        metadata=client.V1ObjectMeta(name=name, labels=labels),
-        spec=client.V1DeploymentSpec(
-            replicas=replicas,
-            selector=client.V1LabelSelector(match_labels=labels),
-            template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=labels),
-                spec=client.V1PodSpec(containers=[client.V1Container(name="worker", image="worker:bench")]),
-            ),
-        ),
-    )
+    return worker_deployment(name, replicas, image="worker:bench")
 
 
 def worker_pool(name: str, channel: str, target: str, slo: float, service_rate: float, max_replicas: int) -> dict:

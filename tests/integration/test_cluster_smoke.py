@@ -20,26 +20,11 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from chanscale import FIELD_MANAGER
 from chanscale.local.binaries import BinaryNotFound, find_binary
 from chanscale.local.cluster import LocalControlPlane
-from chanscale.local.harness import Kubectl, OperatorFactory, PrometheusTargets
+from chanscale.local.harness import Kubectl, OperatorFactory, PrometheusTargets, worker_deployment
 from chanscale.local.process import LOOPBACK, free_port, wait_until
 from chanscale.local.prometheus import LocalPrometheus
 
 pytestmark = pytest.mark.integration
-
-
-def _deployment(name: str, replicas: int) -> client.V1Deployment:
-    labels = {"app": name}
-    return client.V1Deployment(
-        metadata=client.V1ObjectMeta(name=name, labels=labels),
-        spec=client.V1DeploymentSpec(
-            replicas=replicas,
-            selector=client.V1LabelSelector(match_labels=labels),
-            template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=labels),
-                spec=client.V1PodSpec(containers=[client.V1Container(name="worker", image="worker:1")]),
-            ),
-        ),
-    )
 
 
 def _replica_sets(apps: Any, namespace: str, owner: str) -> list[Any]:
@@ -58,7 +43,7 @@ def test_control_plane_components_are_running(control_plane: LocalControlPlane, 
 
 def test_deployment_gets_replicaset_and_scale_subresource_works(k8s: Any, namespace: str) -> None:
     apps: Any = client.AppsV1Api(k8s)  # Any: the generated models make every field Optional
-    apps.create_namespaced_deployment(namespace, _deployment("worker", 1))
+    apps.create_namespaced_deployment(namespace, worker_deployment("worker", 1))
 
     # The controller-manager's deployment controller creates the ReplicaSet and reports status.
     wait_until(lambda: len(_replica_sets(apps, namespace, "worker")) == 1, 30, "a ReplicaSet for Deployment worker")
@@ -93,7 +78,7 @@ def test_deployment_gets_replicaset_and_scale_subresource_works(k8s: Any, namesp
 
 def test_garbage_collector_removes_owned_replicasets(k8s: Any, namespace: str) -> None:
     apps: Any = client.AppsV1Api(k8s)  # Any: the generated models make every field Optional
-    apps.create_namespaced_deployment(namespace, _deployment("gc", 1))
+    apps.create_namespaced_deployment(namespace, worker_deployment("gc", 1))
     wait_until(lambda: len(_replica_sets(apps, namespace, "gc")) == 1, 30, "a ReplicaSet for Deployment gc")
 
     apps.delete_namespaced_deployment("gc", namespace, propagation_policy="Background")

@@ -23,6 +23,25 @@ from chanscale.local.process import LOOPBACK, ManagedProcess, free_port, wait_un
 from chanscale.local.prometheus import DEFAULT_JOB, LocalPrometheus
 
 
+def worker_deployment(name: str, replicas: int, image: str = "worker:1") -> Any:
+    """A worker Deployment for the local cluster. No kubelet runs, so its pods stay Pending: the channel
+    simulator counts ``spec.replicas`` as workers."""
+    from kubernetes import client
+
+    labels = {"app": name}
+    return client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=name, labels=labels),
+        spec=client.V1DeploymentSpec(
+            replicas=replicas,
+            selector=client.V1LabelSelector(match_labels=labels),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels=labels),
+                spec=client.V1PodSpec(containers=[client.V1Container(name="worker", image=image)]),
+            ),
+        ),
+    )
+
+
 class Kubectl:
     """Runs the real kubectl against the test cluster; calling it returns the CompletedProcess."""
 
