@@ -31,7 +31,7 @@ from typing import Any
 
 from kubernetes import client
 
-from .common import add_common_args, fig_dir, machine, machine_line, out_dir, pyplot, write_json
+from .common import add_common_args, fig_dir, machine, machine_line, publish, pyplot
 from .promsim import bucket_quantile
 from .realloop import Stack, deployment, metric_sum, process_usage, worker_pool
 
@@ -320,10 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warmup": warmup,
         "wall_seconds": time.perf_counter() - t_start,
     }
-    out = out_dir(args)
     md = markdown(rows, meta)
-    (out / "at_scale.md").write_text(md + "\n")
-    write_json(out / "at_scale.json", {"meta": meta, "rows": rows})
+    publish(args, "at_scale", md, {"meta": meta, "rows": rows})
     plot(rows, fig_dir(args) / "at_scale.png", meta)
     print(md)
     return 0

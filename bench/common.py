@@ -72,6 +72,14 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
 
 
+def publish(args: argparse.Namespace, name: str, md: str, data: Any) -> Path:
+    """Write a benchmark's table (``<name>.md``) and raw figures (``<name>.json``); returns the directory."""
+    out = out_dir(args)
+    (out / f"{name}.md").write_text(md + "\n")
+    write_json(out / f"{name}.json", data)
+    return out
+
+
 def pyplot() -> Any:
     """matplotlib with the Agg backend (no display), imported late so --help stays fast."""
     import matplotlib

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import traces
-from .common import add_common_args, fig_dir, machine, machine_line, out_dir, pyplot, write_json
+from .common import add_common_args, fig_dir, machine, machine_line, publish, pyplot
 from .harness import Config, run
 from .scalers import SCALERS, VARIANTS
 
@@ -263,11 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = "python -m bench.control_quality" + (" --quick" if args.quick else "")
     meta = {"command": cmd, "machine": machine(), "seeds": seeds, "wall_seconds": wall, "scale": scale}
     agg = aggregate(results)
-    out = out_dir(args)
     md = markdown(agg, scalers, trace_names, dists, meta)
-    (out / "control_quality.md").write_text(md + "\n")
-    write_json(
-        out / "control_quality.json",
+    out = publish(
+        args,
+        "control_quality",
+        md,
         {
             "meta": meta,
             "aggregate": [{"service_dist": k[0], "trace": k[1], "scaler": k[2], **v} for k, v in sorted(agg.items())],

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import add_common_args, fig_dir, machine, machine_line, out_dir, pyplot, write_json
+from .common import add_common_args, fig_dir, machine, machine_line, publish, pyplot
 from .realloop import Stack, deployment, worker_pool
 
 SERVICE_RATE = 20.0
@@ -227,10 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - t_start,
     }
     summary = summarise(res["rows"])
-    out = out_dir(args)
     md = markdown(summary, res["rows"], meta)
-    (out / "reaction_time.md").write_text(md + "\n")
-    write_json(out / "reaction_time.json", {"meta": meta, "summary": summary, "rows": res["rows"]})
+    publish(args, "reaction_time", md, {"meta": meta, "summary": summary, "rows": res["rows"]})
     plot(res["rows"], fig_dir(args) / "reaction_time.png", meta)
     print(md)
     missing = [r["channel"] for r in res["rows"] if r["end_to_end_s"] is None]

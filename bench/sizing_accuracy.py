@@ -31,7 +31,7 @@ from chanscale.decision import Observation, PoolState, decide
 from chanscale.sim.model import ChannelModel
 from chanscale.spec import PoolSpec
 
-from .common import add_common_args, fig_dir, machine, machine_line, out_dir, pyplot, write_json
+from .common import add_common_args, fig_dir, machine, machine_line, publish, pyplot
 from .harness import Config, run
 from .traces import Trace
 
@@ -243,10 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     cmd = "python -m bench.sizing_accuracy" + (" --quick" if args.quick else "")
     meta = {"command": cmd, "machine": machine(), "messages": messages, "minutes": minutes, "wall_seconds": wall}
-    out = out_dir(args)
     md = markdown(rows, meta)
-    (out / "sizing_accuracy.md").write_text(md + "\n")
-    write_json(out / "sizing_accuracy.json", {"meta": meta, "rows": rows})
+    publish(args, "sizing_accuracy", md, {"meta": meta, "rows": rows})
     plot(rows, fig_dir(args) / "sizing_accuracy.png", meta)
     print(md)
     return 0
