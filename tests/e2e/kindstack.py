@@ -212,6 +212,10 @@ class KindStack:
         docker = shutil.which("docker") or "docker"
         return self.run([docker, "exec", f"{self.cluster}-control-plane", *argv], timeout=timeout)
 
+    def crictl(self, *argv: str) -> str:
+        """crictl in the node, against its containerd (the kubelet's runtime)."""
+        return self.node_exec("crictl", "--runtime-endpoint", "unix:///run/containerd/containerd.sock", *argv)
+
     # ------------------------------------------------------------------------------------------ namespaces
     def namespaces(self, names: Sequence[str], labels: dict[str, str] | None = None) -> None:
         """Create (or label) namespaces that enforce the restricted Pod Security Standard."""

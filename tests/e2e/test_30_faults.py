@@ -93,8 +93,12 @@ def test_prometheus_pod_deleted(stack: KindStack, cluster: KubectlCluster, works
     assert base is not None and base < 3, describe(samples)
     # Scale the Deployment to zero, which deletes the pod and keeps it away until the fallback has been seen.
     stack.must("-n", PROMETHEUS_NS, "scale", "deployment/prometheus", "--replicas=0")
-    stack.must(
-        "-n", PROMETHEUS_NS, "wait", "--for=delete", "pod", "-l", "app.kubernetes.io/name=prometheus", "--timeout=120s"
+    wait_for(
+        "the Prometheus pod to be gone",
+        lambda: (
+            not stack.must("-n", PROMETHEUS_NS, "get", "pods", "-l", "app.kubernetes.io/name=prometheus", "-o", "name")
+        ),
+        120,
     )
 
     def fallback_applied() -> bool:
@@ -127,9 +131,7 @@ def test_prometheus_pod_deleted(stack: KindStack, cluster: KubectlCluster, works
 
 
 def _opa_containers(stack: KindStack, pod_uid: str, state: str = "running") -> list[str]:
-    out = stack.node_exec(
-        "crictl", "ps", "-q", "--state", state, "--name", "^opa$", "--label", f"io.kubernetes.pod.uid={pod_uid}"
-    )
+    out = stack.crictl("ps", "-q", "--state", state, "--name", "^opa$", "--label", f"io.kubernetes.pod.uid={pod_uid}")
     return out.split()
 
 
@@ -152,7 +154,7 @@ def test_opa_sidecar_killed(stack: KindStack, cluster: KubectlCluster, workspace
     def kill_running_opa() -> None:
         nonlocal kills
         for cid in _opa_containers(stack, uid):
-            stack.node_exec("crictl", "stop", "--timeout", "0", cid)
+            stack.crictl("stop", "--timeout", "0", cid)
             kills += 1
 
     # The first restart is immediate; killing it again puts the sidecar into the kubelet's restart back-off.
