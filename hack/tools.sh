@@ -6,6 +6,9 @@
 #   hack/tools.sh                 # the tools the tests need: kube-apiserver, kube-controller-manager, kubectl,
 #                                 # etcd, opa, helm (and prometheus via apt-get when root and missing)
 #   hack/tools.sh all             # also kube-scheduler, kind, kwok, kwokctl
+#   hack/tools.sh node            # what the offline kind images need (hack/images.sh): kind, kubeadm, kubelet,
+#                                 # kubectl, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
+#                                 # etcd, coredns, crictl, opa
 #   hack/tools.sh opa helm        # just these
 #
 # Binaries already provided are honoured and not rebuilt:
@@ -107,13 +110,15 @@ if [ ${#want_tools[@]} -eq 0 ]; then
   want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa helm prometheus lua)
 elif [ "${want_tools[0]}" = all ]; then
   want_tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua kind kwok kwokctl)
+elif [ "${want_tools[0]}" = node ]; then
+  want_tools=(kind kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd coredns crictl opa)
 fi
 
 check_sumdb
 k8s=()
 for t in "${want_tools[@]}"; do
   case $t in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl)
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubeadm|kubelet|kube-proxy)
       have "$t" "$KUBERNETES_VERSION" || provided "$t" "$KUBERNETES_VERSION" || k8s+=("$t") ;;
     etcd)
       have etcd "$ETCD_VERSION" || provided etcd "$ETCD_VERSION" || \
@@ -129,6 +134,14 @@ for t in "${want_tools[@]}"; do
     kind)
       have kind "$KIND_VERSION" || provided kind "$KIND_VERSION" || \
         build_go kind sigs.k8s.io/kind "$KIND_VERSION" sigs.k8s.io/kind ;;
+    coredns)
+      have coredns "$COREDNS_VERSION" || \
+        build_go coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns \
+          "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" ;;
+    crictl)
+      have crictl "$CRICTL_VERSION" || \
+        build_go crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl \
+          "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" ;;
     kwok|kwokctl)
       have "$t" "$KWOK_VERSION" || provided "$t" "$KWOK_VERSION" || \
         build_go "$t" sigs.k8s.io/kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$t" ;;
@@ -152,7 +165,7 @@ for t in "${want_tools[@]}"; do
           die "lua5.4 is missing: install it (apt-get install lua5.4)"
         fi
       fi ;;
-    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua kind kwok kwokctl)" ;;
+    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl kubeadm kubelet kube-proxy etcd coredns crictl opa helm prometheus lua kind kwok kwokctl)" ;;
   esac
 done
 if [ ${#k8s[@]} -gt 0 ]; then build_kubernetes "${k8s[@]}"; fi
