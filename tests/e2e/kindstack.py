@@ -202,10 +202,14 @@ class KindStack:
             raise E2EError(f"`{shlex.join(up)}` finished but {self.kubeconfig} does not reach a Ready node")
 
     def down(self) -> None:
-        kind = self.tool("kind")
-        subprocess.run(
-            [kind, "delete", "cluster", "--name", self.cluster], capture_output=True, timeout=300, check=False
+        """Delete the cluster (hack/e2e-cluster.sh down); never fails the run."""
+        script = REPO_ROOT / "hack" / "e2e-cluster.sh"
+        argv = (
+            [str(script), "down"]
+            if script.exists()
+            else [self.tool("kind"), "delete", "cluster", "--name", self.cluster]
         )
+        subprocess.run(argv, capture_output=True, timeout=300, check=False)
 
     def node_exec(self, *argv: str, timeout: float = 60) -> str:
         """Run a command inside the kind node container (crictl, to kill one container for a fault test)."""
