@@ -172,7 +172,9 @@ components() {  # builds and prints the image names kubeadm asks for, plus kind'
       # kubeadm's etcd tag (e.g. 3.6.5-0) names the pinned etcd build (hack/versions.env ETCD_VERSION).
       etcd) static_image "$ref" "$BIN/etcd" /usr/local/bin/etcd ;;
       coredns) [ "$ver" = "$COREDNS_VERSION" ] || die "kubeadm wants coredns $ver; set COREDNS_VERSION=$ver in hack/versions.env"
-        static_image "$ref" "$BIN/coredns" /coredns 65532:65532 ;;
+        # Root, not upstream's nonroot + file capability: the classic builder's layers do not keep the
+        # security.capability xattr. kubeadm's Deployment still drops every capability but NET_BIND_SERVICE.
+        static_image "$ref" "$BIN/coredns" /coredns ;;
       pause) static_image "$ref" "$(pause_binary "$ver")" /pause 65535:65535 ;;
       *) die "kubeadm lists an image this script does not know how to build: $ref" ;;
     esac
