@@ -13,6 +13,7 @@
 #   hack/images.sh build apps    # only some stages: tools debian apps components kind-base kind-node
 #   hack/images.sh env           # print the resolved image names (KEY=VALUE)
 #   hack/images.sh apps          # print the application images e2e loads into the cluster
+#   hack/images.sh names         # print every image name it tags
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,11 +38,19 @@ env_names() { compgen -v CHANSCALE_ | grep '_IMAGE$' | while read -r v; do echo 
 app_images() {
   echo "$CHANSCALE_OPERATOR_IMAGE" "$CHANSCALE_OPA_IMAGE" "$CHANSCALE_PROMETHEUS_IMAGE"
 }
+kind_dir() {  # the kind module's folder in the Go module cache (its images/base/files)
+  (cd /tmp && go mod download -json "$KIND_MODULE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+}
 case ${1:-build} in
   env) env_names; exit ;;
   apps) app_images; exit ;;
+  names)  # every image name this script tags (the component names need kubeadm: hack/tools.sh node)
+    env_names | cut -d= -f2; echo "$CHANSCALE_KIND_NODE_IMAGE-stage"
+    "$BIN/kubeadm" config images list --kubernetes-version "$KUBERNETES_VERSION" 2>/dev/null
+    sed -n 's/^ *sandbox_image = "\(.*\)"/\1/p' "$(kind_dir)/images/base/files/etc/containerd/config.toml"
+    exit ;;
   build) shift $(( $# > 0 ? 1 : 0 )) ;;
-  *) die "usage: hack/images.sh [build [--cold]|env|apps]" ;;
+  *) die "usage: hack/images.sh [build [--cold] [STAGE...]|env|apps|names]" ;;
 esac
 COLD=
 if [ "${1:-}" = --cold ]; then COLD=1; shift; fi
@@ -186,7 +195,6 @@ components() {  # builds and prints the image names kubeadm asks for, plus kind'
   echo "$sandbox"
 }
 
-kind_dir() { (cd /tmp && go mod download -json "$KIND_MODULE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'); }
 
 kind_base() {
   local d; d=$(ctx "$CHANSCALE_KIND_BASE_IMAGE")
@@ -236,18 +244,29 @@ stage() {  # stage NAME: run one stage, timed
       static_image "$CHANSCALE_OPA_IMAGE" "$BIN/opa" /opa 1000:1000
       operator
       debian_image "$CHANSCALE_PROMETHEUS_IMAGE" "$IMAGES_DIR/prometheus.Dockerfile" ;;
-    components) mapfile -t REFS < <(components) ;;
+    components) components >"$STATE/refs"; mapfile -t REFS <"$STATE/refs" ;;
     kind-base) kind_base ;;
-    kind-node) [ ${#REFS[@]} -gt 0 ] || mapfile -t REFS < <(components); kind_node "${REFS[@]}" ;;
+    kind-node)
+      if [ ${#REFS[@]} -eq 0 ]; then components >"$STATE/refs"; mapfile -t REFS <"$STATE/refs"; fi
+      kind_node "${REFS[@]}" ;;
     *) die "unknown stage '$1' (tools debian apps components kind-base kind-node)" ;;
   esac
   log "stage $1: $(( $(date +%s) - t ))s"
+}
+
+# One build at a time per cache (CI, a developer and the benchmark may overlap): a second run waits, then finds
+# the images cached. CHANSCALE_IMAGES_LOCKED=1 says a parent process (bench/kind_build.py) holds the lock already.
+lock() {
+  [ "${CHANSCALE_IMAGES_LOCKED:-}" = 1 ] && return
+  exec 9>"$CACHE/images.lock"
+  flock -n 9 || { log "waiting for another image build ($CACHE/images.lock)"; flock 9; }
 }
 
 main() {
   local t0 s stages=("$@")
   t0=$(date +%s)
   mkdir -p "$STATE/logs"
+  lock
   docker info >/dev/null 2>&1 || die "no Docker engine: run hack/docker.sh"
   [ "${OPA_VERSION#v}-static" = "${CHANSCALE_OPA_IMAGE##*:}" ] || die "CHANSCALE_OPA_IMAGE does not carry OPA_VERSION"
   [ ${#stages[@]} -gt 0 ] || stages=(tools debian apps components kind-base kind-node)

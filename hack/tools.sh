@@ -85,7 +85,10 @@ build_kubernetes() {  # build_kubernetes NAME...
     touch "$d/.replaced"
   fi
   local date ldflags
-  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  # The release's own date (the module's commit time), not the build's: identical inputs give identical binaries,
+  # so the images built from them (hack/images.sh, cached by content) stay cached across clones and rebuilds.
+  date=$(cd "$d" && go list -m -json "k8s.io/kubernetes@$v" | \
+         python3 -c 'import json,sys; print(json.load(sys.stdin)["Time"])' 2>/dev/null) || date=1970-01-01T00:00:00Z
   ldflags="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date -X $pkg.gitCommit=chanscale-tools"
