@@ -4,7 +4,8 @@ Full runs refresh the figures beside bench/RESULTS.md (the prose there is update
 runs a small variant of each into out/bench-quick/ so that none of them rots (CI runs it).
 
 On-demand benchmarks run only when named, never in the default set or ``--quick``: ``kind_loop`` needs the kind
-cluster of the e2e suite (Docker; ``python -m bench kind_loop`` or ``python -m bench.kind_loop``).
+cluster of the e2e suite (Docker; ``python -m bench kind_loop`` or ``python -m bench.kind_loop``); ``kind_build``
+times the offline image build (cold and warm) and kind cluster creation (``python -m bench.kind_build``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import time
 
 BENCHMARKS = ("control_quality", "sizing_accuracy", "policy_latency", "reaction_time", "at_scale")
-ON_DEMAND = ("kind_loop",)
+ON_DEMAND = ("kind_loop", "kind_build")
 
 
 def main(argv: list[str] | None = None) -> int:
