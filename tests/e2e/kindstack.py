@@ -150,6 +150,24 @@ class KindStack:
         """kubectl that raises E2EError on failure."""
         return self.run([self.tool("kubectl"), f"--kubeconfig={self.kubeconfig}", *args], input=input, timeout=timeout)
 
+    def rollout(self, namespace: str, deployment: str, timeout: int = 300) -> None:
+        """Wait for a Deployment's rollout; on failure the error carries its pods and their recent logs."""
+        res = self.kubectl(
+            "-n",
+            namespace,
+            "rollout",
+            "status",
+            f"deployment/{deployment}",
+            f"--timeout={timeout}s",
+            timeout=timeout + 60,
+        )
+        if res.returncode != 0:
+            pods = self.kubectl("-n", namespace, "get", "pods", "-o", "wide").stdout
+            logs = self.kubectl(
+                "-n", namespace, "logs", f"deployment/{deployment}", "--all-containers", "--tail=20"
+            ).stdout
+            raise E2EError(f"{namespace}/{deployment} did not roll out: {res.stderr}\n{pods}\n{logs}")
+
     def helm(self, *args: str, timeout: float = 600) -> str:
         return self.run([self.tool("helm"), f"--kubeconfig={self.kubeconfig}", *args], timeout=timeout)
 
@@ -239,7 +257,7 @@ class KindStack:
         for d in docs:
             if d["kind"] == "Deployment":
                 for c in d["spec"]["template"]["spec"]["containers"]:
-                    c["image"] = self.images.prometheus
+                    c["image"] = self.images.operator if c["name"] == "discovery" else self.images.prometheus
         return docs
 
     def install_prometheus(self) -> str:
@@ -255,7 +273,7 @@ class KindStack:
                 "-",
                 input=yaml.safe_dump_all(self.prometheus_docs()),
             )
-            self.must("-n", PROMETHEUS_NS, "rollout", "status", "deployment/prometheus", "--timeout=300s")
+            self.rollout(PROMETHEUS_NS, "prometheus")
         return PROMETHEUS_URL
 
     # ------------------------------------------------------------------------------------------------ chart
@@ -302,7 +320,8 @@ class KindStack:
 
     def helm_test(self) -> str:
         with self.stage("e2e: helm test"):
-            return self.helm("test", RELEASE, "--namespace", RELEASE_NS, "--timeout", "300s", "--logs")
+            # No --logs: the hook pod is deleted on success (hook-delete-policy), so there are none to fetch.
+            return self.helm("test", RELEASE, "--namespace", RELEASE_NS, "--timeout", "300s")
 
     def release_installed(self) -> bool:
         res = subprocess.run(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from kindstack import RELEASE_NS, KindStack
+from kindstack import RELEASE_NS, E2EError, KindStack
 
 
 def clean(stack: KindStack, ns: str) -> None:
@@ -81,8 +81,10 @@ def all_pods_ready(stack: KindStack, namespace: str, name: str, at_least: int) -
 
 
 def rollout(stack: KindStack, namespace: str, deployment_name: str) -> None:
-    res = stack.kubectl("-n", namespace, "rollout", "status", f"deployment/{deployment_name}", "--timeout=300s")
-    assert res.returncode == 0, f"{namespace}/{deployment_name} did not become ready: {res.stdout}{res.stderr}"
+    try:
+        stack.rollout(namespace, deployment_name)
+    except E2EError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @dataclass
