@@ -18,6 +18,7 @@ from typing import Any
 
 from . import FIELD_MANAGER, PAUSED_ANNOTATION, telemetry
 from .decision import Decision, Observation, PoolState, apply_verdict, decide, record_scale
+from .faults import crash_point
 from .kube import ScaleError, Scaler
 from .signals import PrometheusReader, signal_errors_for_required
 from .spec import PoolSpec, SpecError
@@ -560,20 +561,25 @@ async def _apply(ctx: _Ctx, mem: PoolMemory, current: int, events: list[tuple[st
     state = record_scale(d.state, now=now, from_replicas=current, to_replicas=d.desired)
     ahead = ctx.status(d.desired, applied=True, state=state, events=[])
     ahead["history"]["pending"] = {"from": current, "to": d.desired, "time": round(now, 3)}
+    crash_point("before-intent")
     if not await _write_status(rt, key, mem, ahead, now):
         msg = "could not record the scale intent in status (API server unreachable); not scaling"
         return await _fail(rt, key, mem, ctx.old, ctx.gen, now, ctx.target_name, "StatusWriteFailed", msg)
     mem.status = ahead
+    crash_point("after-intent")
     try:
         await rt.scaler.scale(ctx.ns, ctx.target_name, d.desired)
     except ScaleError as e:
         reason = e.reason if e.reason != "ApiError" else "ScaleFailed"
         return await _fail(rt, key, mem, ctx.old, ctx.gen, now, ctx.target_name, reason, brief(*key, str(e)))
+    crash_point("after-scale")
     rt.last_scale_write[key] = (d.desired, now)
     telemetry.SCALES.labels(ctx.ns, ctx.name, "up" if d.desired > current else "down").inc()
     events.append(("Normal", "Scaled", f"{current} -> {d.desired}: {d.reason}"))
     status = ctx.status(d.desired, applied=True, state=state, events=events)
-    return await _finish(rt, key, mem, status, now, ctx.result(events, applied=True))
+    result = await _finish(rt, key, mem, status, now, ctx.result(events, applied=True))
+    crash_point("after-status")
+    return result
 
 
 @dataclass
