@@ -217,7 +217,7 @@ def _memory(rt: Runtime, key: tuple[str, str], body: Mapping[str, Any]) -> PoolM
     """This pool's memory, replaced by the body when the body is newer than our last write (kopf's view lags our
     own writes by a watch event; a user's spec edit or a restart makes the body the truth)."""
     rv, mem = _rv(body), rt.memory.get(key)
-    if mem is None or rv is None or mem.rv is None or rv > mem.rv:
+    if mem is None or (rv is not None and (mem.rv is None or rv > mem.rv)):
         server = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
         prev = mem
         mem = PoolMemory(status=dict(server), server=server, rv=rv)
