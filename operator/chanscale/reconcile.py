@@ -240,20 +240,34 @@ def _limit_kinds(limited: Any) -> list[str]:
     return [_limit_reason(str(x)) for x in limited or ()]
 
 
+def _degraded(status: Mapping[str, Any]) -> bool:
+    """A dependency (Prometheus, OPA) is down: the model's moving numbers are observations then, not verdicts."""
+    reasons = {(c.get("type"), c.get("reason")) for c in status.get("conditions") or []}
+    return ("PolicyAllowed", "PolicyUnavailable") in reasons or any(
+        t == "MetricsAvailable" and r != "SignalsRead" for t, r in reasons
+    )
+
+
 def _material(status: Mapping[str, Any]) -> str:
     """A digest of what makes a status write worth it: not the ever-moving observations, not failure counters,
-    not numbers inside reasons (a fallback's "after 7 failed reads" would otherwise rewrite every tick)."""
+    not numbers inside reasons (a fallback's "after 7 failed reads" would otherwise rewrite every tick).
+
+    While a dependency is down, the model's recommendation (and its stabilisation runs) is an observation too:
+    it moves with a growing backlog every tick but changes nothing the operator does, so it is written with the
+    next refresh (a crash in an outage forgets at most ``status_refresh`` seconds of it).
+    """
     d = status.get("lastDecision") or {}
     h = status.get("history") or {}
     ext = status.get("externalWriter") or {}
+    degraded = _degraded(status)
     keep = {
         "replicas": status.get("replicas"),
         "desired": status.get("desiredReplicas"),
-        "recommended": status.get("recommendedReplicas"),
+        "recommended": None if degraded else status.get("recommendedReplicas"),
         "conditions": [(c["type"], c["status"], c.get("reason")) for c in status.get("conditions", [])],
         "decision": (d.get("outcome"), d.get("from"), d.get("to"), d.get("applied"), _limit_kinds(d.get("limitedBy"))),
         "verdicts": status.get("verdicts"),
-        "history": (h.get("recommendations"), h.get("scaleEvents"), h.get("pending")),
+        "history": (None if degraded else h.get("recommendations"), h.get("scaleEvents"), h.get("pending")),
         "external": (ext.get("writer"), ext.get("to"), ext.get("holdUntil")),
         "gen": status.get("observedGeneration"),
         "target": status.get("targetName"),
