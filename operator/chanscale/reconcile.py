@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -330,7 +331,8 @@ def brief(ns: str, name: str, text: str, limit: int = 120) -> str:
     first = text.splitlines()[0] if text else ""
     if len(first) <= limit and first == text:
         return text
-    ref = hashlib.sha1(f"{ns}/{name}:{text}".encode()).hexdigest()[:8]
+    # Keyed without digits: a counter or a latency inside the text must not log (and re-reference) it every tick.
+    ref = hashlib.sha1(f"{ns}/{name}:{re.sub(r'[0-9.]+', '#', text)}".encode()).hexdigest()[:8]
     if ref not in _LOGGED_REFS:
         _LOGGED_REFS[ref] = None
         if len(_LOGGED_REFS) > 4096:
