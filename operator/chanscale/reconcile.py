@@ -11,16 +11,17 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from . import PAUSED_ANNOTATION, telemetry
 from .decision import Decision, Observation, PoolState, apply_verdict, decide, record_scale
-from .kube import ScaleError, Scaler
+from .kube import ScaleError, Scaler, template_digest
 from .signals import PrometheusReader, signal_errors_for_required
 from .spec import PoolSpec, SpecError
+from .tenancy import Guardrails, TenancyState, namespace_pools, refusal
 
 log = logging.getLogger("chanscale")
 
@@ -35,6 +36,7 @@ class Config:
     status_refresh: float = 30.0  # rewrite an unchanged status at most this often (observations only)
     policy_timeout: float = 2.0
     query_timeout: float = 5.0
+    guardrails: Guardrails = field(default_factory=Guardrails)  # the admin's choices (tenancy.py)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Target:
     replicas: int = 0
     ready: int | None = None
     conflict: str | None = None  # e.g. "HorizontalPodAutoscaler web (KEDA ScaledObject web)"
+    # () -> (the namespace's pools from kopf's WorkerPool index, {Deployment: replicas}); read under the lock.
+    peers: Callable[[], tuple[list[dict[str, Any]], dict[str, int]]] | None = None
 
 
 @dataclass
@@ -70,13 +74,12 @@ class Runtime:
     last_eval: dict[tuple[str, str], float] = field(default_factory=dict)
     last_written: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     last_scale_write: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
-    namespace_pools: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    tenancy: TenancyState = field(default_factory=TenancyState)
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        for d in (self.last_eval, self.last_written, self.last_scale_write):
+        for d in (self.last_eval, self.last_written, self.last_scale_write, self.tenancy.template_errors):
             d.pop(key, None)
-        self.namespace_pools.get(namespace, {}).pop(name, None)
         telemetry.forget_pool(namespace, name)
 
 
@@ -269,7 +272,13 @@ async def _tick(rt: Runtime, body: Mapping[str, Any], spec: PoolSpec, target: Ta
         status = _error_status(old, gen, now, reason, message, target_name)
         return _finish(rt, key, status, now, TickResult(status=None, events=events))
 
+    refused = refusal(rt.config.guardrails, spec, ns, meta, rt.config.prometheus_url)
+    if refused is not None:  # the admin's guardrails: never scaled, the condition names the field and the fix
+        return fail(refused.reason, refused.message)
     if target is None or not target.exists:
+        rejected = rt.tenancy.template_errors.get(key)
+        if spec.template is not None and rejected is not None and rejected[0] == template_digest(spec.template):
+            return fail("TemplateRejected", f"the API server refused the Deployment from spec.template: {rejected[1]}")
         how = "spec.template (being created)" if spec.template is not None else "spec.scaleTargetRef.name"
         return fail("TargetNotFound", f"Deployment {ns}/{target_name} not found: check {how}")
     if target.conflict:
@@ -297,37 +306,39 @@ async def _tick(rt: Runtime, body: Mapping[str, Any], spec: PoolSpec, target: Ta
     state = PoolState.from_status(old.get("history"))
     decision = decide(spec, state, obs)
 
-    # The policy gate, on every decision that would change something.
-    verdict_info: dict[str, Any] | None = None
-    if decision.desired != current:
-        decision, verdict_info = await _gate(rt, body, spec, decision, current, now)
+    # Check and scale under the namespace's lock, so two pools cannot spend the same budget headroom.
+    async with rt.tenancy.locks(ns):
+        # The policy gate, on every decision that would change something.
+        verdict_info: dict[str, Any] | None = None
+        if decision.desired != current:
+            decision, verdict_info = await _gate(rt, body, spec, decision, current, now, target)
 
-    paused = is_paused(meta, body.get("spec") or {})
-    mode = "Paused" if paused else spec.mode
-    applied = False
-    new_state = decision.state
-    if decision.desired != current:
-        if mode == "Active":
-            try:
-                await rt.scaler.scale(ns, target_name, decision.desired)
-            except ScaleError as e:
-                return fail(e.reason if e.reason != "ApiError" else "ScaleFailed", str(e))
-            applied = True
-            rt.last_scale_write[key] = (decision.desired, now)
-            new_state = record_scale(new_state, now=now, from_replicas=current, to_replicas=decision.desired)
-            direction = "up" if decision.desired > current else "down"
-            telemetry.SCALES.labels(ns, name, direction).inc()
-            events.append(("Normal", "Scaled", f"{current} -> {decision.desired}: {decision.reason}"))
-        else:
-            prev = old.get("lastDecision") or {}
-            if (prev.get("to"), prev.get("mode")) != (decision.desired, mode):
-                events.append(
-                    (
-                        "Normal",
-                        "WouldScale",
-                        f"[{mode}] would scale {current} -> {decision.desired}: {decision.reason}",
+        paused = is_paused(meta, body.get("spec") or {})
+        mode = "Paused" if paused else spec.mode
+        applied = False
+        new_state = decision.state
+        if decision.desired != current:
+            if mode == "Active":
+                try:
+                    await rt.scaler.scale(ns, target_name, decision.desired)
+                except ScaleError as e:
+                    return fail(e.reason if e.reason != "ApiError" else "ScaleFailed", str(e))
+                applied = True
+                rt.last_scale_write[key] = (decision.desired, now)
+                new_state = record_scale(new_state, now=now, from_replicas=current, to_replicas=decision.desired)
+                direction = "up" if decision.desired > current else "down"
+                telemetry.SCALES.labels(ns, name, direction).inc()
+                events.append(("Normal", "Scaled", f"{current} -> {decision.desired}: {decision.reason}"))
+            else:
+                prev = old.get("lastDecision") or {}
+                if (prev.get("to"), prev.get("mode")) != (decision.desired, mode):
+                    events.append(
+                        (
+                            "Normal",
+                            "WouldScale",
+                            f"[{mode}] would scale {current} -> {decision.desired}: {decision.reason}",
+                        )
                     )
-                )
     if verdict_info is not None and (decision.outcome == "Blocked" or decision.desired != verdict_info["proposed"]):
         # One Event per change of verdict, not one per tick while a guard keeps holding.
         prev_policy = next((c for c in conditions if c.get("type") == "PolicyAllowed"), {})
@@ -488,10 +499,6 @@ async def _tick(rt: Runtime, body: Mapping[str, Any], spec: PoolSpec, target: Ta
     telemetry.RECOMMENDED.labels(ns, name).set(decision.recommendation)
     telemetry.SLO_MET.labels(ns, name).set({True: 1, False: 0, None: -1}[decision.slo_met])
     telemetry.METRICS_AVAILABLE.labels(ns, name).set(1 if decision.metrics_ok else 0)
-    rt.namespace_pools.setdefault(ns, {})[name] = {
-        "replicas": new_replicas,
-        "desiredReplicas": decision.desired,
-    }
 
     result = TickResult(status=None, events=events, scaled_to=decision.desired if applied else None, decision=decision)
     # Labels a policy asks for (e.g. chanscale.dev/escalated) go on the pool, so a priority class or an alert can
@@ -506,15 +513,30 @@ async def _tick(rt: Runtime, body: Mapping[str, Any], spec: PoolSpec, target: Ta
     return _finish(rt, key, status, now, result)
 
 
+def _peers(rt: Runtime, ns: str, name: str, target: Target | None, now: float) -> list[dict[str, Any]]:
+    """The namespace's other pools for the budget guard: kopf's WorkerPool index plus our own recent writes."""
+    if target is None or target.peers is None:
+        return []
+    recent = {n: r for (pns, n), (r, t) in rt.last_scale_write.items() if pns == ns and now - t < 2 * rt.config.tick}
+    pools, deployments = target.peers()
+    return namespace_pools(pools, deployments, recent, exclude=name)
+
+
 async def _gate(
-    rt: Runtime, body: Mapping[str, Any], spec: PoolSpec, decision: Decision, current: int, now: float
+    rt: Runtime,
+    body: Mapping[str, Any],
+    spec: PoolSpec,
+    decision: Decision,
+    current: int,
+    now: float,
+    target: Target | None = None,
 ) -> tuple[Decision, dict[str, Any]]:
     from .policy import PolicyUnavailable, build_input, verdict_on_failure
 
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     st = decision.state
-    others = [{"name": n, **v} for n, v in sorted(rt.namespace_pools.get(ns, {}).items()) if n != name]
+    others = _peers(rt, ns, name, target, now)
     doc = build_input(
         pool={
             "metadata": {k: meta.get(k) for k in ("namespace", "name", "labels", "annotations")},
@@ -533,12 +555,13 @@ async def _gate(
         now=datetime.fromtimestamp(now, tz=timezone.utc),
         namespace_pools=others,
     )
+    path = rt.config.guardrails.policy_path(spec.policy.profile) or ""  # refusal() has checked it is published
     started = time.perf_counter()
     try:
-        verdict = await rt.gate.evaluate(spec.policy.path, doc, timeout=rt.config.policy_timeout)
+        verdict = await rt.gate.evaluate(path, doc, timeout=rt.config.policy_timeout)
     except PolicyUnavailable as e:
         verdict = verdict_on_failure(
-            spec.policy.failure_policy,
+            rt.config.guardrails.failure_policy,
             current=current,
             proposed=decision.desired,
             min_replicas=spec.min_replicas,
@@ -560,7 +583,8 @@ async def _gate(
         "escalated": verdict.escalated,
         "source": verdict.source,
         "error": verdict.error,
-        "path": spec.policy.path,
+        "profile": spec.policy.profile,
+        "path": path,
         "latencySeconds": round(verdict.latency_seconds, 5),
         "limitedBy": list(verdict.limited_by),
         "labels": dict(verdict.labels),
