@@ -71,7 +71,7 @@ def guardrails_from_args(args: argparse.Namespace) -> Guardrails:
             prometheus_allowlist=tuple(args.prometheus_allowed_url or ()),
             custom_queries=args.allow_custom_queries,
             scrape_interval_seconds=parse_duration(args.scrape_interval) if args.scrape_interval else 0.0,
-            allow_templates=args.allow_templates,
+            template_namespaces=frozenset(args.template_namespace or ()),
         )
     except ValueError as e:
         raise SystemExit(f"chanscale run: {e}") from e
@@ -110,9 +110,11 @@ def _add_guardrail_flags(r: argparse.ArgumentParser) -> None:
         help="Prometheus' scrape interval (e.g. 30s): a pool's rateWindow below two intervals is refused",
     )
     g.add_argument(
-        "--allow-templates",
-        action="store_true",
-        help="let pools with spec.template create and own a Deployment (needs the chart's template-mode RBAC)",
+        "--template-namespace",
+        action="append",
+        metavar="NAMESPACE",
+        help="a namespace where pools with spec.template may create and own a Deployment (repeatable; '*' for all; "
+        "needs the chart's template-mode RBAC there). Elsewhere template pools are refused",
     )
 
 

@@ -174,9 +174,9 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         except SpecError as e:
             raise kopf.PermanentError(f"invalid spec: {e}") from e
         rt = memo.runtime
-        if not rt.config.guardrails.allow_templates:
-            return  # the tick reports TemplatesDisabled on the pool's conditions
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if not rt.config.guardrails.allows_templates(key[0]):
+            return  # the tick reports TemplatesDisabled on the pool's conditions
         try:
             what = await kube.ensure_template_deployment(body, ps.template or {}, max(ps.min_replicas, 0))
         except kube.ScaleError as e:

@@ -43,10 +43,13 @@ class Guardrails:
     prometheus_allowlist: tuple[str, ...] = ()  # besides the operator's --prometheus-url
     custom_queries: bool = False
     scrape_interval_seconds: float = 0.0  # 0: unknown, the rate-window check is off
-    allow_templates: bool = False
+    template_namespaces: frozenset[str] = frozenset()  # where spec.template pools may own a Deployment; "*": all
 
     def policy_path(self, profile: str) -> str | None:
         return self.profiles.get(profile)
+
+    def allows_templates(self, namespace: str) -> bool:
+        return "*" in self.template_namespaces or namespace in self.template_namespaces
 
 
 @dataclass(frozen=True)
@@ -154,11 +157,11 @@ def refusal(
             f"spec.policy.profile {spec.policy.profile!r} is not published by the cluster admin: "
             f"use one of {published}",
         )
-    if spec.template is not None and not g.allow_templates:
+    if spec.template is not None and not g.allows_templates(namespace):
         return Refusal(
             "TemplatesDisabled",
-            "spec.template needs template mode, which the cluster admin has not enabled for this namespace: "
-            "use spec.scaleTargetRef to an existing Deployment",
+            "spec.template needs template mode, which the cluster admin has not enabled for this namespace "
+            "(Helm value rbac.templateNamespaces): use spec.scaleTargetRef to an existing Deployment",
         )
     address = spec.metrics.prometheus_address
     if address is not None and normalise_url(address) not in allowed_addresses(g, default_url):
@@ -171,7 +174,7 @@ def refusal(
         return Refusal(
             "CustomQueriesDisabled",
             "spec.metrics.queries is disabled by the cluster admin (operator flag --allow-custom-queries, Helm value "
-            "metrics.customQueries): remove it and export the metrics contract (docs/metrics-contract.md)",
+            "prometheus.customQueries): remove it and export the metrics contract (docs/metrics-contract.md)",
         )
     for sig, query in sorted(spec.metrics.queries.items()):
         from .signals import render_custom
