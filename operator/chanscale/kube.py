@@ -36,7 +36,9 @@ class TemplateRejected(Exception):
 
 
 def template_digest(template: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(template, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short digest of a pod template (kopf's mapping views included), to notice that it changed."""
+    text = json.dumps(template, sort_keys=True, default=lambda o: dict(o) if isinstance(o, Mapping) else str(o))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Scaler(Protocol):

@@ -181,7 +181,7 @@ def refusal(
 
         problem = confinement_problem(render_custom(query, namespace, spec.channel), namespace)
         if problem:
-            return Refusal("QueryNotConfined", f"spec.metrics.queries.{sig} {problem}")
+            return Refusal("QueryRefused", f"spec.metrics.queries.{sig} {problem}")
     return _rate_window_refusal(g, spec)
 
 

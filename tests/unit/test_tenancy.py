@@ -90,7 +90,7 @@ def test_a_pool_within_the_guardrails_is_not_refused() -> None:
             Guardrails(custom_queries=True),
             {"metrics": {"queries": {"backlog": 'sum(x{namespace="other"})'}}},
             {},
-            "QueryNotConfined",
+            "QueryRefused",
             "spec.metrics.queries.backlog",
         ),
         (Guardrails(), {}, {"chanscale.dev/paused": "yes"}, "InvalidPauseAnnotation", "chanscale.dev/paused"),
