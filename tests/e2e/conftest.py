@@ -145,6 +145,8 @@ def chart_release(kubectl: Kubectl, kind_cluster: Path, image: str, prometheus: 
         "--set",
         f"prometheus.url={prometheus}",
         "--set",
+        "prometheus.scrapeInterval=2s",  # tests/e2e/manifests/prometheus.yaml
+        "--set",
         "operator.tick=5",
         "--set-string",
         "podAnnotations.prometheus\\.io/scrape=true",
