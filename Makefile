@@ -24,9 +24,10 @@ demo: install tools  ## the local demo: control plane, Prometheus, OPA, operator
 demo-quick: install tools  ## a 60 s demo
 	$(PYTHON) -m chanscale demo --duration 60 $(DEMO_ARGS)
 
-test: install tools lint  ## everything CI runs: lint, generated-file drift, unit + integration tests, quick benchmarks
-	$(PYTEST) -m "unit or integration" $(PYTEST_ARGS)
-	$(MAKE) bench-quick
+test: install tools  ## everything CI runs: lint, generated-file drift, unit + integration tests, quick benchmarks
+	hack/stage.sh lint $(MAKE) lint
+	hack/stage.sh "unit + integration tests" $(PYTEST) -m "unit or integration" $(PYTEST_ARGS)
+	hack/stage.sh "quick benchmarks" $(MAKE) bench-quick
 
 unit:  ## unit tests only (no binaries needed)
 	$(PYTEST) -m unit $(PYTEST_ARGS)
