@@ -184,9 +184,9 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             raise kopf.PermanentError(str(e)) from e
         except kube.TemplateRejected as e:
             # The API server refused it: retrying cannot help until spec.template changes (this handler is
-            # called again then). The tick reports TemplateRejected on the pool's conditions.
+            # called again then). The tick reports it: Ready=False/TemplateRejected and one Event.
             rt.tenancy.template_errors[key] = (kube.template_digest(ps.template or {}), str(e))
-            kopf.warn(body, reason="TemplateRejected", message=str(e)[:1024])
+            logger.warning("Deployment from spec.template refused: %s", e)
             return
         except Exception as e:
             raise kopf.TemporaryError(f"could not create or update the Deployment: {e}", delay=15) from e
