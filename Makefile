@@ -24,9 +24,10 @@ demo: install tools  ## the local demo: control plane, Prometheus, OPA, operator
 demo-quick: install tools  ## a 60 s demo
 	$(PYTHON) -m chanscale demo --duration 60 $(DEMO_ARGS)
 
-test: install tools lint  ## everything CI runs: lint, generated-file drift, unit + integration tests, quick benchmarks
-	$(PYTEST) -m "unit or integration" $(PYTEST_ARGS)
-	$(MAKE) bench-quick
+test: install tools  ## everything CI runs: lint, generated-file drift, unit + integration tests, quick benchmarks
+	hack/stage.sh lint $(MAKE) lint
+	hack/stage.sh "unit + integration tests" $(PYTEST) -m "unit or integration" $(PYTEST_ARGS)
+	hack/stage.sh "quick benchmarks" $(MAKE) bench-quick
 
 unit:  ## unit tests only (no binaries needed)
 	$(PYTEST) -m unit $(PYTEST_ARGS)
@@ -51,8 +52,9 @@ bench:  ## all benchmarks, full size (writes bench/RESULTS.md figures)
 bench-quick:  ## a quick run of every benchmark, so none of them rots
 	$(PYTHON) -m bench --quick
 
-e2e:  ## kind end-to-end suite (needs Docker)
-	$(PYTEST) -m e2e tests/e2e $(PYTEST_ARGS)
+e2e: install tools  ## kind end-to-end: Docker, offline images, cluster, chart + helm test, tests/e2e (docs/e2e.md)
+	hack/stage.sh "e2e: cluster up" hack/e2e-cluster.sh up
+	hack/stage.sh "e2e: tests" $(PYTEST) -m e2e tests/e2e -v --durations=0 $(PYTEST_ARGS)
 
 clean:
 	rm -rf .cache/tools out .pytest_cache .mypy_cache .ruff_cache

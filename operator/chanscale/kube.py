@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +29,16 @@ class ScaleError(Exception):
         super().__init__(message)
         self.reason = reason
         self.retryable = retryable
+
+
+class TemplateRejected(Exception):
+    """The API server refused the Deployment built from spec.template (invalid, or refused by admission)."""
+
+
+def template_digest(template: Mapping[str, Any]) -> str:
+    """A short digest of a pod template (kopf's mapping views included), to notice that it changed."""
+    text = json.dumps(template, sort_keys=True, default=lambda o: dict(o) if isinstance(o, Mapping) else str(o))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Scaler(Protocol):
@@ -135,6 +147,8 @@ def _ensure_deployment_sync(body: dict[str, Any]) -> str:
         api.create_namespaced_deployment(ns, body, field_manager=FIELD_MANAGER)  # type: ignore[arg-type]
         return "created"
     except ApiException as e:
+        if e.status in (400, 403, 422):
+            raise TemplateRejected(_api_message(e)) from e
         if e.status != 409:
             raise
     # Exists: update the template only; replicas belong to the scale subresource (and to us).
@@ -147,10 +161,23 @@ def _ensure_deployment_sync(body: dict[str, Any]) -> str:
             f"Deployment {ns}/{name} exists and is not owned by this WorkerPool: rename the pool or use scaleTargetRef",
             False,
         )
-    api.patch_namespaced_deployment(
-        name, ns, {"spec": {"template": body["spec"]["template"]}}, field_manager=FIELD_MANAGER
-    )
+    try:
+        api.patch_namespaced_deployment(
+            name, ns, {"spec": {"template": body["spec"]["template"]}}, field_manager=FIELD_MANAGER
+        )
+    except ApiException as e:
+        if e.status in (400, 403, 422):
+            raise TemplateRejected(_api_message(e)) from e
+        raise
     return "updated"
+
+
+def _api_message(e: Any) -> str:
+    """The API server's own message from a Status body (it names the field), else the HTTP reason."""
+    try:
+        return str(json.loads(e.body).get("message") or e.reason)
+    except (TypeError, ValueError, AttributeError):
+        return f"{e.status} {e.reason}"
 
 
 async def ensure_template_deployment(pool: Mapping[str, Any], template: Mapping[str, Any], replicas: int) -> str:

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -20,9 +20,10 @@ from typing import Any
 from . import FIELD_MANAGER, PAUSED_ANNOTATION, telemetry
 from .decision import Decision, Observation, PoolState, apply_verdict, decide, record_scale
 from .faults import crash_point
-from .kube import ScaleError, Scaler
+from .kube import ScaleError, Scaler, template_digest
 from .signals import PrometheusReader, signal_errors_for_required
 from .spec import PoolSpec, SpecError
+from .tenancy import Guardrails, TenancyState, namespace_pools, refusal
 
 log = logging.getLogger("chanscale")
 
@@ -48,6 +49,7 @@ class Config:
     query_timeout: float = 5.0
     health_url: str | None = None  # serve /healthz (this URL's path) and /readyz on its host:port
     stale_intervals: float = 3.0  # liveness fails when a pool has not been evaluated for this many ticks
+    guardrails: Guardrails = field(default_factory=Guardrails)  # the admin's choices (tenancy.py)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Target:
     ready: int | None = None
     conflict: str | None = None  # e.g. "HorizontalPodAutoscaler web (KEDA ScaledObject web)"
     manager: str | None = None  # the field manager that last set spec.replicas (managedFields)
+    # () -> (the namespace's pools from kopf's WorkerPool index, {Deployment: replicas}); read under the lock.
+    peers: Callable[[], tuple[list[dict[str, Any]], dict[str, int]]] | None = None
 
 
 @dataclass
@@ -101,17 +105,23 @@ class Runtime:
     last_eval: dict[tuple[str, str], float] = field(default_factory=dict)
     last_written: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     last_scale_write: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
-    namespace_pools: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     writer: Any = None  # kube.StatusWriter; None keeps writes in ``memory_writes`` (unit tests)
     memory: dict[tuple[str, str], PoolMemory] = field(default_factory=dict)
     evaluated: dict[tuple[str, str], float] = field(default_factory=dict)  # last tick of any kind (liveness)
     memory_writes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    tenancy: TenancyState = field(default_factory=TenancyState)
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        for d in (self.last_eval, self.last_written, self.last_scale_write, self.memory, self.evaluated):
+        for d in (
+            self.last_eval,
+            self.last_written,
+            self.last_scale_write,
+            self.memory,
+            self.evaluated,
+            self.tenancy.template_errors,
+        ):
             d.pop(key, None)
-        self.namespace_pools.get(namespace, {}).pop(name, None)
         telemetry.forget_pool(namespace, name)
 
 
@@ -517,7 +527,14 @@ async def _tick(
     target_name = spec.target_name(name)
     old = mem.status
 
+    refused = refusal(rt.config.guardrails, spec, ns, meta, rt.config.prometheus_url)
+    if refused is not None:  # the admin's guardrails: never scaled, the condition names the field and the fix
+        return await _fail(rt, key, mem, old, gen, now, target_name, refused.reason, refused.message)
     if target is None or not target.exists:
+        rejected = rt.tenancy.template_errors.get(key)
+        if spec.template is not None and rejected is not None and rejected[0] == template_digest(spec.template):
+            msg = brief(ns, name, f"the API server refused the Deployment from spec.template: {rejected[1]}")
+            return await _fail(rt, key, mem, old, gen, now, target_name, "TemplateRejected", msg)
         how = "spec.template (being created)" if spec.template is not None else "spec.scaleTargetRef.name"
         msg = f"Deployment {ns}/{target_name} not found: check {how}"
         return await _fail(rt, key, mem, old, gen, now, target_name, "TargetNotFound", msg)
@@ -547,20 +564,24 @@ async def _tick(
         **sig.values,
     )
     decision = decide(spec, PoolState.from_status(old.get("history")), obs)
-    verdict_info: dict[str, Any] | None = None
-    if decision.desired != current:
-        decision, verdict_info = await _gate(rt, body, spec, decision, current, now)
 
-    conditions = [dict(c) for c in old.get("conditions") or []]
-    hold, ext_key, ext_msg = _external_conditions(spec, ext, target_name, now, conditions, gen)
-    mode = "Paused" if paused else "HoldOff" if hold else spec.mode
-    ctx = _Ctx(rt, body, spec, decision, verdict_info, obs, old, conditions, ns, name, target_name, gen, now, mode)
-    ctx.paused, ctx.ext = paused, ext
-    verdicts = ctx.verdicts
-    verdict(old.get("verdicts") or {}, verdicts, "external", ext_key, ("Warning", "ExternalScale", ext_msg), events)
+    # Check and scale under the namespace's lock, so two pools cannot spend the same budget headroom.
+    async with rt.tenancy.locks(ns):
+        verdict_info: dict[str, Any] | None = None
+        if decision.desired != current:
+            decision, verdict_info = await _gate(rt, body, spec, decision, current, now, target)
 
-    if decision.desired != current and mode == "Active":
-        return await _apply(ctx, mem, current, events)
+        conditions = [dict(c) for c in old.get("conditions") or []]
+        hold, ext_key, ext_msg = _external_conditions(spec, ext, target_name, now, conditions, gen)
+        mode = "Paused" if paused else "HoldOff" if hold else spec.mode
+        ctx = _Ctx(rt, body, spec, decision, verdict_info, obs, old, conditions, ns, name, target_name, gen, now, mode)
+        ctx.paused, ctx.ext = paused, ext
+        verdicts = ctx.verdicts
+        event = ("Warning", "ExternalScale", ext_msg)
+        verdict(old.get("verdicts") or {}, verdicts, "external", ext_key, event, events)
+        if decision.desired != current and mode == "Active":
+            return await _apply(ctx, mem, current, events)
+
     if decision.desired != current and mode != "HoldOff":
         would = ("Normal", "WouldScale", f"[{mode}] would scale {current} -> {decision.desired}: {decision.reason}")
         verdict(old.get("verdicts") or {}, verdicts, "would", f"{mode}:{decision.desired}", would, events)
@@ -794,7 +815,6 @@ class _Ctx:
         telemetry.RECOMMENDED.labels(ns, name).set(d.recommendation)
         telemetry.SLO_MET.labels(ns, name).set({True: 1, False: 0, None: -1}[d.slo_met])
         telemetry.METRICS_AVAILABLE.labels(ns, name).set(1 if d.metrics_ok else 0)
-        self.rt.namespace_pools.setdefault(ns, {})[name] = {"replicas": replicas, "desiredReplicas": d.desired}
         res = TickResult(status=None, events=events, scaled_to=d.desired if applied else None, decision=d)
         # Labels a policy asks for (e.g. chanscale.dev/escalated) go on the pool, so a priority class or an alert
         # can select escalated pools; a label of ours that this tick's verdict does not ask for is removed.
@@ -805,15 +825,30 @@ class _Ctx:
         return res
 
 
+def _peers(rt: Runtime, ns: str, name: str, target: Target | None, now: float) -> list[dict[str, Any]]:
+    """The namespace's other pools for the budget guard: kopf's WorkerPool index plus our own recent writes."""
+    if target is None or target.peers is None:
+        return []
+    recent = {n: r for (pns, n), (r, t) in rt.last_scale_write.items() if pns == ns and now - t < 2 * rt.config.tick}
+    pools, deployments = target.peers()
+    return namespace_pools(pools, deployments, recent, exclude=name)
+
+
 async def _gate(
-    rt: Runtime, body: Mapping[str, Any], spec: PoolSpec, decision: Decision, current: int, now: float
+    rt: Runtime,
+    body: Mapping[str, Any],
+    spec: PoolSpec,
+    decision: Decision,
+    current: int,
+    now: float,
+    target: Target | None = None,
 ) -> tuple[Decision, dict[str, Any]]:
     from .policy import PolicyUnavailable, build_input, verdict_on_failure
 
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     st = decision.state
-    others = [{"name": n, **v} for n, v in sorted(rt.namespace_pools.get(ns, {}).items()) if n != name]
+    others = _peers(rt, ns, name, target, now)
     doc = build_input(
         pool={
             "metadata": {k: meta.get(k) for k in ("namespace", "name", "labels", "annotations")},
@@ -832,12 +867,13 @@ async def _gate(
         now=datetime.fromtimestamp(now, tz=timezone.utc),
         namespace_pools=others,
     )
+    path = rt.config.guardrails.policy_path(spec.policy.profile) or ""  # refusal() has checked it is published
     started = time.perf_counter()
     try:
-        verdict = await rt.gate.evaluate(spec.policy.path, doc, timeout=rt.config.policy_timeout)
+        verdict = await rt.gate.evaluate(path, doc, timeout=rt.config.policy_timeout)
     except PolicyUnavailable as e:
         verdict = verdict_on_failure(
-            spec.policy.failure_policy,
+            rt.config.guardrails.failure_policy,
             current=current,
             proposed=decision.desired,
             min_replicas=spec.min_replicas,
@@ -859,7 +895,8 @@ async def _gate(
         "escalated": verdict.escalated,
         "source": verdict.source,
         "error": verdict.error,
-        "path": spec.policy.path,
+        "profile": spec.policy.profile,
+        "path": path,
         "latencySeconds": round(verdict.latency_seconds, 5),
         "limitedBy": list(verdict.limited_by),
         "labels": dict(verdict.labels),

@@ -254,8 +254,10 @@ def test_opa_outage_posts_one_event_and_bounded_status_writes(
     url = f"http://{LOOPBACK}:{port}"
     try:
         wait_until(lambda: http_status(f"{url}/health") == 200, 30, "OPA healthy", [opa])
-        assert kubectl.apply(fast_pool(policy={"failurePolicy": "Hold"}), namespace).returncode == 0
-        op = operator_process(namespaces=[namespace], opa=url, extra_args=["--status-refresh", "10"])
+        assert kubectl.apply(fast_pool(), namespace).returncode == 0
+        op = operator_process(
+            namespaces=[namespace], opa=url, extra_args=["--failure-policy", "Hold", "--status-refresh", "10"]
+        )
         wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "True"), 60, "signals read", procs(op))
         before = {r: event_count(kubectl, namespace, r) for r in ("PolicyUnavailable", "PolicyBlocked")}
         opa.stop()
@@ -343,7 +345,7 @@ def test_broken_signal_below_the_model_is_named_in_an_event(
     pool = fast_pool(fallback={"failureThreshold": 1})
     pool["spec"]["metrics"]["queries"] = {"backlog": "vector(0) / 0"}
     assert kubectl.apply(pool, namespace).returncode == 0
-    op = operator_process(namespaces=[namespace])
+    op = operator_process(namespaces=[namespace], extra_args=["--allow-custom-queries"])
 
     wait_until(has_condition(kubectl, namespace, "Fallback", "True"), 60, "Fallback=True", procs(op))
     wait_until(lambda: event_count(kubectl, namespace, "HeldBelowModel") >= 1, 30, "a HeldBelowModel Event", procs(op))
