@@ -4,9 +4,14 @@
 #
 #   docker build -t chanscale:dev .
 #
-# The base is pinned by tag here; pin it by digest too in your registry mirror (docker buildx imagetools
-# inspect python:3.11.11-slim-bookworm) if your supply-chain policy requires it.
+# The bases are pinned by tag here; pin them by digest too in your registry mirror (docker buildx imagetools
+# inspect python:3.11.11-slim-bookworm) if your supply-chain policy requires it. OPA_IMAGE supplies the `opa` binary
+# that the default `--opa local` mode runs; keep its tag at hack/versions.env's OPA_VERSION (hack/images.sh builds
+# both bases from source and passes them in: docs/testing.md).
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+ARG OPA_IMAGE=openpolicyagent/opa:1.22.2-static
+
+FROM ${OPA_IMAGE} AS opa
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -22,6 +27,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
+# The static OPA binary for `--opa local` (the operator supervises `opa run --server` on loopback).
+COPY --from=opa /opa /usr/local/bin/opa
 # Install from the wheels only (no index at this stage), byte-compile once at build time (the root filesystem is
 # read-only at run time), then drop the wheels.
 RUN pip install --no-index --find-links /wheels chanscale \

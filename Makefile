@@ -52,8 +52,9 @@ bench:  ## all benchmarks, full size (writes bench/RESULTS.md figures)
 bench-quick:  ## a quick run of every benchmark, so none of them rots
 	$(PYTHON) -m bench --quick
 
-e2e:  ## kind end-to-end suite (needs Docker)
-	$(PYTEST) -m e2e tests/e2e $(PYTEST_ARGS)
+e2e: install tools  ## kind end-to-end: Docker, offline images, cluster, chart + helm test, tests/e2e (docs/e2e.md)
+	hack/stage.sh "e2e: cluster up" hack/e2e-cluster.sh up
+	hack/stage.sh "e2e: tests" $(PYTEST) -m e2e tests/e2e -v --durations=0 $(PYTEST_ARGS)
 
 clean:
 	rm -rf .cache/tools out .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,9 @@
 #   hack/tools.sh                 # the tools the tests need: kube-apiserver, kube-controller-manager, kubectl,
 #                                 # etcd, opa, helm (and prometheus via apt-get when root and missing)
 #   hack/tools.sh all             # also kube-scheduler, kind, kwok, kwokctl
+#   hack/tools.sh node            # what the offline kind images need (hack/images.sh): kind, kubeadm, kubelet,
+#                                 # kubectl, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
+#                                 # etcd, coredns, crictl, opa
 #   hack/tools.sh opa helm        # just these
 #
 # Binaries already provided are honoured and not rebuilt:
@@ -82,7 +85,10 @@ build_kubernetes() {  # build_kubernetes NAME...
     touch "$d/.replaced"
   fi
   local date ldflags
-  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  # The release's own date (the module's commit time), not the build's: identical inputs give identical binaries,
+  # so the images built from them (hack/images.sh, cached by content) stay cached across clones and rebuilds.
+  date=$(cd "$d" && go list -m -json "k8s.io/kubernetes@$v" | \
+         python3 -c 'import json,sys; print(json.load(sys.stdin)["Time"])' 2>/dev/null) || date=1970-01-01T00:00:00Z
   ldflags="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date -X $pkg.gitCommit=chanscale-tools"
@@ -107,13 +113,15 @@ if [ ${#want_tools[@]} -eq 0 ]; then
   want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa helm prometheus lua)
 elif [ "${want_tools[0]}" = all ]; then
   want_tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua kind kwok kwokctl)
+elif [ "${want_tools[0]}" = node ]; then
+  want_tools=(kind kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd coredns crictl opa)
 fi
 
 check_sumdb
 k8s=()
 for t in "${want_tools[@]}"; do
   case $t in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl)
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubeadm|kubelet|kube-proxy)
       have "$t" "$KUBERNETES_VERSION" || provided "$t" "$KUBERNETES_VERSION" || k8s+=("$t") ;;
     etcd)
       have etcd "$ETCD_VERSION" || provided etcd "$ETCD_VERSION" || \
@@ -129,6 +137,14 @@ for t in "${want_tools[@]}"; do
     kind)
       have kind "$KIND_VERSION" || provided kind "$KIND_VERSION" || \
         build_go kind sigs.k8s.io/kind "$KIND_VERSION" sigs.k8s.io/kind ;;
+    coredns)
+      have coredns "$COREDNS_VERSION" || \
+        build_go coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns \
+          "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" ;;
+    crictl)
+      have crictl "$CRICTL_VERSION" || \
+        build_go crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl \
+          "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" ;;
     kwok|kwokctl)
       have "$t" "$KWOK_VERSION" || provided "$t" "$KWOK_VERSION" || \
         build_go "$t" sigs.k8s.io/kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$t" ;;
@@ -152,7 +168,7 @@ for t in "${want_tools[@]}"; do
           die "lua5.4 is missing: install it (apt-get install lua5.4)"
         fi
       fi ;;
-    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua kind kwok kwokctl)" ;;
+    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl kubeadm kubelet kube-proxy etcd coredns crictl opa helm prometheus lua kind kwok kwokctl)" ;;
   esac
 done
 if [ ${#k8s[@]} -gt 0 ]; then build_kubernetes "${k8s[@]}"; fi

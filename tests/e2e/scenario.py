@@ -12,7 +12,8 @@ how load is set differ. Those two things are the small interface below:
 ``KubectlCluster`` implements Cluster over any callable shaped like ``kubectl(*args, input=None)`` returning a
 CompletedProcess (the integration ``kubectl`` fixture is one; ``Kubectl`` below is another, for kind).
 ``HttpLoad`` posts to a simulator reachable from the test (the integration variant runs ``chanscale sim`` as a
-local process); ``JobLoad`` runs examples/load.yaml as a Job inside the cluster (kind).
+local process); ``JobLoad`` runs examples/load.yaml as a Job inside the cluster (kind); ``ProxyLoad`` posts
+through the API server's service proxy (kind, when a Job per change would be too slow).
 
 The manifests are the files in examples/ - so the examples are what the e2e run proves - with the namespace and
 the image substituted.
@@ -122,6 +123,19 @@ class HttpLoad:
             assert resp.status == 200, f"POST /control answered {resp.status}"
 
 
+class ProxyLoad:
+    """Sets the rate with ``POST /control`` through the API server's service proxy (``kubectl create --raw``)."""
+
+    def __init__(self, kubectl: KubectlCall, service: str = "chanscale-sim", port: int = 9400) -> None:
+        self.kubectl, self.service, self.port = kubectl, service, port
+
+    def set_rate(self, namespace: str, channel: str, rate: float) -> None:
+        path = f"/api/v1/namespaces/{namespace}/services/{self.service}:{self.port}/proxy/control"
+        body = json.dumps({"namespace": namespace, "channel": channel, "arrivalRate": rate})
+        res = self.kubectl("create", "--raw", path, "-f", "-", input=body)
+        assert res.returncode == 0, f"POST {path} failed: {res.stderr}"
+
+
 class JobLoad:
     """Sets the rate from inside the cluster: examples/load.yaml as a Job (the load producer), waited for."""
 
@@ -174,6 +188,11 @@ class ScaleScenario:
     poll: float = 3.0
     log: Callable[[str], None] = print
     history: list[tuple[float, str, int | None]] = field(default_factory=list)
+    # kind: count the simulator's workers from status.readyReplicas (real pods start); None keeps the example's.
+    replicas_from: str | None = None
+    # Overrides merged into the simulated channel's config and into the WorkerPool's spec (one level deep).
+    channel_overrides: Doc = field(default_factory=dict)
+    pool_overrides: Doc = field(default_factory=dict)
 
     # -- manifests
     def sim_config(self) -> Doc:
@@ -183,11 +202,17 @@ class ScaleScenario:
         for ch in cfg["channels"]:
             ch["namespace"] = self.namespace
             ch["arrivalRate"] = self.low_rate
+            ch.update(self.channel_overrides)
         return cfg
 
     def manifests(self, with_simulator: bool = True) -> list[Doc]:
         """examples/ worker + WorkerPool (+ the in-cluster simulator), namespaced and with this image."""
         docs = load_yaml(EXAMPLES / "worker.yaml") + load_yaml(EXAMPLES / "workerpool.yaml")
+        for d in docs:
+            if d["kind"] == "WorkerPool":
+                for key, value in self.pool_overrides.items():
+                    old = d["spec"].get(key)
+                    d["spec"][key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
         if with_simulator:
             for d in load_yaml(EXAMPLES / "simulator.yaml"):
                 d = copy.deepcopy(d)
@@ -196,6 +221,8 @@ class ScaleScenario:
                 if d["kind"] == "Deployment":
                     for c in d["spec"]["template"]["spec"]["containers"]:
                         c["image"] = self.image
+                        if self.replicas_from:
+                            c["args"] = [*c["args"], "--replicas-from", self.replicas_from]
                 docs.append(d)
         for d in docs:
             d["metadata"]["namespace"] = self.namespace
