@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import GROUP, PLURAL, VERSION, __version__
+from .tenancy import Guardrails, parse_duration, parse_profiles
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -44,6 +45,9 @@ def _run(args: argparse.Namespace) -> int:
         tick=args.tick,
         status_refresh=args.status_refresh,
         policy_timeout=args.policy_timeout,
+        health_url=args.liveness or None,
+        stale_intervals=args.stale_intervals,
+        guardrails=guardrails_from_args(args),
     )
     telemetry.serve(args.metrics_port, args.metrics_addr)
     registry = build_registry(config)
@@ -55,9 +59,65 @@ def _run(args: argparse.Namespace) -> int:
         priority=args.priority,
         namespaces=namespaces,
         clusterwide=not namespaces,
-        liveness_endpoint=args.liveness or None,
+        liveness_endpoint=None,  # chanscale serves /healthz and /readyz itself (chanscale.health)
     )
     return 0
+
+
+def guardrails_from_args(args: argparse.Namespace) -> Guardrails:
+    """The admin's guardrails from `chanscale run` flags (the Helm chart sets them from its values)."""
+    try:
+        return Guardrails(
+            profiles=parse_profiles(args.policy_profile or []),
+            failure_policy=args.failure_policy,
+            prometheus_allowlist=tuple(args.prometheus_allowed_url or ()),
+            custom_queries=args.allow_custom_queries,
+            scrape_interval_seconds=parse_duration(args.scrape_interval) if args.scrape_interval else 0.0,
+            template_namespaces=frozenset(args.template_namespace or ()),
+        )
+    except ValueError as e:
+        raise SystemExit(f"chanscale run: {e}") from e
+
+
+def _add_guardrail_flags(r: argparse.ArgumentParser) -> None:
+    g = r.add_argument_group("guardrails (the cluster admin's choices; docs/security.md)")
+    g.add_argument(
+        "--policy-profile",
+        action="append",
+        metavar="NAME=PATH",
+        help="publish a policy profile pools may choose with spec.policy.profile (repeatable); "
+        "'default' is chanscale/main/decision unless redefined",
+    )
+    g.add_argument(
+        "--failure-policy",
+        choices=["Hold", "Allow"],
+        default="Hold",
+        help="when OPA cannot answer: Hold keeps the replicas, Allow lets the change through within min/max",
+    )
+    g.add_argument(
+        "--prometheus-allowed-url",
+        action="append",
+        metavar="URL",
+        help="a Prometheus a pool may name in spec.metrics.prometheusAddress (repeatable; --prometheus-url is "
+        "always allowed, any other address is refused)",
+    )
+    g.add_argument(
+        "--allow-custom-queries",
+        action="store_true",
+        help="let pools set spec.metrics.queries; each query must confine every selector to the pool's namespace",
+    )
+    g.add_argument(
+        "--scrape-interval",
+        default=os.environ.get("CHANSCALE_SCRAPE_INTERVAL", ""),
+        help="Prometheus' scrape interval (e.g. 30s): a pool's rateWindow below two intervals is refused",
+    )
+    g.add_argument(
+        "--template-namespace",
+        action="append",
+        metavar="NAMESPACE",
+        help="a namespace where pools with spec.template may create and own a Deployment (repeatable; '*' for all; "
+        "needs the chart's template-mode RBAC there). Elsewhere template pools are refused",
+    )
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -186,8 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--policy-timeout", type=float, default=2.0, help="seconds per policy evaluation")
     r.add_argument("--metrics-port", type=int, default=8080, help="port of the operator's /metrics (0 disables)")
     r.add_argument("--metrics-addr", default="0.0.0.0", help="address of the operator's /metrics")
-    r.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint URL ('' disables)")
+    r.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8081/healthz",
+        help="liveness endpoint URL; /readyz is served on the same host:port ('' disables both)",
+    )
+    r.add_argument(
+        "--stale-intervals",
+        type=float,
+        default=3.0,
+        help="liveness fails when a pool has not been evaluated for this many ticks",
+    )
     r.add_argument("--verbose", "-v", action="store_true")
+    _add_guardrail_flags(r)
     r.set_defaults(func=_run)
 
     e = sub.add_parser("explain", help="why did it scale? print a pool's last decision")

@@ -41,7 +41,6 @@ from .local.opa import OpaNotFound, OpaServer, OpaStartError
 log = logging.getLogger("chanscale.policy")
 
 INPUT_API_VERSION = "policy.chanscale.dev/v1"
-DEFAULT_POLICY_PATH = "chanscale/main/decision"
 POLICY_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 SIGNAL_KEYS = (
     "backlog",
@@ -142,7 +141,9 @@ def verdict_from_result(path: str, body: Mapping[str, Any], latency: float = 0.0
     """Turn OPA's response body for ``POST /v1/data/<path>`` into a Verdict.
 
     No ``result`` key means the decision is undefined (a missing package, or rules that did not match and no
-    ``default``): a deny that names the path. A malformed decision is also a deny, never a guess.
+    ``default``): a deny that names the path. Only a structured decision object counts as a verdict: anything else
+    (a plain ``true``, a number, a list) is a malformed decision and a deny, never a guess, so a policy path that
+    happens to name a boolean rule cannot wave a change through.
     """
     dotted = "data." + path.replace("/", ".")
     if "result" not in body:
@@ -153,9 +154,6 @@ def verdict_from_result(path: str, body: Mapping[str, Any], latency: float = 0.0
             latency,
         )
     result = body["result"]
-    if isinstance(result, bool):  # a plain boolean rule is accepted as allow/deny
-        word = "allowed" if result else "denied"
-        return Verdict(allow=result, replicas=None, reasons=(f"{dotted} {word}",), latency_seconds=latency)
     problem = _decision_problem(result)
     if problem:
         return _deny(path, f"policy decision {dotted} is malformed: denied", f"malformed decision: {problem}", latency)
@@ -181,7 +179,10 @@ def verdict_from_result(path: str, body: Mapping[str, Any], latency: float = 0.0
 def _decision_problem(result: Any) -> str | None:
     """What is wrong with a decision document, or None (policies/decision.schema.json, checked by hand)."""
     if not isinstance(result, Mapping):
-        return f"expected an object {{allow, replicas, reasons}}, got {type(result).__name__}"
+        return (
+            f"expected a decision object {{allow, replicas, reasons}}, got {type(result).__name__} "
+            f"{json.dumps(result)[:80]}"
+        )
     if not isinstance(result.get("allow"), bool):
         return "'allow' must be a boolean"
     replicas = result.get("replicas")
@@ -296,6 +297,7 @@ class LocalOpaGate:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._last_error = ""
+        self._started = False
 
     @property
     def url(self) -> str | None:
@@ -323,6 +325,7 @@ class LocalOpaGate:
                 log.error("cannot start local OPA: %s", exc)
                 raise PolicyUnavailable(f"local OPA could not start: {exc}") from exc
             self._backoff = 0.0
+            self._started = True
             self._gate = OpaGate(url, retries=self.retries)
             log.info("local OPA serving %s on %s", ", ".join(map(str, self.paths)), url)
             return self._gate
@@ -331,6 +334,20 @@ class LocalOpaGate:
         """Start the child now (optional: evaluate starts it too); returns its URL."""
         gate = await self._ensure_running()
         return gate.url
+
+    @property
+    def alive(self) -> bool:
+        """False once the child has run and is now dead (liveness reports it until :meth:`supervise` restarts it)."""
+        return not self._started or (self._gate is not None and self.server.running)
+
+    async def supervise(self) -> None:
+        """Restart a dead child now, not when a decision next needs it (the health watchdog calls this)."""
+        if self.alive:
+            return
+        try:
+            await self._ensure_running()
+        except PolicyUnavailable as e:
+            log.warning("local OPA still down: %s", e)
 
     async def evaluate(self, path: str, input: dict[str, Any], *, timeout: float = 2.0) -> Verdict:
         gate = await self._ensure_running()

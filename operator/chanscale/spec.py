@@ -15,7 +15,7 @@ from typing import Any
 
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]*[A-Za-z0-9])?$")
 RATE_WINDOW_RE = re.compile(r"^[1-9][0-9]*(s|m|h)$")
-POLICY_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+PROFILE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 SIGNALS = ("backlog", "arrivalRate", "processedRate", "failedRate", "busyRate", "p99LatencySeconds")
 
 
@@ -89,6 +89,14 @@ class Fallback:
 
 
 @dataclass(frozen=True)
+class ExternalScale:
+    """What to do when another writer (kubectl scale, a CI job, Argo CD) changes the target's replicas."""
+
+    action: str = "HoldOff"  # HoldOff: leave their count alone for cooldownSeconds | Reassert: scale back at once
+    cooldown_seconds: int = 300
+
+
+@dataclass(frozen=True)
 class MetricsSpec:
     prometheus_address: str | None = None
     rate_window: str = "1m"
@@ -98,8 +106,7 @@ class MetricsSpec:
 
 @dataclass(frozen=True)
 class PolicySpec:
-    path: str = "chanscale/main/decision"
-    failure_policy: str = "Hold"
+    profile: str = "default"  # one of the policy profiles the admin published (operator flag --policy-profile)
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -123,6 +130,7 @@ class PoolSpec:
     scale_down: ScalingRules = DEFAULT_SCALE_DOWN
     fallback: Fallback = field(default_factory=Fallback)
     policy: PolicySpec = field(default_factory=PolicySpec)
+    external_scale: ExternalScale = field(default_factory=ExternalScale)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> PoolSpec:
@@ -298,9 +306,21 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
         raise SpecError("spec.fallback.replicas", f"is required when spec.fallback.behavior is {fallback.behavior}")
 
     pol = _obj(spec.get("policy"), "spec.policy")
-    path = pol.get("path", "chanscale/main/decision")
-    if not isinstance(path, str) or not POLICY_PATH_RE.match(path):
-        raise SpecError("spec.policy.path", f"must be an OPA data path like chanscale/main/decision, got {path!r}")
+    for admin_only in ("path", "failurePolicy"):
+        if admin_only in pol:
+            raise SpecError(
+                f"spec.policy.{admin_only}",
+                "is chosen by the cluster admin, not by a pool: remove it and pick spec.policy.profile "
+                "among the profiles the admin published",
+            )
+    profile = pol.get("profile", "default")
+    if not isinstance(profile, str) or not PROFILE_RE.match(profile):
+        raise SpecError("spec.policy.profile", f"must be a profile name like default, got {profile!r}")
+    ext = _obj(spec.get("externalScale"), "spec.externalScale")
+    external_scale = ExternalScale(
+        action=_enum(ext, "action", "spec.externalScale", "HoldOff", ("HoldOff", "Reassert")),
+        cooldown_seconds=int(_int(ext, "cooldownSeconds", "spec.externalScale", 300, 0, 86400) or 0),
+    )
     paused = spec.get("paused", False)
     if not isinstance(paused, bool):
         raise SpecError("spec.paused", f"must be true or false, got {paused!r}")
@@ -335,8 +355,8 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
         ),
         fallback=fallback,
         policy=PolicySpec(
-            path=path,
-            failure_policy=_enum(pol, "failurePolicy", "spec.policy", "Hold", ("Hold", "Allow")),
+            profile=profile,
             parameters=dict(_obj(pol.get("parameters"), "spec.policy.parameters")),
         ),
+        external_scale=external_scale,
     )

@@ -165,7 +165,10 @@ def test_policy_configmap_has_exactly_the_generated_files() -> None:
         if p.is_file() and (p.suffix == ".rego" or p.name == "data.json")
     }
     items = {i["key"]: i["path"] for i in containers_volume(one(docs, "Deployment"), "policies")["items"]}
-    assert {items[k]: v for k, v in cm["data"].items()} == expected
+    got = {items[k]: v for k, v in cm["data"].items()}
+    config = "chanscale/config/data.json"  # re-serialised: the admin's policy.config is merged into it
+    assert json.loads(got.pop(config)) == json.loads(expected.pop(config))
+    assert got == expected
 
 
 def containers_volume(deploy: dict[str, Any], name: str) -> dict[str, Any]:
@@ -184,11 +187,44 @@ def test_namespaced_mode_grants_roles_only_in_watched_namespaces() -> None:
     assert args.count("--namespace") == 2
 
 
-def test_template_deployments_permission_is_optional() -> None:
-    docs = render("--set", "rbac.manageTemplateDeployments=false")
-    role = next(r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-operator"))
-    deploy_rule = next(r for r in role["rules"] if r["resources"] == ["deployments"])
-    assert deploy_rule["verbs"] == ["get", "list", "watch"]
+def test_template_mode_is_opt_in_and_namespaced() -> None:
+    role = next(r for r in by_kind(render(), "ClusterRole") if r["metadata"]["name"].endswith("-operator"))
+    deployment_verbs = {v for r in role["rules"] if "deployments" in r["resources"] for v in r["verbs"]}
+    assert deployment_verbs == {"list", "watch"}, "by default the operator cannot create or change a Deployment"
+    assert not by_kind(render(), "Role")
+    docs = render("--set", "rbac.templateNamespaces={team-a}")
+    roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-templates")]
+    assert [(r["metadata"]["namespace"], r["rules"][0]["verbs"]) for r in roles] == [
+        ("team-a", ["get", "create", "patch"])
+    ]
+    args = containers(one(docs, "Deployment"))["operator"]["args"]
+    assert args[args.index("--template-namespace") + 1] == "team-a"
+
+
+def test_admin_guardrails_reach_the_operator_and_opa() -> None:
+    """Locked guards set through Helm land in the one data.chanscale.config document (no second document to
+    collide with), and the profiles, failure policy and Prometheus allowlist become operator flags."""
+    docs = render(
+        "--set",
+        "policy.config.locked={caps,budget}",
+        "--set",
+        "policy.config.defaults.caps.maxReplicas=3",
+        "--set",
+        "policy.profiles.strict=acme/strict/decision",
+        "--set",
+        "policy.failurePolicy=Allow",
+        "--set",
+        "prometheus.allowedUrls={http://team-prom:9090}",
+    )
+    config = json.loads(one(docs, "ConfigMap")["data"]["chanscale_config_data.json"])
+    assert config["locked"] == ["caps", "budget"] and config["defaults"]["caps"] == {"maxReplicas": 3}
+    assert config["defaults"]["escalation"]["enabled"] is True, "the shipped defaults are kept"
+    from chanscale.cli import build_parser, guardrails_from_args
+
+    g = guardrails_from_args(build_parser().parse_args(containers(one(docs, "Deployment"))["operator"]["args"]))
+    assert g.profiles == {"default": "chanscale/main/decision", "strict": "acme/strict/decision"}
+    assert g.failure_policy == "Allow" and g.prometheus_allowlist == ("http://team-prom:9090",)
+    assert not g.custom_queries and g.scrape_interval_seconds == 30
 
 
 @pytest.mark.parametrize(
@@ -473,33 +509,23 @@ def test_helm_test_pod_passes_restricted_pod_security(release: Release) -> None:
 
 
 ALLOWED_NAMESPACED = [
-    ("get", "workerpools.chanscale.dev", None),
     ("list", "workerpools.chanscale.dev", None),
     ("watch", "workerpools.chanscale.dev", None),
     ("patch", "workerpools.chanscale.dev", None),
-    ("get", "workerpools.chanscale.dev", "status"),
     ("patch", "workerpools.chanscale.dev", "status"),
-    ("update", "workerpools.chanscale.dev", "status"),
-    ("get", "deployments.apps", None),
     ("list", "deployments.apps", None),
     ("watch", "deployments.apps", None),
-    ("create", "deployments.apps", None),
-    ("patch", "deployments.apps", None),
-    ("get", "deployments.apps", "scale"),
     ("patch", "deployments.apps", "scale"),
-    ("update", "deployments.apps", "scale"),
-    ("get", "horizontalpodautoscalers.autoscaling", None),
     ("list", "horizontalpodautoscalers.autoscaling", None),
     ("watch", "horizontalpodautoscalers.autoscaling", None),
-    ("get", "scaledobjects.keda.sh", None),
     ("list", "scaledobjects.keda.sh", None),
     ("watch", "scaledobjects.keda.sh", None),
     ("create", "events", None),
-    ("patch", "events", None),
-    ("create", "events.events.k8s.io", None),
-    ("patch", "events.events.k8s.io", None),
 ]
 FORBIDDEN_NAMESPACED = [
+    ("create", "deployments.apps", None),  # template mode is opt-in (rbac.templateNamespaces)
+    ("patch", "deployments.apps", None),  # the pod template of any Deployment
+    ("update", "deployments.apps", "scale"),
     ("delete", "deployments.apps", None),
     ("update", "deployments.apps", None),
     ("deletecollection", "deployments.apps", None),
@@ -523,8 +549,6 @@ FORBIDDEN_NAMESPACED = [
 ALLOWED_CLUSTER = [
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
-    ("list", "namespaces"),
-    ("watch", "namespaces"),
     ("list", "workerpools.chanscale.dev"),  # --all-namespaces lists across the cluster
 ]
 FORBIDDEN_CLUSTER = [
@@ -532,6 +556,7 @@ FORBIDDEN_CLUSTER = [
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
     ("get", "nodes"),
+    ("list", "namespaces"),
     ("create", "namespaces"),
     ("delete", "namespaces"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
@@ -555,7 +580,8 @@ def test_rbac_forbids_everything_else(release: Release, namespace: str) -> None:
 def test_service_account_token_scales_but_cannot_read_secrets(
     release: Release, namespace: str, kubectl: Any, control_plane: Any, tmp_path: Path
 ) -> None:
-    """Not just can-i: a real token of the chart's ServiceAccount scales through the scale subresource."""
+    """Not just can-i: a real token of the chart's ServiceAccount scales through the scale subresource (and can do
+    nothing else to the Deployment)."""
     worker = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -572,24 +598,17 @@ def test_service_account_token_scales_but_cannot_read_secrets(
     assert kubectl.apply(worker).returncode == 0
     token = control_plane.create_token(release.namespace, f"{release.name}-chanscale")
     sa_config = control_plane.write_token_kubeconfig(token, tmp_path / "sa.kubeconfig")
-    patch = json.dumps({"spec": {"replicas": 3}})
-    scaled = kubectl(
-        "patch",
-        "deployment",
-        "worker",
-        "-n",
-        namespace,
-        "--subresource=scale",
-        "--type=merge",
-        "-p",
-        patch,
-        "--field-manager=chanscale",
-        kubeconfig=sa_config,
-    )
-    assert scaled.returncode == 0, scaled.stderr
+    # The operator's own call (a merge patch of deployments/scale, no read first), with the SA's token.
+    from kubernetes import client, config
+
+    api = client.AppsV1Api(config.new_client_from_config(config_file=str(sa_config)))
+    api.patch_namespaced_deployment_scale("worker", namespace, {"spec": {"replicas": 3}}, field_manager="chanscale")
     assert kubectl.json("get", "deployment", "worker", "-n", namespace)["spec"]["replicas"] == 3
     secrets = kubectl("get", "secrets", "-n", namespace, kubeconfig=sa_config)
     assert secrets.returncode != 0 and "forbidden" in secrets.stderr.lower()
+    rewrite = json.dumps({"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "evil:1"}]}}}})
+    rewritten = kubectl("patch", "deployment", "worker", "-n", namespace, "-p", rewrite, kubeconfig=sa_config)
+    assert rewritten.returncode != 0 and "forbidden" in rewritten.stderr.lower(), "no pod template rewrites"
     deleted = kubectl("delete", "deployment", "worker", "-n", namespace, kubeconfig=sa_config)
     assert deleted.returncode != 0 and "forbidden" in deleted.stderr.lower()
 

@@ -149,7 +149,8 @@ def test_prometheus_scrapes_an_exporter(
     query = f'chanscale_channel_backlog{{namespace="{namespace}",channel="orders"}}'
     series = prometheus.wait_for_series(query)
     assert float(series[0]["value"][1]) == 42
-    # The exporter's own namespace label wins (honor_labels), as the metrics contract expects.
+    # The exporter's own namespace label wins here (the session Prometheus uses honor_labels: one simulator stands
+    # in for many namespaces); a real cluster takes it from the target (docs/security.md).
     assert series[0]["metric"]["namespace"] == namespace
 
     backlog.labels(namespace, "orders").set(7)

@@ -198,8 +198,69 @@ MALFORMED: list[tuple[str, Mutator, list[str]]] = [
         ["spec.template.spec.containers"],
     ),
     ("zero-target-utilization", _set("model.targetUtilization", 0), ["spec.model.targetUtilization"]),
-    ("policy-path-traversal", _set("policy.path", "../../system/main"), ["spec.policy.path"]),
-    ("bad-failure-policy", _set("policy.failurePolicy", "Deny"), ["spec.policy.failurePolicy"]),
+    # The decision rule and the failure policy belong to the cluster admin (docs/security.md).
+    (
+        "policy-path-bypass",
+        _set("policy.path", "chanscale/lib/scaling_up"),
+        ["spec.policy.path", "spec.policy.profile"],
+    ),
+    ("failure-policy-chosen-by-pool", _set("policy.failurePolicy", "Allow"), ["spec.policy.failurePolicy"]),
+    ("bad-profile-name", _set("policy.profile", "No Guards"), ["spec.policy.profile"]),
+    (
+        "unknown-guard-parameter",
+        _set("policy.parameters.caps.maxReplica", 3),
+        ['unknown field "spec.policy.parameters.caps.maxReplica"'],
+    ),
+    ("unknown-guard", _set("policy.parameters.capz", {}), ['unknown field "spec.policy.parameters.capz"']),
+    (
+        "override-without-reason",
+        _set("policy.parameters.caps.override", {"maxReplicas": 30}),
+        ["spec.policy.parameters.caps.override.reason"],
+    ),
+    (
+        "window-without-times",
+        _set("policy.parameters.windows.windows", [{"name": "w"}]),
+        ["spec.policy.parameters.windows.windows[0]", "start and end"],
+    ),
+    # Empty strings and lists where a value is needed.
+    ("empty-query", _set("metrics.queries", {"backlog": ""}), ["spec.metrics.queries.backlog"]),
+    ("empty-queries", _set("metrics.queries", {}), ["spec.metrics.queries"]),
+    (
+        "empty-scale-policies",
+        _set("behavior.scaleUp.policies", []),
+        ["spec.behavior.scaleUp", "selectPolicy: Disabled"],
+    ),
+    ("empty-target-name", _set("scaleTargetRef.name", ""), ["spec.scaleTargetRef.name"]),
+    # Values that contradict each other.
+    (
+        "fallback-below-min-replicas",
+        _both(_set("minReplicas", 3), _set("fallback", {"behavior": "static", "replicas": 1})),
+        ["spec.fallback.replicas must not be below spec.minReplicas"],
+    ),
+    # Templates that cannot produce a valid Deployment.
+    (
+        "template-container-without-image",
+        _both(_delete("scaleTargetRef"), _set("template", {"spec": {"containers": [{"name": "w"}]}})),
+        ["spec.template.spec.containers[0].image"],
+    ),
+    (
+        "template-container-empty-image",
+        _both(_delete("scaleTargetRef"), _set("template", {"spec": {"containers": [{"name": "w", "image": ""}]}})),
+        ["spec.template.spec.containers[0].image"],
+    ),
+    (
+        "template-duplicate-container-names",
+        _both(
+            _delete("scaleTargetRef"),
+            _set("template", {"spec": {"containers": [_TEMPLATE["spec"]["containers"][0]] * 2}}),
+        ),
+        ["container names must be unique"],
+    ),
+    (
+        "template-restart-never",
+        _both(_delete("scaleTargetRef"), _set("template", {"spec": {"restartPolicy": "Never", **_TEMPLATE["spec"]}})),
+        ["spec.template.spec.restartPolicy must be Always"],
+    ),
 ]
 
 

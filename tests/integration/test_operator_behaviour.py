@@ -324,7 +324,8 @@ def test_broken_pool_does_not_affect_healthy_pool(
     create_worker(kubectl, namespace, 2, name="other-worker")
     for pool in (broken_target, broken_query, fast_pool()):
         assert kubectl.apply(pool, namespace).returncode == 0
-    op = operator_process(namespaces=[namespace])
+    # Custom queries are off unless the admin enables them; enabled, each is parsed before it is sent.
+    op = operator_process(namespaces=[namespace], extra_args=["--allow-custom-queries"])
 
     wait_until(
         has_condition(kubectl, namespace, "Ready", "False", "TargetNotFound", pool="ghost"),
@@ -333,9 +334,9 @@ def test_broken_pool_does_not_affect_healthy_pool(
         procs(op),
     )
     wait_until(
-        has_condition(kubectl, namespace, "MetricsAvailable", "False", pool="badquery"),
+        has_condition(kubectl, namespace, "Ready", "False", "QueryRefused", pool="badquery"),
         60,
-        "MetricsAvailable=False on the pool with an invalid PromQL override",
+        "Ready=False/QueryRefused on the pool with an invalid PromQL override",
         procs(op),
     )
     assert "TargetNotFound" in event_reasons(kubectl, namespace, "ghost")
@@ -421,7 +422,7 @@ def test_template_pool_owns_its_deployment(
     }
     sim = channel_sim([channel(namespace, LOW_RATE, deployment="orders")])
     assert kubectl.apply(pool, namespace).returncode == 0
-    op = operator_process(namespaces=[namespace])
+    op = operator_process(namespaces=[namespace], extra_args=["--template-namespace", namespace])
 
     wait_until(
         lambda: kubectl("get", "deployment", "orders", "-n", namespace).returncode == 0,

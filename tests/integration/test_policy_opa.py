@@ -189,6 +189,14 @@ async def test_undefined_decision_is_deny(gate: OpaGate) -> None:
     assert v.error is not None and "undefined decision" in v.error
 
 
+@pytest.mark.parametrize("path", ["chanscale/lib/scaling_up", "chanscale/main/allow", "chanscale/config/locked"])
+async def test_a_path_that_is_not_a_decision_object_is_denied(gate: OpaGate, path: str) -> None:
+    """The policy bypass of issue 10: paths naming a plain `true` (or any non-decision) are denied, not allowed."""
+    v = await gate.evaluate(path, doc(3, 9))
+    assert (v.allow, v.replicas) == (False, None)
+    assert v.error is not None and "expected a decision object" in v.error
+
+
 async def test_user_supplied_policy_package(gate: OpaGate) -> None:
     batch = await gate.evaluate("acme/scaling/decision", doc(3, 6, labels={"team": "batch"}))
     assert (batch.allow, batch.replicas, batch.limited_by) == (False, 3, ("acme",))

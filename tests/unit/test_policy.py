@@ -100,8 +100,16 @@ def test_full_decision() -> None:
     )
 
 
-def test_boolean_decision_and_missing_reasons_still_explain() -> None:
-    assert verdict_from_result("a/allow", {"result": False}).reasons == ("data.a.allow denied",)
+@pytest.mark.parametrize("result", [True, False, 1, "allow", None])
+def test_only_a_decision_object_is_a_verdict(result: Any) -> None:
+    """A path naming a boolean rule (e.g. chanscale/lib/scaling_up) must not wave a change through."""
+    v = verdict_from_result("chanscale/lib/scaling_up", {"result": result})
+    assert v.allow is False and v.replicas is None
+    assert v.reasons == ("policy decision data.chanscale.lib.scaling_up is malformed: denied",)
+    assert v.error is not None and "expected a decision object" in v.error
+
+
+def test_missing_reasons_still_explain() -> None:
     v = verdict_from_result("a/d", {"result": {"allow": True}})
     assert (v.allow, v.replicas, v.reasons) == (True, None, ("data.a.d allowed (no reason given)",))
     assert verdict_from_result("a/d", {"result": {"allow": False, "reasons": "one"}}).reasons == ("one",)
@@ -111,7 +119,7 @@ def test_boolean_decision_and_missing_reasons_still_explain() -> None:
 @pytest.mark.parametrize(
     ("result", "problem"),
     [
-        ([1, 2], "expected an object"),
+        ([1, 2], "expected a decision object"),
         ({"allow": "yes"}, "'allow' must be a boolean"),
         ({"allow": True, "replicas": -1}, "'replicas' must be"),
         ({"allow": True, "replicas": 2.5}, "'replicas' must be"),
@@ -261,7 +269,7 @@ POOL = {
         "channel": "orders",
         "maxReplicas": 50,
         "slo": {"p99LatencySeconds": 0.25, "maxErrorRate": 0.05},
-        "policy": {"path": "chanscale/main/decision", "failurePolicy": "Hold", "parameters": {"step": {"maxUp": 4}}},
+        "policy": {"profile": "default", "parameters": {"step": {"maxUp": 4}}},
     },
     "status": {"replicas": 3},
 }

@@ -8,6 +8,7 @@ from chanscale.kube import ScaleError
 from chanscale.policy import PolicyUnavailable, Verdict
 from chanscale.reconcile import Config, Runtime, Target, tick
 from chanscale.signals import PrometheusReader
+from chanscale.tenancy import Guardrails
 
 pytestmark = pytest.mark.unit
 
@@ -167,9 +168,12 @@ async def test_policy_clamp_scales_to_the_clamp() -> None:
 
 
 @pytest.mark.parametrize(("failure_policy", "expected_calls"), [("Hold", []), ("Allow", [("ns", "worker", 13)])])
-async def test_policy_unreachable_applies_failure_policy(failure_policy: str, expected_calls: list[Any]) -> None:
+async def test_policy_unreachable_applies_the_admins_failure_policy(
+    failure_policy: str, expected_calls: list[Any]
+) -> None:
     rt = runtime(gate=Gate(unavailable=True))
-    res = await tick(rt, pool(policy={"failurePolicy": failure_policy}), TARGET)
+    rt.config.guardrails = Guardrails(failure_policy=failure_policy)
+    res = await tick(rt, pool(), TARGET)
     assert rt.scaler.calls == expected_calls  # type: ignore[attr-defined]
     assert res.status is not None and cond(res.status, "PolicyAllowed")["reason"] == "PolicyUnavailable"
 

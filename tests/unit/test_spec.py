@@ -26,7 +26,7 @@ def test_defaults() -> None:
     s = PoolSpec.from_dict(OK)
     assert s.min_replicas == 1 and s.mode == "Active" and s.scale_down == DEFAULT_SCALE_DOWN
     assert s.slo.drain_horizon == 30.0
-    assert s.policy.path == "chanscale/main/decision" and s.policy.failure_policy == "Hold"
+    assert s.policy.profile == "default" and s.policy.parameters == {}
     assert s.target_name("pool") == "w"
 
 
@@ -50,7 +50,9 @@ def test_defaults() -> None:
         (with_(metrics={"queries": {"latency": "up"}}), "spec.metrics.queries.latency"),
         (with_(metrics={"rateWindow": "5 minutes"}), "spec.metrics.rateWindow"),
         (with_(metrics={"prometheusAddress": "prometheus:9090"}), "spec.metrics.prometheusAddress"),
-        (with_(policy={"path": "data.x y"}), "spec.policy.path"),
+        (with_(policy={"path": "chanscale/lib/scaling_up"}), "spec.policy.path"),
+        (with_(policy={"failurePolicy": "Allow"}), "spec.policy.failurePolicy"),
+        (with_(policy={"profile": "Not A Profile"}), "spec.policy.profile"),
         (with_(paused="yes"), "spec.paused"),
     ],
 )

@@ -83,7 +83,12 @@ and the volume's items put each key back at its path.
 {{- if hasKey $files $key }}
 {{- fail (printf "policy files %s and %s map to the same ConfigMap key %s; rename one" (get (get $files $key) "path") $rel $key) }}
 {{- end }}
-{{- $_ := set $files $key (dict "path" $rel "content" ($.Files.Get $path)) }}
+{{- $content := $.Files.Get $path }}
+{{- if eq $rel "chanscale/config/data.json" }}
+{{- /* The admin's policy.config merged over the shipped data: locked guards set through Helm, one document. */}}
+{{- $content = mergeOverwrite ($content | fromJson) (deepCopy $.Values.policy.config) | toPrettyJson }}
+{{- end }}
+{{- $_ := set $files $key (dict "path" $rel "content" $content) }}
 {{- end }}
 {{- end }}
 {{- range $name, $content := .Values.opa.extraPolicies }}
@@ -95,38 +100,68 @@ and the volume's items put each key back at its path.
 {{- toYaml $files }}
 {{- end }}
 
-{{/* The rules chanscale itself needs in every namespace it manages (RBAC split: kopf's own needs are separate). */}}
+{{/* The rules chanscale itself needs in every namespace it manages (RBAC split: kopf's own needs are separate).
+Each rule is exercised by the integration tests running under the chart's ServiceAccount (docs/security.md). */}}
 {{- define "chanscale.operatorRules" -}}
-# WorkerPools: read and watch them, patch metadata (kopf's finalizer and progress annotations).
+# WorkerPools: list and watch them (kopf's watch and indexes), patch metadata (kopf's finalizer and annotations).
 - apiGroups: [chanscale.dev]
   resources: [workerpools]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 # WorkerPool status: the decision, signals and conditions.
 - apiGroups: [chanscale.dev]
   resources: [workerpools/status]
-  verbs: [get, patch, update]
-# Worker Deployments: find the target (and, for spec.template pools, create and patch the owned Deployment).
+  verbs: [patch]
+# Worker Deployments: read through kopf's index (list/watch) to find the target and its replicas.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch{{ if .Values.rbac.manageTemplateDeployments }}, create, patch{{ end }}]
-# Scaling goes through the scale subresource only (field manager "chanscale").
+  verbs: [list, watch]
+# Scaling goes through the scale subresource only (field manager "chanscale"): replicas, never the pod template.
 - apiGroups: [apps]
   resources: [deployments/scale]
-  verbs: [get, patch, update]
-# Conflict detection: refuse to fight an HPA or a KEDA ScaledObject on the same target.
+  verbs: [patch]
+# Conflict detection: refuse to fight an HPA or a KEDA ScaledObject (paused ones included) on the same target.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
-  verbs: [get, list, watch]
-# Events explaining each decision (both the core and the events.k8s.io API).
+  verbs: [list, watch]
+# Events explaining each decision (kopf posts core v1 Events).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
+{{- end }}
+
+{{/* Template mode (rbac.templateNamespaces): create and update the Deployment a spec.template pool owns. */}}
+{{- define "chanscale.templateRules" -}}
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, create, patch]
+{{- end }}
+
+{{/* The guardrail flags of `chanscale run`, from the admin's values. */}}
+{{- define "chanscale.guardrailArgs" -}}
+- --failure-policy
+- {{ .Values.policy.failurePolicy | quote }}
+{{- range $name, $path := .Values.policy.profiles }}
+- --policy-profile
+- {{ printf "%s=%s" $name $path | quote }}
+{{- end }}
+{{- range .Values.prometheus.allowedUrls }}
+- --prometheus-allowed-url
+- {{ . | quote }}
+{{- end }}
+{{- with .Values.prometheus.scrapeInterval }}
+- --scrape-interval
+- {{ . | quote }}
+{{- end }}
+{{- if .Values.prometheus.customQueries }}
+- --allow-custom-queries
+{{- end }}
+{{- range .Values.rbac.templateNamespaces }}
+- --template-namespace
+- {{ . | quote }}
+{{- end }}
 {{- end }}
 
 {{/* Fail early, with a message naming the value, on combinations the schema cannot express. */}}

@@ -200,8 +200,19 @@ class LocalControlPlane:
         return wait_until(lambda: _http_ok(f"{client}/health"), self.ready_timeout, "etcd /health", [proc])
 
     # ----------------------------------------------------------------------------------------- apiserver
-    def _start_apiserver(self) -> float:
-        self.apiserver_port = free_port()
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver only (etcd and the controller-manager keep running), as in a control-plane
+        upgrade; :meth:`start_apiserver` brings it back on the same port."""
+        proc = next(p for p in self._procs if p.name == "kube-apiserver")
+        proc.stop()
+        self._procs.remove(proc)
+
+    def start_apiserver(self) -> float:
+        """Start kube-apiserver again on its port; returns the seconds until /readyz answered."""
+        return self._start_apiserver(self.apiserver_port)
+
+    def _start_apiserver(self, port: int = 0) -> float:
+        self.apiserver_port = port or free_port()
         self._write_kubeconfigs()  # now that the port is known
         pki = self.pki
         argv: list[str | Path] = [
@@ -223,11 +234,48 @@ class LocalControlPlane:
             "--profiling=false",
             "--enable-priority-and-fairness=false",  # one less start-up phase; tests never saturate the server
             "--event-ttl=1h",
+            # Requests made by ServiceAccounts, at Metadata level: lets tests prove that each RBAC rule the chart
+            # grants is used (and nothing was denied), see tests/integration/test_tenancy_attacks.py.
+            f"--audit-policy-file={self._write_audit_policy()}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
             "--v=1",
             *self.extra_apiserver_flags,
         ]
         proc = self._spawn("kube-apiserver", argv)
         return wait_until(self._apiserver_ready, self.ready_timeout, "kube-apiserver /readyz", [proc], interval=0.2)
+
+    @property
+    def audit_log(self) -> Path:
+        """JSON lines, one audit event per request by a ServiceAccount (verb, resource, user, response code)."""
+        return self.log_dir / "audit.log"
+
+    def audit_events(self, user: str) -> list[dict[str, Any]]:
+        """The audit events of one user, e.g. ``system:serviceaccount:ns:name`` (ResponseStarted for a watch)."""
+        out = []
+        if self.audit_log.exists():
+            for line in self.audit_log.read_text().splitlines():
+                if f'"{user}"' in line:
+                    ev = json.loads(line)
+                    if ev.get("user", {}).get("username") == user:
+                        out.append(ev)
+        return out
+
+    def _write_audit_policy(self) -> Path:
+        path = self.dir / "audit-policy.yaml"
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived"],  # a watch is logged when its response starts
+            "rules": [
+                {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+                {"level": "None"},
+            ],
+        }
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(policy))
+        return path
 
     def _apiserver_ready(self) -> bool:
         return _http_ok(f"{self.server}/readyz", self._ssl_context())

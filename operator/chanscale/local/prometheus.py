@@ -5,8 +5,11 @@ inotify (1 s refresh as a fallback) without a reload. Prometheus' discovery mana
 scrapers at most every 5 s (hard-coded in 2.x), so ``add_target``/``remove_target`` take effect after about 5-6 s:
 use :meth:`LocalPrometheus.wait_for_target`. A removed target's series get staleness markers, so queries stop
 returning them then. To make a signal go *missing* faster, stop the exporter instead: the next failed scrape
-(within one interval) marks its series stale. ``honor_labels`` is on so an exporter's own ``namespace``
-label (the metrics contract's) wins over target labels.
+(within one interval) marks its series stale. ``honor_labels`` is on by default so an exporter's own ``namespace``
+label wins over target labels: one test simulator stands in for workers of many namespaces. A real cluster must
+not do that (docs/security.md: any pod could claim another team's namespace); ``honor_labels=False`` makes
+Prometheus keep the target's ``namespace`` and rename the exporter's to ``exported_namespace``, as the
+Prometheus Operator does.
 
     with LocalPrometheus() as prom:
         prom.add_target("127.0.0.1:9100", {"namespace": "ns1"})
@@ -48,8 +51,10 @@ class LocalPrometheus:
         workdir: Path | None = None,
         ready_timeout: float = 60.0,
         extra_scrape_configs: list[dict[str, Any]] | None = None,
+        honor_labels: bool = True,
     ) -> None:
         self.scrape_interval = scrape_interval
+        self.honor_labels = honor_labels
         self.ready_timeout = ready_timeout
         self.extra_scrape_configs = extra_scrape_configs or []
         self._owns_workdir = workdir is None
@@ -201,7 +206,7 @@ class LocalPrometheus:
             "scrape_configs": [
                 {
                     "job_name": job,
-                    "honor_labels": True,
+                    "honor_labels": self.honor_labels,
                     "file_sd_configs": [{"files": [str(self.targets_dir / f"{job}.json")], "refresh_interval": "1s"}],
                 }
                 for job in jobs

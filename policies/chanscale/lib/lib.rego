@@ -36,6 +36,13 @@ params(guard) := object.union(defaults(guard), namespace_params(guard)) if {
 	locked(guard)
 } else := object.union(object.union(defaults(guard), namespace_params(guard)), pool_params(guard))
 
+# locked_notes tell a pool that the admin locked a guard it tried to tune, so an ignored override is visible.
+locked_notes contains msg if {
+	some guard in object.get(config, "locked", [])
+	count(pool_params(guard)) > 0
+	msg := sprintf("%s: locked by the cluster admin; spec.policy.parameters.%s ignored", [guard, guard])
+}
+
 # A non-object parameter value (a typo such as `step: 4`) is ignored rather than breaking every guard.
 as_object(x) := x if is_object(x)
 

@@ -107,3 +107,16 @@ test_incomplete_input_denied if {
 	d.limitedBy == ["main"]
 	startswith(d.reasons[0], "main: input is incomplete")
 }
+
+test_locked_guard_ignores_pool_override_and_says_so if {
+	params := {"caps": {"maxReplicas": 100, "override": {"maxReplicas": 50, "reason": "mine"}}}
+	cfg := {"defaults": {"caps": {"maxReplicas": 3}}, "locked": ["caps"]}
+	d := main.decision with input as fixtures.proposal(1, 10, params) with data.chanscale.config as cfg
+	d.allow
+	d.replicas == 3
+	d.limitedBy == ["caps"]
+	d.reasons == [
+		"caps: hard cap of 3 replicas (proposed 10); raise it with an explicit override {maxReplicas, reason} in spec.policy.parameters.caps.override",
+		"caps: locked by the cluster admin; spec.policy.parameters.caps ignored",
+	]
+}

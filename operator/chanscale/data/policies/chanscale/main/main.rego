@@ -33,7 +33,7 @@ uppers := sort([[l.bound, guard_rank[l.guard], l.reason, l.guard] | some l in li
 # Tightest lower bound (the highest) first.
 lowers := sort([[0 - l.bound, guard_rank[l.guard], l.reason, l.guard] | some l in limits; l.kind == "lower"])
 
-notes := sort(((escalation.notes | caps.notes) | errorbrake.notes))
+notes := sort((((escalation.notes | caps.notes) | errorbrake.notes) | lib.locked_notes))
 
 target := lib.current if {
 	count(denials) > 0

@@ -1,0 +1,277 @@
+"""Guardrails for a cluster shared by many teams: what a WorkerPool's author may choose, and what only the admin may.
+
+The threat model is in docs/security.md. In short, a tenant who can edit WorkerPools in its own namespace must not
+be able to loosen the admin's policy, read other teams' metrics, make the operator send requests to arbitrary
+addresses, or spend another pool's share of a namespace budget. Pure logic here (no kopf, no I/O):
+
+* :class:`Guardrails` — the admin's choices, from operator flags (Helm values): published policy profiles, the
+  failure policy, the Prometheus address allowlist, whether custom PromQL is allowed, the scrape interval, whether
+  template pools may create Deployments.
+* :func:`refusal` — the problems only the operator can see in a pool (a profile that is not published, an address
+  off the allowlist, a query reaching outside the namespace, a non-boolean pause annotation, a rate window too short
+  for the scrape interval). A refused pool is never scaled; its condition names the field and the fix.
+* :func:`confinement_problem` — parses PromQL with a real parser (``promql-parser``) and requires every selector to
+  match ``namespace="<the pool's namespace>"`` exactly.
+* :func:`namespace_pools` / :func:`target_owner` — cross-pool views built from kopf's index of all WorkerPools, so a
+  namespace budget is right from the first tick after a restart and two pools never scale one Deployment.
+* :class:`NamespaceLocks` — check-and-scale serialised per namespace, so two pools cannot spend the same headroom.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import PAUSED_ANNOTATION
+from .spec import PROFILE_RE, PoolSpec
+
+DEFAULT_PROFILE = "default"
+DEFAULT_PROFILE_PATH = "chanscale/main/decision"
+_DURATION_RE = re.compile(r"^([1-9][0-9]*)(ms|s|m|h)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    """The admin's choices (operator flags / Helm values); pools cannot change any of them."""
+
+    profiles: Mapping[str, str] = field(default_factory=lambda: {DEFAULT_PROFILE: DEFAULT_PROFILE_PATH})
+    failure_policy: str = "Hold"  # Hold | Allow: what a pool gets when OPA cannot answer
+    prometheus_allowlist: tuple[str, ...] = ()  # besides the operator's --prometheus-url
+    custom_queries: bool = False
+    scrape_interval_seconds: float = 0.0  # 0: unknown, the rate-window check is off
+    template_namespaces: frozenset[str] = frozenset()  # where spec.template pools may own a Deployment; "*": all
+
+    def policy_path(self, profile: str) -> str | None:
+        return self.profiles.get(profile)
+
+    def allows_templates(self, namespace: str) -> bool:
+        return "*" in self.template_namespaces or namespace in self.template_namespaces
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a pool is not scaled at all: a condition reason (CamelCase) and a message naming the field and the fix."""
+
+    reason: str
+    message: str
+
+
+def parse_duration(text: str) -> float:
+    """``30s``/``1m``/``1h``/``500ms`` -> seconds. Raises ValueError."""
+    m = _DURATION_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"not a duration like 15s, 1m or 1h: {text!r}")
+    return int(m[1]) * _UNIT_SECONDS[m[2]]
+
+
+def parse_profiles(items: Iterable[str]) -> dict[str, str]:
+    """``--policy-profile name=opa/data/path`` flags -> {name: path}. The ``default`` profile always exists
+    (``chanscale/main/decision`` unless a flag redefines it)."""
+    from .policy import POLICY_PATH_RE
+
+    profiles = {DEFAULT_PROFILE: DEFAULT_PROFILE_PATH}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not PROFILE_RE.match(name) or not POLICY_PATH_RE.match(path):
+            raise ValueError(f"--policy-profile must look like name=chanscale/main/decision, got {item!r}")
+        profiles[name] = path
+    return profiles
+
+
+def normalise_url(url: str) -> str:
+    return url.strip().rstrip("/")
+
+
+def allowed_addresses(guardrails: Guardrails, default_url: str | None) -> set[str]:
+    return {normalise_url(u) for u in (*guardrails.prometheus_allowlist, default_url or "") if u}
+
+
+# --------------------------------------------------------------------------------------------------- PromQL
+
+
+def _selectors(expr: Any) -> list[Any]:
+    import promql_parser
+
+    found: list[Any] = []
+    promql_parser.walk(expr, lambda n: found.append(n) if isinstance(n, promql_parser.VectorSelector) else None)
+    return found
+
+
+def _confined(matchers: Iterable[Any], namespace: str) -> bool:
+    import promql_parser
+
+    return any(m.name == "namespace" and m.op == promql_parser.MatchOp.Equal and m.value == namespace for m in matchers)
+
+
+def confinement_problem(query: str, namespace: str) -> str | None:
+    """None if every series the query reads is confined to ``namespace``; else what is wrong, for a condition.
+
+    "Confined" means each vector selector (also inside range vectors and subqueries, and in every ``or`` branch of
+    a selector) has the exact matcher ``namespace="<namespace>"``. A regex or negative matcher is not confinement.
+    """
+    import promql_parser
+
+    try:
+        expr = promql_parser.parse(query)
+    except ValueError as e:
+        return f"is not valid PromQL ({e})"
+    for sel in _selectors(expr):
+        branches = sel.matchers.or_matchers or [sel.matchers.matchers]
+        if not all(_confined(branch, namespace) for branch in branches):
+            name = sel.name or "{...}"
+            return (
+                f"selector {name} is not confined to this namespace: add the matcher "
+                f'namespace="$namespace" (namespace="{namespace}") to every selector'
+            )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+
+def pause_problem(meta: Mapping[str, Any]) -> str | None:
+    value = (meta.get("annotations") or {}).get(PAUSED_ANNOTATION)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("true", "false")):
+        return None
+    return (
+        f'annotation {PAUSED_ANNOTATION} must be "true" or "false", got {value!r}: '
+        "not scaling until it is fixed or removed"
+    )
+
+
+def refusal(
+    g: Guardrails, spec: PoolSpec, namespace: str, meta: Mapping[str, Any], default_url: str | None
+) -> Refusal | None:
+    """The first reason this pool must not be scaled at all, or None. Checked before any query or decision."""
+    problem = pause_problem(meta)
+    if problem:
+        return Refusal("InvalidPauseAnnotation", problem)
+    if g.policy_path(spec.policy.profile) is None:
+        published = ", ".join(sorted(g.profiles))
+        return Refusal(
+            "PolicyProfileNotPublished",
+            f"spec.policy.profile {spec.policy.profile!r} is not published by the cluster admin: "
+            f"use one of {published}",
+        )
+    if spec.template is not None and not g.allows_templates(namespace):
+        return Refusal(
+            "TemplatesDisabled",
+            "spec.template needs template mode, which the cluster admin has not enabled for this namespace "
+            "(Helm value rbac.templateNamespaces): use spec.scaleTargetRef to an existing Deployment",
+        )
+    address = spec.metrics.prometheus_address
+    if address is not None and normalise_url(address) not in allowed_addresses(g, default_url):
+        return Refusal(
+            "PrometheusAddressNotAllowed",
+            "spec.metrics.prometheusAddress is not on the admin's allowlist (operator flag --prometheus-allowed-url, "
+            "Helm value prometheus.allowedUrls): remove it to use the default Prometheus, or ask the admin to add it",
+        )
+    if spec.metrics.queries and not g.custom_queries:
+        return Refusal(
+            "CustomQueriesDisabled",
+            "spec.metrics.queries is disabled by the cluster admin (operator flag --allow-custom-queries, Helm value "
+            "prometheus.customQueries): remove it and export the metrics contract (docs/metrics-contract.md)",
+        )
+    for sig, query in sorted(spec.metrics.queries.items()):
+        from .signals import render_custom
+
+        problem = confinement_problem(render_custom(query, namespace, spec.channel), namespace)
+        if problem:
+            return Refusal("QueryRefused", f"spec.metrics.queries.{sig} {problem}")
+    return _rate_window_refusal(g, spec)
+
+
+def _rate_window_refusal(g: Guardrails, spec: PoolSpec) -> Refusal | None:
+    if g.scrape_interval_seconds <= 0:
+        return None
+    window = parse_duration(spec.metrics.rate_window)
+    need = 2 * g.scrape_interval_seconds
+    if window >= need:
+        return None
+    return Refusal(
+        "RateWindowTooShort",
+        f"spec.metrics.rateWindow {spec.metrics.rate_window} is shorter than two scrape intervals "
+        f"({need:g}s; Prometheus scrapes every {g.scrape_interval_seconds:g}s), so rate() would have no data: "
+        f"set it to at least {int(need)}s",
+    )
+
+
+# ------------------------------------------------------------------------------------- cross-pool views
+
+
+def pool_index_entry(
+    namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], created: str
+) -> dict[str, Any]:
+    """What the WorkerPool index keeps per pool (keyed by namespace): its target and its last known claim."""
+    target = name if spec.get("template") else (spec.get("scaleTargetRef") or {}).get("name") or name
+    return {
+        "name": name,
+        "target": target,
+        "created": created,
+        "replicas": status.get("replicas"),
+        "desiredReplicas": status.get("desiredReplicas"),
+    }
+
+
+def target_owner(pools: Iterable[Mapping[str, Any]], target: str) -> str | None:
+    """The pool that owns a target Deployment: the oldest pool naming it (ties: the smaller name)."""
+    claims = sorted((p.get("created") or "", p["name"]) for p in pools if p.get("target") == target)
+    return claims[0][1] if claims else None
+
+
+def _int_or_zero(x: Any) -> int:
+    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0
+
+
+def namespace_pools(
+    pools: Iterable[Mapping[str, Any]],
+    deployment_replicas: Mapping[str, int],
+    recent_writes: Mapping[str, int],
+    exclude: str,
+) -> list[dict[str, Any]]:
+    """The other pools of a namespace with their claims, for the budget guard.
+
+    ``replicas`` is the largest of what the Deployment runs (kopf's index), what this operator just wrote to it
+    (the index may lag our own write by a moment), and the pool's last recorded status; ``desiredReplicas`` comes
+    from the pool's status. Pools that lost their target to another pool (two on one Deployment) are not counted
+    twice.
+    """
+    pools = list(pools)
+    out = []
+    for p in sorted(pools, key=lambda p: p["name"]):
+        if p["name"] == exclude or target_owner(pools, p["target"]) != p["name"]:
+            continue
+        replicas = max(
+            deployment_replicas.get(p["target"], 0),
+            recent_writes.get(p["name"], 0),
+            _int_or_zero(p.get("replicas")),
+        )
+        out.append({"name": p["name"], "replicas": replicas, "desiredReplicas": _int_or_zero(p.get("desiredReplicas"))})
+    return out
+
+
+class NamespaceLocks:
+    """One asyncio lock per namespace: a pool's policy check and its scale write happen under it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def __call__(self, namespace: str) -> asyncio.Lock:
+        lock = self._locks.get(namespace)
+        if lock is None:
+            lock = self._locks[namespace] = asyncio.Lock()
+        return lock
+
+
+@dataclass
+class TenancyState:
+    """Operator-wide tenancy state kept on the Runtime."""
+
+    locks: NamespaceLocks = field(default_factory=NamespaceLocks)
+    # (namespace, pool) -> (spec.template digest, the API server's refusal): template pools the API server refused;
+    # retried only when spec.template changes.
+    template_errors: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
