@@ -112,13 +112,23 @@ static_image() {
 
 tag() { docker tag "$1" "$2"; }
 
+# apt_install PACKAGE...: install what is missing (as root, with apt-get), or fail naming it.
+apt_install() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "missing packages: ${missing[*]} (apt-get install them)"
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || \
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+}
+
 # --- the Debian root filesystem ----------------------------------------------------------------------------------
 debian() {
   local tar=$CACHE/rootfs/debian-$DEBIAN_SUITE-minbase.tar tmp t hash
   if [ -n "$COLD" ] || [ ! -f "$tar" ]; then
-    command -v debootstrap >/dev/null || { [ "$(id -u)" = 0 ] || die "debootstrap is missing (apt-get install debootstrap)"
-      apt-get install -y -qq --no-install-recommends debootstrap >/dev/null 2>&1 || \
-        { apt-get update -qq && apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; }; }
+    apt_install debootstrap
     t=$(date +%s)
     mkdir -p "$CACHE/rootfs"
     tmp=$(mktemp -d "$CACHE/rootfs/debootstrap.XXXXXX")
@@ -167,6 +177,7 @@ pause_binary() {  # upstream's pause.c from the Kubernetes module, static
         python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')/build/pause/linux/pause.c
   if [ ! -x "$out" ] || [ "$src" -nt "$out" ]; then
     mkdir -p "$STATE/pause"
+    apt_install gcc libc6-dev
     gcc -Os -Wall -Werror -static -DVERSION="$1" -o "$out" "$src" || die "building pause from $src failed (needs gcc and libc6-dev)"
     strip "$out"
   fi
