@@ -100,7 +100,9 @@ ready() {
   k -n kube-system wait pod -l k8s-app=kube-dns --for=condition=Ready --timeout=300s
 }
 
-write_env() { "$ROOT/hack/images.sh" env >"$OUT/images.env"; echo "CHANSCALE_E2E_CLUSTER=$CLUSTER" >>"$OUT/images.env"; }
+write_env() {
+  { "$ROOT/hack/images.sh" env; echo "CHANSCALE_E2E_CLUSTER=$CLUSTER"; } >"$OUT/images.env"
+}
 
 up() {
   local t0=$SECONDS

@@ -155,7 +155,8 @@ debian_image() {
   d=$(ctx "$name")
   cp "$dockerfile" "$d/Dockerfile"
   for f in "$@"; do put "$f" "$d/$(basename "$f")"; done
-  build "$name" "$d" --build-arg "BASE_IMAGE=$CHANSCALE_DEBIAN_IMAGE" --build-arg "BASE_ID=$(image_id "$CHANSCALE_DEBIAN_IMAGE")"
+  build "$name" "$d" --build-arg "BASE_IMAGE=$CHANSCALE_DEBIAN_IMAGE" \
+    --build-arg "BASE_ID=$(image_id "$CHANSCALE_DEBIAN_IMAGE")"
 }
 
 # --- the application images --------------------------------------------------------------------------------------
@@ -178,7 +179,7 @@ pause_binary() {  # upstream's pause.c from the Kubernetes module, static
   if [ ! -x "$out" ] || [ "$src" -nt "$out" ]; then
     mkdir -p "$STATE/pause"
     apt_install gcc libc6-dev
-    gcc -Os -Wall -Werror -static -DVERSION="$1" -o "$out" "$src" || die "building pause from $src failed (needs gcc and libc6-dev)"
+    gcc -Os -Wall -Werror -static -DVERSION="$1" -o "$out" "$src" || die "building pause from $src failed"
     strip "$out"
   fi
   echo "$out"
@@ -191,10 +192,12 @@ components() {  # builds and prints the image names kubeadm asks for, kind's sto
     case ${name##*/} in
       kube-apiserver|kube-controller-manager|kube-scheduler)
         static_image "$ref" "$BIN/${name##*/}" "/usr/local/bin/${name##*/}" ;;
-      kube-proxy) debian_image "$ref" "$IMAGES_DIR/kube-proxy.Dockerfile" "$BIN/kube-proxy" "$IMAGES_DIR/iptables-wrapper" ;;
+      kube-proxy)
+        debian_image "$ref" "$IMAGES_DIR/kube-proxy.Dockerfile" "$BIN/kube-proxy" "$IMAGES_DIR/iptables-wrapper" ;;
       # kubeadm's etcd tag (e.g. 3.6.5-0) names the pinned etcd build (hack/versions.env ETCD_VERSION).
       etcd) static_image "$ref" "$BIN/etcd" /usr/local/bin/etcd ;;
-      coredns) [ "$ver" = "$COREDNS_VERSION" ] || die "kubeadm wants coredns $ver; set COREDNS_VERSION=$ver in hack/versions.env"
+      coredns)
+        [ "$ver" = "$COREDNS_VERSION" ] || die "kubeadm wants coredns $ver: set COREDNS_VERSION=$ver (hack/versions.env)"
         # Root, not upstream's nonroot + file capability: the classic builder's layers do not keep the
         # security.capability xattr. kubeadm's Deployment still drops every capability but NET_BIND_SERVICE.
         static_image "$ref" "$BIN/coredns" /coredns ;;
@@ -231,7 +234,9 @@ kind_node() {  # kind_node IMAGE...: the node image with those images preloaded 
   d=$(ctx "$stage")
   cp "$IMAGES_DIR/kind-node.Dockerfile" "$d/Dockerfile"
   for f in kubeadm kubelet kubectl; do put "$BIN/$f" "$d/$f"; done
-  for f in default-cni.yaml 10-chanscale-ptp.conflist chanscale-service-guard.service; do cp "$IMAGES_DIR/$f" "$d/"; done
+  for f in default-cni.yaml 10-chanscale-ptp.conflist chanscale-service-guard.service; do
+    cp "$IMAGES_DIR/$f" "$d/"
+  done
   python3 "$IMAGES_DIR/kind_storage_manifest.py" "$(kind_dir)" manifest >"$d/default-storage.yaml"
   echo "$KUBERNETES_VERSION" >"$d/version"
   build "$stage" "$d" --build-arg "BASE_IMAGE=$CHANSCALE_KIND_BASE_IMAGE" \
