@@ -9,7 +9,7 @@
 # cached under .../rootfs/. Binaries come from hack/tools.sh (built into $CHANSCALE_BIN or ./bin).
 #
 #   hack/images.sh [build]       # build what changed (cold: about 3 min once the binaries exist; warm: seconds)
-#   hack/images.sh build --cold  # ignore stamps and docker's layer cache (for measuring a cold build)
+#   hack/images.sh build --cold  # ignore the labels and docker's layer cache (for measuring a cold build)
 #   hack/images.sh build apps    # only some stages: tools debian apps components kind-base kind-node
 #   hack/images.sh env           # print the resolved image names (KEY=VALUE)
 #   hack/images.sh apps          # print the application images e2e loads into the cluster
