@@ -16,6 +16,8 @@ pytestmark = pytest.mark.e2e
 
 WATCHED = "e2e-tenant"
 FINALIZER = "chanscale.dev/finalizer"
+# Every namespaced kind the chart creates (not "all": kubectl's discovery cache may still list the deleted CRD).
+RELEASE_OBJECTS = "deployments,replicasets,pods,services,configmaps,serviceaccounts,roles,rolebindings,pdb"
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,7 @@ def test_helm_uninstall_in_the_documented_order(stack: KindStack, pools) -> None
     stack.must("delete", "-f", str(REPO_ROOT / "crds"), "--timeout=120s")
 
     assert stack.kubectl("get", "crd", "workerpools.chanscale.dev").returncode != 0
-    left = stack.must("-n", RELEASE_NS, "get", "all,configmaps,serviceaccounts,roles,rolebindings", "-o", "name")
+    left = stack.must("-n", RELEASE_NS, "get", RELEASE_OBJECTS, "-o", "name")
     assert not [n for n in left.split() if RELEASE in n and "kube-root-ca" not in n], left
     cluster_rbac = stack.must("get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}")
     assert not cluster_rbac.strip(), cluster_rbac
