@@ -305,6 +305,8 @@ class KindStack:
         """``helm upgrade --install`` (install on a fresh cluster, reuse on a kept one) and wait for the pod."""
         self.namespaces([RELEASE_NS, *self.watched_namespaces(), UNWATCHED_NS])
         with self.stage(stage):
+            # Helm installs CRDs only on a first install, never on upgrade: apply them as docs/install.md says.
+            self.must("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "charts/chanscale/crds"))
             self.helm(
                 "upgrade",
                 "--install",

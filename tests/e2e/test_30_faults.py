@@ -152,10 +152,10 @@ def _restarts(pod: dict, name: str) -> int:
 
 
 def test_opa_sidecar_killed(stack: KindStack, cluster: KubectlCluster, workspace) -> None:
-    """While OPA is down a wanted scale-up is held (failurePolicy Hold); the kubelet restarts the sidecar, the
-    operator container keeps running, and the pool scales once OPA answers again."""
+    """While OPA is down a wanted scale-up is held (the release's failure policy, Hold); the kubelet restarts the
+    sidecar, the operator container keeps running, and the pool scales once OPA answers again."""
     ns = workspace("e2e-opa")
-    sc, load = _start(stack, cluster, ns, pool_overrides={"policy": {"failurePolicy": "Hold"}})
+    sc, load = _start(stack, cluster, ns)  # the release's policy.failurePolicy: Hold (manifests/chart-values.yaml)
     pod = operator_pod(stack)
     uid = pod["metadata"]["uid"]
     opa_restarts, operator_restarts = _restarts(pod, "opa"), _restarts(pod, "operator")
