@@ -94,17 +94,17 @@ class Loop:
         self.stop = threading.Event()
 
     def _proxy(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
-        resp = self.api.call_api(
-            path,
-            method,
-            header_params={"Content-Type": "application/json", "Accept": "*/*"},
-            body=body,
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _return_http_data_only=True,
-            _request_timeout=10,
-        )
-        return bytes(resp.data)
+        """One request through the API server (the client's TLS and credentials), without kubectl's start-up."""
+        cfg = self.api.configuration
+        headers = {"Content-Type": "application/json", "Accept": "*/*"}
+        if cfg.api_key.get("authorization"):
+            headers["Authorization"] = cfg.api_key["authorization"]
+        # rest_client.request takes these keywords in every client release this project allows (kubernetes>=29).
+        resp = self.api.rest_client.request(method, cfg.host + path, headers=headers, body=body, _request_timeout=10)
+        data = bytes(resp.data if resp.data is not None else resp.read())
+        if resp.status >= 400:
+            raise RuntimeError(f"{method} {path}: {resp.status} {data[:300]!r}")
+        return data
 
     def sim(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(
