@@ -299,6 +299,8 @@ main() {
   [ ${#stages[@]} -gt 0 ] || stages=(tools debian apps components kind-base kind-node)
   REFS=()
   for s in "${stages[@]}"; do stage "$s"; done
+  # Images this script built that lost their tag to a newer build; nothing else is touched.
+  docker image prune -f --filter "label=$LABEL" >/dev/null
   log "images ready in $(( $(date +%s) - t0 ))s (cache: $STATE)"
 }
 main "$@"
