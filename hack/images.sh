@@ -301,6 +301,7 @@ main() {
   for s in "${stages[@]}"; do stage "$s"; done
   # Images this script built that lost their tag to a newer build; nothing else is touched.
   docker image prune -f --filter "label=$LABEL" >/dev/null
+  rm -rf "$STATE/ctx"  # the build contexts (copies of the binaries) are made afresh on every run
   log "images ready in $(( $(date +%s) - t0 ))s (cache: $STATE)"
 }
 main "$@"
