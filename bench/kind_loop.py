@@ -266,7 +266,8 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], meta: dict[str
     return "\n".join(lines)
 
 
-def run(stack: Any, scenario: ModuleType, steps: int) -> list[dict[str, Any]]:
+def run(stack: Any, scenario: ModuleType, steps: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The steps; returns the per-step rows and the raw series they were computed from (kept in the JSON)."""
     loop = Loop(stack, scenario)
     scenario.KubectlCluster(stack.kubectl).apply(loop.sc.manifests(with_simulator=True), NAMESPACE)
     stack.must("-n", NAMESPACE, "rollout", "status", "deployment/chanscale-sim", "--timeout=300s")
@@ -286,9 +287,13 @@ def run(stack: Any, scenario: ModuleType, steps: int) -> list[dict[str, Any]]:
         samples = loop.prom_raw(
             f'chanscale_channel_backlog{{namespace="{NAMESPACE}",channel="{CHANNEL}"}}', int(time.time() - began) + 60
         )
-        return [
-            analyse_step(t, pre, loop.events, samples, loop.backlog) | {"step": i} for i, (t, pre) in enumerate(plan)
+        ends = [t for t, _ in plan[1:]] + [float("inf")]
+        rows = [
+            analyse_step(t, pre, loop.events, samples, loop.backlog, end) | {"step": i}
+            for i, ((t, pre), end) in enumerate(zip(plan, ends, strict=True))
         ]
+        raw = {"events": loop.events, "backlog": loop.backlog, "prometheus_backlog": samples, "steps": plan}
+        return rows, raw
     finally:
         loop.stop.set()
         stack.kubectl("-n", NAMESPACE, "delete", "workerpools.chanscale.dev", "--all", "--timeout=120s")
@@ -314,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     values = yaml.safe_load((kindstack.MANIFESTS / "chart-values.yaml").read_text())
     t_start = time.perf_counter()
     try:
-        rows = run(stack, scenario, steps)
+        rows, raw = run(stack, scenario, steps)
     finally:
         if created and not (args.keep or stack.keep):
             stack.down()
@@ -328,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     summary = summarise(rows)
     md = markdown(summary, rows, meta)
-    publish(args, "kind_loop", md, {"meta": meta, "summary": summary, "rows": rows})
+    publish(args, "kind_loop", md, {"meta": meta, "summary": summary, "rows": rows, "raw": raw})
     print(md)
     return 0 if all(r["drained_s"] is not None for r in rows) else 1
 
