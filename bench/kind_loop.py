@@ -269,6 +269,7 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], meta: dict[str
 def run(stack: Any, scenario: ModuleType, steps: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The steps; returns the per-step rows and the raw series they were computed from (kept in the JSON)."""
     loop = Loop(stack, scenario)
+    stack.clean(NAMESPACE)  # a fresh workload: chanscale owns the replicas of a previous run's worker
     scenario.KubectlCluster(stack.kubectl).apply(loop.sc.manifests(with_simulator=True), NAMESPACE)
     stack.must("-n", NAMESPACE, "rollout", "status", "deployment/chanscale-sim", "--timeout=300s")
     threads = [threading.Thread(target=f, daemon=True) for f in (loop.watch, loop.poll_backlog)]

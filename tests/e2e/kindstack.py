@@ -254,6 +254,15 @@ class KindStack:
         ]
         self.must("apply", "--server-side", "--field-manager=chanscale-e2e", "-f", "-", input=yaml.safe_dump_all(docs))
 
+    def clean(self, ns: str) -> None:
+        """Empty a pre-created e2e namespace: WorkerPools first (while the operator runs, so that it removes its
+        finalizer), then the examples' objects. The namespace stays: the release's Roles live in it."""
+        self.kubectl("-n", ns, "delete", "workerpools.chanscale.dev", "--all", "--timeout=120s")
+        self.kubectl(
+            "-n", ns, "delete", "deployments,services,configmaps,jobs,serviceaccounts,roles,rolebindings",
+            "-l", "app.kubernetes.io/part-of=chanscale-demo", "--timeout=120s",
+        )  # fmt: skip
+
     # ------------------------------------------------------------------------------------------ prometheus
     def prometheus_docs(self) -> list[Doc]:
         docs = load_yaml(MANIFESTS / "prometheus.yaml")

@@ -13,13 +13,7 @@ from kindstack import RELEASE_NS, E2EError, KindStack
 
 
 def clean(stack: KindStack, ns: str) -> None:
-    """Empty a pre-created e2e namespace: WorkerPools first (while the operator runs, so that it removes its
-    finalizer), then the examples' objects. The namespace stays: the release's Roles live in it."""
-    stack.kubectl("-n", ns, "delete", "workerpools.chanscale.dev", "--all", "--timeout=120s")
-    stack.kubectl(
-        "-n", ns, "delete", "deployments,services,configmaps,jobs,serviceaccounts,roles,rolebindings",
-        "-l", "app.kubernetes.io/part-of=chanscale-demo", "--timeout=120s",
-    )  # fmt: skip
+    stack.clean(ns)
 
 
 def conditions(pool: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
