@@ -378,6 +378,7 @@ def test_dead_local_opa_is_restarted_by_its_supervisor(
                 out.append(int(p.name))
         return out
 
+    wait_until(lambda: "local OPA serving" in op.log_text(), 60, "the local OPA child to serve", procs(op))
     wait_until(lambda: len(opa_children()) == 1, 60, "the local OPA child", procs(op))
     first = opa_children()[0]
     import os
