@@ -565,15 +565,15 @@ async def _tick(
     )
     decision = decide(spec, PoolState.from_status(old.get("history")), obs)
 
+    conditions = [dict(c) for c in old.get("conditions") or []]
+    hold, ext_key, ext_msg = _external_conditions(spec, ext, target_name, now, conditions, gen)
+    mode = "Paused" if paused else "HoldOff" if hold else spec.mode
+
     # Check and scale under the namespace's lock, so two pools cannot spend the same budget headroom.
     async with rt.tenancy.locks(ns):
         verdict_info: dict[str, Any] | None = None
-        if decision.desired != current:
+        if decision.desired != current and mode != "HoldOff":  # holding off proposes nothing to the gate
             decision, verdict_info = await _gate(rt, body, spec, decision, current, now, target)
-
-        conditions = [dict(c) for c in old.get("conditions") or []]
-        hold, ext_key, ext_msg = _external_conditions(spec, ext, target_name, now, conditions, gen)
-        mode = "Paused" if paused else "HoldOff" if hold else spec.mode
         ctx = _Ctx(rt, body, spec, decision, verdict_info, obs, old, conditions, ns, name, target_name, gen, now, mode)
         ctx.paused, ctx.ext = paused, ext
         verdicts = ctx.verdicts
