@@ -336,8 +336,10 @@ async def _write_labels(rt: Runtime, key: tuple[str, str], labels: Mapping[str, 
 
 
 # ------------------------------------------------------------------------------------------------ verdicts and Events
-def brief(ns: str, name: str, text: str, limit: int = 120) -> str:
-    """A short human message; a longer error goes to the log once, referenced by a short id."""
+def brief(ns: str, name: str, text: str, limit: int = 200) -> str:
+    """A short human message from an error (a ConnectionError with a URL-encoded query, an API server's
+    validation text): a longer one goes to the log once, referenced by a short id. Policy reasons and limits are
+    human already and are not shortened."""
     first = text.splitlines()[0] if text else ""
     if len(first) <= limit and first == text:
         return text
@@ -395,7 +397,6 @@ async def tick(rt: Runtime, body: Mapping[str, Any], target: Target | None, *, f
         return await _tick(rt, body, mem, spec, target, now)
     except Exception as e:  # never let one pool take the operator down
         log.exception("pool %s/%s: unexpected error", ns, name)
-        telemetry.DECISIONS.labels(ns, name, "Error").inc()
         msg = brief(ns, name, f"internal error: {type(e).__name__}: {e}")
         return await _fail(rt, key, mem, old, gen, now, None, "InternalError", msg)
     finally:
@@ -426,6 +427,7 @@ async def _fail(
     message: str,
 ) -> TickResult:
     """Ready=False with ``reason``; one Warning Event per change of reason."""
+    telemetry.DECISIONS.labels(key[0], key[1], "Error").inc()
     status = _error_status(old, gen, now, reason, message, target_name)
     events: list[tuple[str, str, str]] = []
     verdicts = dict(old.get("verdicts") or {})
@@ -708,9 +710,7 @@ class _Ctx:
         set_condition(c, "SLOMet", slo, why, d.slo_message, now, gen)
         if d.limited_by:
             limit = _limit_reason(d.limited_by[0])
-            set_condition(
-                c, "ScalingLimited", "True", limit, brief(self.ns, self.name, "; ".join(d.limited_by)), now, gen
-            )
+            set_condition(c, "ScalingLimited", "True", limit, "; ".join(d.limited_by), now, gen)
         else:
             set_condition(c, "ScalingLimited", "False", "NotLimited", "the recommendation was applied as is", now, gen)
         if self.paused:
@@ -780,7 +780,7 @@ class _Ctx:
                 set_condition(c, "PolicyAllowed", "True", "NotEvaluated", "no change proposed yet", now, gen)
             return  # no change proposed: the last verdict stands (a guard that holds does not re-post)
         guards = ",".join(sorted(str(g) for g in info.get("limitedBy") or ())) or "-"
-        reasons = brief(self.ns, self.name, "; ".join(info["reasons"]) or "allowed")
+        reasons = "; ".join(info["reasons"]) or "allowed"
         if info.get("error") and info.get("source") == "failure-policy":
             err = brief(self.ns, self.name, str(info["error"]))
             set_condition(

@@ -288,7 +288,7 @@ def test_opa_outage_posts_one_event_and_bounded_status_writes(
         )
         assert replicas(kubectl, namespace) == held  # failurePolicy Hold
         msg = condition(pool_status(kubectl, namespace), "PolicyAllowed")["message"]
-        assert len(msg) <= 140, msg
+        assert len(msg) <= 220, msg
     finally:
         opa.stop()
 
@@ -331,7 +331,7 @@ def test_prometheus_outage_status_writes_bounded_fallback_condition_and_events(
             assert event_count(kubectl, namespace, reason) == before[reason] + 1, event_log(kubectl, namespace)
         st = pool_status(kubectl, namespace)
         msg = condition(st, "MetricsAvailable")["message"]
-        assert len(msg) <= 200 and "log ref" in msg, msg
+        assert len(msg) <= 220 and "log ref" in msg, msg
         assert msg.split("log ref ")[1][:8] in op.log_text()
 
         prom.start()
