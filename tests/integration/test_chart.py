@@ -580,7 +580,8 @@ def test_rbac_forbids_everything_else(release: Release, namespace: str) -> None:
 def test_service_account_token_scales_but_cannot_read_secrets(
     release: Release, namespace: str, kubectl: Any, control_plane: Any, tmp_path: Path
 ) -> None:
-    """Not just can-i: a real token of the chart's ServiceAccount scales through the scale subresource."""
+    """Not just can-i: a real token of the chart's ServiceAccount scales through the scale subresource (and can do
+    nothing else to the Deployment)."""
     worker = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -597,21 +598,11 @@ def test_service_account_token_scales_but_cannot_read_secrets(
     assert kubectl.apply(worker).returncode == 0
     token = control_plane.create_token(release.namespace, f"{release.name}-chanscale")
     sa_config = control_plane.write_token_kubeconfig(token, tmp_path / "sa.kubeconfig")
-    patch = json.dumps({"spec": {"replicas": 3}})
-    scaled = kubectl(
-        "patch",
-        "deployment",
-        "worker",
-        "-n",
-        namespace,
-        "--subresource=scale",
-        "--type=merge",
-        "-p",
-        patch,
-        "--field-manager=chanscale",
-        kubeconfig=sa_config,
-    )
-    assert scaled.returncode == 0, scaled.stderr
+    # The operator's own call (a merge patch of deployments/scale, no read first), with the SA's token.
+    from kubernetes import client, config
+
+    api = client.AppsV1Api(config.new_client_from_config(config_file=str(sa_config)))
+    api.patch_namespaced_deployment_scale("worker", namespace, {"spec": {"replicas": 3}}, field_manager="chanscale")
     assert kubectl.json("get", "deployment", "worker", "-n", namespace)["spec"]["replicas"] == 3
     secrets = kubectl("get", "secrets", "-n", namespace, kubeconfig=sa_config)
     assert secrets.returncode != 0 and "forbidden" in secrets.stderr.lower()

@@ -269,7 +269,7 @@ POOL = {
         "channel": "orders",
         "maxReplicas": 50,
         "slo": {"p99LatencySeconds": 0.25, "maxErrorRate": 0.05},
-        "policy": {"path": "chanscale/main/decision", "failurePolicy": "Hold", "parameters": {"step": {"maxUp": 4}}},
+        "policy": {"profile": "default", "parameters": {"step": {"maxUp": 4}}},
     },
     "status": {"replicas": 3},
 }
