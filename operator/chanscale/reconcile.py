@@ -343,14 +343,33 @@ def brief(ns: str, name: str, text: str, limit: int = 200) -> str:
     first = text.splitlines()[0] if text else ""
     if len(first) <= limit and first == text:
         return text
-    # Keyed without digits: a counter or a latency inside the text must not log (and re-reference) it every tick.
+    return f"{first[: limit - 20].rstrip()}… (log ref {_log_ref(ns, name, text)})"
+
+
+def _log_ref(ns: str, name: str, text: str) -> str:
+    """Log ``text`` once under a short id and return the id. Keyed without digits: a counter, a port or a latency
+    inside the text must not log (and re-reference) it every tick."""
     ref = hashlib.sha1(f"{ns}/{name}:{re.sub(r'[0-9.]+', '#', text)}".encode()).hexdigest()[:8]
     if ref not in _LOGGED_REFS:
         _LOGGED_REFS[ref] = None
         if len(_LOGGED_REFS) > 4096:
             _LOGGED_REFS.pop(next(iter(_LOGGED_REFS)))
         log.warning("pool %s/%s [ref %s]: %s", ns, name, ref, text)
-    return f"{first[: limit - 20].rstrip()}… (log ref {ref})"
+    return ref
+
+
+_ERROR_KIND = re.compile(r"\b([A-Z][A-Za-z]*(?:Error|Exception|Timeout))\b|\b(HTTP [0-9]{3})\b")
+
+
+def brief_query_error(ns: str, name: str, text: str) -> str:
+    """ "Prometheus query failed for backlog, arrivalRate: ConnectionError (log ref 1a2b3c4d)" from the reader's
+    "signal: error; signal: error" text (whose errors carry URLs with the URL-encoded query)."""
+    signals = [part.split(":", 1)[0].strip() for part in text.split("; ") if ":" in part]
+    found = _ERROR_KIND.search(text)
+    if found is None:
+        return brief(ns, name, text)
+    kind = found.group(1) or found.group(2)
+    return f"Prometheus query failed for {', '.join(signals) or 'signals'}: {kind} (log ref {_log_ref(ns, name, text)})"
 
 
 _LOGGED_REFS: dict[str, None] = {}
@@ -734,7 +753,11 @@ class _Ctx:
                 self.verdicts.pop(slot, None)
         else:
             reason = "QueryFailed" if self.obs.error else "MetricsMissing"
-            why = brief(self.ns, self.name, self.obs.error or f"missing or stale: {', '.join(d.missing)}")
+            why = (
+                brief_query_error(self.ns, self.name, self.obs.error)
+                if self.obs.error
+                else f"missing or stale: {', '.join(d.missing)}"
+            )
             msg = (
                 f"{why}; {d.state.consecutive_failures} consecutive failures "
                 f"(fallback at {self.spec.fallback.failure_threshold})"
