@@ -24,10 +24,11 @@ demo: install tools  ## the local demo: control plane, Prometheus, OPA, operator
 demo-quick: install tools  ## a 60 s demo
 	$(PYTHON) -m chanscale demo --duration 60 $(DEMO_ARGS)
 
-test: install tools  ## everything CI runs: lint, generated-file drift, unit + integration tests, quick benchmarks
+test: install tools  ## everything CI runs: lint, unit + integration tests, quick benchmarks, the kind e2e suite
 	hack/stage.sh lint $(MAKE) lint
 	hack/stage.sh "unit + integration tests" $(PYTEST) -m "unit or integration" $(PYTEST_ARGS)
 	hack/stage.sh "quick benchmarks" $(MAKE) bench-quick
+	hack/stage.sh "e2e (kind)" $(MAKE) e2e
 
 unit:  ## unit tests only (no binaries needed)
 	$(PYTEST) -m unit $(PYTEST_ARGS)

@@ -4,10 +4,12 @@
 #   hack/e2e-cluster.sh up     # Docker (hack/docker.sh) -> images (hack/images.sh, cached) -> kind cluster from
 #                              # kind-config.yaml with the locally built node image (an existing healthy cluster on
 #                              # the same node image is reused) -> app images loaded -> node Ready, CoreDNS Ready
+#                              # and answering for cluster names only (no forward out of the cluster)
 #   hack/e2e-cluster.sh load   # rebuild what changed among the app images and load them into the cluster
 #   hack/e2e-cluster.sh down   # delete the cluster
 #
-# Writes .cache/e2e/kubeconfig (the cluster's API on 127.0.0.1) and .cache/e2e/images.env (resolved image names).
+# Writes .cache/e2e/kubeconfig (the API server on 127.0.0.1) and .cache/e2e/images.env (resolved image names);
+# CHANSCALE_E2E_DIR moves that folder, CHANSCALE_E2E_CLUSTER names another cluster.
 # Prints the time of each stage. kind-config.yaml keeps its pinned kindest/node image for ordinary Docker hosts;
 # set CHANSCALE_KIND_NODE_IMAGE= (empty) to use it instead of the local build.
 set -euo pipefail
@@ -23,7 +25,7 @@ export CHANSCALE_BIN=${CHANSCALE_BIN:-$ROOT/bin}
 KIND=$CHANSCALE_BIN/kind
 KUBECTL=$CHANSCALE_BIN/kubectl
 CLUSTER=${CHANSCALE_E2E_CLUSTER:-$(sed -n 's/^name: *//p' "$ROOT/kind-config.yaml")}
-OUT=$ROOT/.cache/e2e
+OUT=${CHANSCALE_E2E_DIR:-$ROOT/.cache/e2e}
 KUBECONFIG_OUT=$OUT/kubeconfig
 
 log() { printf '[e2e-cluster] %s\n' "$*" >&2; }
@@ -67,8 +69,23 @@ load() {
   for img in $("$ROOT/hack/images.sh" apps); do "$KIND" load docker-image "$img" --name "$CLUSTER"; done
 }
 
+# CoreDNS answers for the cluster's own zones only: kubeadm's Corefile forwards every other name to the node's
+# resolver (Docker's, then the host's), which would send queries out of the cluster. Nothing in the cluster
+# needs an outside name (no image is pulled), so the forward block goes.
+isolate_dns() {
+  local corefile
+  corefile=$(k -n kube-system get configmap coredns -o jsonpath='{.data.Corefile}')
+  grep -q 'forward \. /etc/resolv.conf' <<<"$corefile" || return 0
+  log "CoreDNS: dropping the forward to the node's resolver (cluster names only)"
+  corefile=$(sed '/forward \. \/etc\/resolv.conf {/,/}/d' <<<"$corefile")
+  k -n kube-system patch configmap coredns --type merge \
+    -p "$(python3 -c 'import json,sys; print(json.dumps({"data": {"Corefile": sys.stdin.read()}}))' <<<"$corefile")"
+  k -n kube-system rollout restart deployment/coredns
+}
+
 ready() {
   k wait node --all --for=condition=Ready --timeout=300s
+  isolate_dns
   k -n kube-system rollout status deployment/coredns --timeout=300s
   k -n kube-system wait pod -l k8s-app=kube-dns --for=condition=Ready --timeout=300s
 }

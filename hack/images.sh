@@ -5,7 +5,7 @@
 # Pinned by hack/versions.env, named by hack/images.env, and cached by content: each image carries a label with the
 # hash of its inputs (build context, Dockerfile, parent images), recorded as a stamp under
 #   ${CHANSCALE_CACHE:-~/.cache/chanscale}/images/<hash of versions.env + images.env>/
-# and an image whose stamp and label match its inputs is reused, not rebuilt. The debootstrapped rootfs tarball is
+# and an image whose label matches its inputs is reused, not rebuilt. The debootstrapped rootfs tarball is
 # cached under .../rootfs/. Binaries come from hack/tools.sh (built into $CHANSCALE_BIN or ./bin).
 #
 #   hack/images.sh [build]       # build what changed (cold: ~N min; warm: seconds; see docs/testing.md)
@@ -47,6 +47,7 @@ case ${1:-build} in
   names)  # every image name this script tags (the component names need kubeadm: hack/tools.sh node)
     env_names | cut -d= -f2; echo "$CHANSCALE_KIND_NODE_IMAGE-stage"
     "$BIN/kubeadm" config images list --kubernetes-version "$KUBERNETES_VERSION" 2>/dev/null
+    python3 "$IMAGES_DIR/kind_storage_manifest.py" "$(kind_dir)" images
     sed -n 's/^ *sandbox_image = "\(.*\)"/\1/p' "$(kind_dir)/images/base/files/etc/containerd/config.toml"
     exit ;;
   build) shift $(( $# > 0 ? 1 : 0 )) ;;
@@ -65,11 +66,13 @@ inputs_hash() {
   { (cd "$dir" && find . \( -type f -o -type l \) -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum)
     printf '%s\n' "$@"; } | sha256sum | cut -c1-16
 }
-fresh() {  # fresh NAME HASH: the image exists, was built from these inputs, and this cache folder says so
-  [ -z "$COLD" ] && [ -f "$STATE/$(slug "$1").stamp" ] && [ "$(cat "$STATE/$(slug "$1").stamp")" = "$2" ] \
-    && [ "$(image_label "$1")" = "$2" ]
+# fresh NAME HASH: the image exists and was built from these inputs (its label says so). The label, not the stamp,
+# decides: a change of hack/versions.env that does not touch an image's inputs (a new folder) rebuilds nothing.
+fresh() {
+  if [ -z "$COLD" ] && [ "$(image_label "$1")" = "$2" ]; then stamp "$1" "$2"; return 0; fi
+  return 1
 }
-stamp() { echo "$2" >"$STATE/$(slug "$1").stamp"; }
+stamp() { echo "$2" >"$STATE/$(slug "$1").stamp"; }  # what this version set built, for inspection
 ctx() {  # ctx NAME: a fresh, empty build context folder for NAME
   local d=$STATE/ctx/$(slug "$1")
   rm -rf "$d"; mkdir -p "$d"; echo "$d"
@@ -170,8 +173,8 @@ pause_binary() {  # upstream's pause.c from the Kubernetes module, static
   echo "$out"
 }
 
-components() {  # builds and prints the image names kubeadm asks for, plus kind's sandbox image tag
-  local ref name ver sandbox
+components() {  # builds and prints the image names kubeadm asks for, kind's storage images and its sandbox tag
+  local ref name ver sandbox storage
   for ref in $("$BIN/kubeadm" config images list --kubernetes-version "$KUBERNETES_VERSION" 2>/dev/null); do
     name=${ref%:*}; ver=${ref##*:}
     case ${name##*/} in
@@ -189,6 +192,13 @@ components() {  # builds and prints the image names kubeadm asks for, plus kind'
     esac
     echo "$ref"
   done
+  # kind's default storage: local-path-provisioner from its Go module under the name kind's manifest uses; the
+  # helper pod only runs sh/mkdir/rm scripts, which the Debian base has.
+  python3 "$IMAGES_DIR/kind_storage_manifest.py" "$(kind_dir)" images >"$STATE/storage-images"
+  mapfile -t storage <"$STATE/storage-images"
+  static_image "${storage[0]}" "$BIN/local-path-provisioner" /usr/local/bin/local-path-provisioner
+  tag "$CHANSCALE_DEBIAN_IMAGE" "${storage[1]}"
+  printf '%s\n' "${storage[@]}"
   # kind's containerd config pins its own sandbox (pause) tag.
   sandbox=$(sed -n 's/^ *sandbox_image = "\(.*\)"/\1/p' "$(kind_dir)/images/base/files/etc/containerd/config.toml")
   tag "$CHANSCALE_WORKER_IMAGE" "$sandbox"
@@ -210,7 +220,8 @@ kind_node() {  # kind_node IMAGE...: the node image with those images preloaded 
   d=$(ctx "$stage")
   cp "$IMAGES_DIR/kind-node.Dockerfile" "$d/Dockerfile"
   for f in kubeadm kubelet kubectl; do put "$BIN/$f" "$d/$f"; done
-  for f in default-cni.yaml default-storage.yaml 10-chanscale-ptp.conflist; do cp "$IMAGES_DIR/$f" "$d/"; done
+  for f in default-cni.yaml 10-chanscale-ptp.conflist chanscale-service-guard.service; do cp "$IMAGES_DIR/$f" "$d/"; done
+  python3 "$IMAGES_DIR/kind_storage_manifest.py" "$(kind_dir)" manifest >"$d/default-storage.yaml"
   echo "$KUBERNETES_VERSION" >"$d/version"
   build "$stage" "$d" --build-arg "BASE_IMAGE=$CHANSCALE_KIND_BASE_IMAGE" \
     --build-arg "BASE_ID=$(image_id "$CHANSCALE_KIND_BASE_IMAGE")"

@@ -8,7 +8,7 @@
 #   hack/tools.sh all             # also kube-scheduler, kind, kwok, kwokctl
 #   hack/tools.sh node            # what the offline kind images need (hack/images.sh): kind, kubeadm, kubelet,
 #                                 # kubectl, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
-#                                 # etcd, coredns, crictl, opa
+#                                 # etcd, coredns, crictl, local-path-provisioner, opa
 #   hack/tools.sh opa helm        # just these
 #
 # Binaries already provided are honoured and not rebuilt:
@@ -114,7 +114,8 @@ if [ ${#want_tools[@]} -eq 0 ]; then
 elif [ "${want_tools[0]}" = all ]; then
   want_tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua kind kwok kwokctl)
 elif [ "${want_tools[0]}" = node ]; then
-  want_tools=(kind kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd coredns crictl opa)
+  want_tools=(kind kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd coredns crictl
+    local-path-provisioner opa)
 fi
 
 check_sumdb
@@ -145,6 +146,10 @@ for t in "${want_tools[@]}"; do
       have crictl "$CRICTL_VERSION" || \
         build_go crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl \
           "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" ;;
+    local-path-provisioner)
+      have "$t" "$LOCAL_PATH_PROVISIONER_VERSION" || \
+        build_go "$t" github.com/rancher/local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" \
+          github.com/rancher/local-path-provisioner ;;
     kwok|kwokctl)
       have "$t" "$KWOK_VERSION" || provided "$t" "$KWOK_VERSION" || \
         build_go "$t" sigs.k8s.io/kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$t" ;;
@@ -168,7 +173,7 @@ for t in "${want_tools[@]}"; do
           die "lua5.4 is missing: install it (apt-get install lua5.4)"
         fi
       fi ;;
-    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl kubeadm kubelet kube-proxy etcd coredns crictl opa helm prometheus lua kind kwok kwokctl)" ;;
+    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl kubeadm kubelet kube-proxy etcd coredns crictl local-path-provisioner opa helm prometheus lua kind kwok kwokctl)" ;;
   esac
 done
 if [ ${#k8s[@]} -gt 0 ]; then build_kubernetes "${k8s[@]}"; fi

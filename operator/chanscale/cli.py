@@ -45,6 +45,8 @@ def _run(args: argparse.Namespace) -> int:
         tick=args.tick,
         status_refresh=args.status_refresh,
         policy_timeout=args.policy_timeout,
+        health_url=args.liveness or None,
+        stale_intervals=args.stale_intervals,
         guardrails=guardrails_from_args(args),
     )
     telemetry.serve(args.metrics_port, args.metrics_addr)
@@ -57,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         priority=args.priority,
         namespaces=namespaces,
         clusterwide=not namespaces,
-        liveness_endpoint=args.liveness or None,
+        liveness_endpoint=None,  # chanscale serves /healthz and /readyz itself (chanscale.health)
     )
     return 0
 
@@ -244,7 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--policy-timeout", type=float, default=2.0, help="seconds per policy evaluation")
     r.add_argument("--metrics-port", type=int, default=8080, help="port of the operator's /metrics (0 disables)")
     r.add_argument("--metrics-addr", default="0.0.0.0", help="address of the operator's /metrics")
-    r.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint URL ('' disables)")
+    r.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8081/healthz",
+        help="liveness endpoint URL; /readyz is served on the same host:port ('' disables both)",
+    )
+    r.add_argument(
+        "--stale-intervals",
+        type=float,
+        default=3.0,
+        help="liveness fails when a pool has not been evaluated for this many ticks",
+    )
     r.add_argument("--verbose", "-v", action="store_true")
     _add_guardrail_flags(r)
     r.set_defaults(func=_run)

@@ -3,12 +3,17 @@
 - Deployments and HPAs are *indexed* in memory (kopf indexes), so a tick reads a pool's target and any
   competing autoscaler without an API request; only real scale changes write.
 - A timer per WorkerPool fires every ``--tick`` seconds; a pool's ``pollingInterval`` is honoured on top.
-- Status is written through kopf's ``patch`` object, and only when something material changed (or every
+- Status is written by :mod:`chanscale.reconcile` itself (merge patch of ``/status``), never through kopf's
+  ``patch`` object: kopf retries a timer's failed patch for ~55 s and then the error ends that pool's timer for
+  good (kopf ``_timer``/``_runner``). The timer handler never raises and leaves kopf nothing to patch, so no API
+  outage, however long, can stop a pool's evaluation. Writes happen only on material change (or every
   ``status_refresh`` seconds for the observations), so 1 000 quiet pools do not flood the API server.
+- Liveness and readiness are served by :mod:`chanscale.health` (``/healthz``, ``/readyz``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +21,8 @@ from typing import Any
 import kopf
 
 from . import GROUP, PLURAL, VERSION, kube, telemetry, tenancy
-from .reconcile import Config, Runtime, Target, status_patch, tick
+from .health import Health, api_server_answers
+from .reconcile import Config, Runtime, Target, tick
 from .signals import PrometheusReader
 from .spec import PoolSpec, SpecError
 
@@ -66,7 +72,15 @@ def target_from_indexes(
     if not entries:
         return Target(name=name, exists=False, conflict=conflict, peers=peers)
     d = entries[0]
-    return Target(name=name, exists=True, replicas=d["replicas"], ready=d["ready"], conflict=conflict, peers=peers)
+    return Target(
+        name=name,
+        exists=True,
+        replicas=d["replicas"],
+        ready=d["ready"],
+        conflict=conflict,
+        peers=peers,
+        manager=d.get("manager"),
+    )
 
 
 def build_registry(config: Config) -> kopf.OperatorRegistry:
@@ -97,7 +111,18 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             ),
             gate=make_gate(config.opa),
             scaler=kube.KubeScaler(),
+            writer=kube.KubeStatusWriter(),
         )
+        health = memo.health = Health(
+            tick=config.tick,
+            stale_intervals=config.stale_intervals,
+            api_check=api_server_answers,
+            gate=memo.runtime.gate,
+            evaluated=memo.runtime.evaluated,
+        )
+        if config.health_url:
+            memo.health_runner = await health.serve(config.health_url)
+        memo.watchdog = asyncio.create_task(health.watchdog(), name="chanscale-health-watchdog")
         logger.info(
             "chanscale configured: tick=%ss prometheus=%s opa=%s",
             config.tick,
@@ -112,6 +137,7 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
                 await start()
             except PolicyUnavailable as e:
                 logger.warning("policy gate not available yet: %s", e)
+        health.started = True
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -121,24 +147,39 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(id="shutdown", registry=registry)
     async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+        watchdog = getattr(memo, "watchdog", None)
+        if watchdog is not None:
+            watchdog.cancel()
+        runner = getattr(memo, "health_runner", None)
+        if runner is not None:
+            await runner.cleanup()
         rt = getattr(memo, "runtime", None)
         if rt is not None:
             await rt.gate.close()
 
-    @kopf.on.probe(id="pools", registry=registry)
-    def probe_pools(memo: kopf.Memo, **_: Any) -> int:
-        rt = getattr(memo, "runtime", None)
-        return len(rt.last_eval) if rt is not None else 0
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="known", registry=registry)
+    def known(event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+        """Every pool kopf sees must keep being evaluated: liveness checks each against its last tick."""
+        health: Health | None = getattr(memo, "health", None)
+        if health is not None:
+            key = (namespace or "", name)
+            health.gone(key) if event.get("type") == "DELETED" else health.seen(key)
 
     @kopf.index("apps", "v1", "deployments", id="deployments", registry=registry)
     def deployments(
-        namespace: str | None, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
+        namespace: str | None,
+        name: str,
+        meta: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        status: Mapping[str, Any],
+        **_: Any,
     ) -> Any:
         replicas = spec.get("replicas")
         return {
             _deployment_key(namespace or "", name): {
                 "replicas": 1 if replicas is None else int(replicas),
                 "ready": int(status.get("readyReplicas") or 0),
+                "manager": kube.replicas_manager(meta.get("managedFields")),
             }
         }
 
@@ -200,10 +241,11 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         spec: kopf.Spec,
         namespace: str | None,
         name: str,
-        patch: kopf.Patch,
         memo: kopf.Memo,
         **kwargs: Any,
     ) -> None:
+        """Never raises and leaves kopf's patch empty (see the module docstring): status, labels and the scale
+        are written by :func:`chanscale.reconcile.tick`, which turns every fault into a condition."""
         rt: Runtime = memo.runtime
         deployments: kopf.Index[Any, Any] = kwargs["deployments"]
         hpas: kopf.Index[Any, Any] = kwargs["hpas"]
@@ -214,11 +256,6 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         result = await tick(rt, body, target)
         for etype, reason, message in result.events:
             kopf.event(body, type=etype, reason=reason, message=message[:1024])
-        if result.status is not None:
-            for k, v in status_patch(body.get("status") or {}, result.status).items():
-                patch.status[k] = v
-        for k, v in result.labels.items():
-            patch.metadata.labels[k] = v
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True, registry=registry)
     def forget(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import FIELD_MANAGER, GROUP, VERSION
+from . import FIELD_MANAGER, GROUP, PLURAL, VERSION
 from .telemetry import KUBE_REQUESTS
 
 POOL_LABEL = "chanscale.dev/pool"
@@ -65,7 +65,11 @@ class KubeScaler:
             try:
                 KUBE_REQUESTS.labels("patch", "deployments/scale").inc()
                 api.patch_namespaced_deployment_scale(
-                    name, namespace, {"spec": {"replicas": replicas}}, field_manager=FIELD_MANAGER
+                    name,
+                    namespace,
+                    {"spec": {"replicas": replicas}},
+                    field_manager=FIELD_MANAGER,
+                    _request_timeout=10,
                 )
                 return
             except ApiException as e:
@@ -179,3 +183,96 @@ def _api_message(e: Any) -> str:
 async def ensure_template_deployment(pool: Mapping[str, Any], template: Mapping[str, Any], replicas: int) -> str:
     """Create or update the Deployment a template pool owns. Returns "created" or "updated"."""
     return await asyncio.to_thread(_ensure_deployment_sync, deployment_for_template(pool, template, replicas))
+
+
+class StatusWriteError(Exception):
+    """A WorkerPool status or label write did not reach the API server (the caller retries on its next tick)."""
+
+
+class StatusWriter(Protocol):
+    async def write_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> str | None: ...
+
+    async def write_labels(self, namespace: str, name: str, labels: Mapping[str, str | None]) -> None: ...
+
+
+@dataclass
+class KubeStatusWriter:
+    """Merge-patches ``/status`` (and labels) of a WorkerPool itself, not through kopf's patch object.
+
+    kopf retries a failed patch of a timer for ~55 s and then lets the error end the timer for good (kopf
+    ``_timer`` → ``patch_and_check`` raises out of the loop; ``_runner`` marks it ``forever_stopped``). Writing
+    here, once per attempt with a short timeout, turns an API outage into "retry on the next tick" instead.
+    """
+
+    timeout: float = 10.0
+
+    def _write_status_sync(self, namespace: str, name: str, patch: Mapping[str, Any]) -> str | None:
+        from kubernetes import client
+
+        KUBE_REQUESTS.labels("patch", "workerpools/status").inc()
+        try:
+            res = client.CustomObjectsApi().patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": dict(patch)},
+                field_manager=FIELD_MANAGER,
+                _request_timeout=self.timeout,
+                _content_type="application/merge-patch+json",
+            )
+        except Exception as e:  # connection errors, 5xx, 404 of a just-deleted pool: all mean "not written"
+            raise StatusWriteError(_short_error(e)) from e
+        rv = ((res or {}).get("metadata") or {}).get("resourceVersion") if isinstance(res, Mapping) else None
+        return str(rv) if rv is not None else None
+
+    def _write_labels_sync(self, namespace: str, name: str, labels: Mapping[str, str | None]) -> None:
+        from kubernetes import client
+
+        KUBE_REQUESTS.labels("patch", "workerpools").inc()
+        try:
+            client.CustomObjectsApi().patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"metadata": {"labels": dict(labels)}},
+                field_manager=FIELD_MANAGER,
+                _request_timeout=self.timeout,
+                _content_type="application/merge-patch+json",
+            )
+        except Exception as e:
+            raise StatusWriteError(_short_error(e)) from e
+
+    async def write_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> str | None:
+        return await asyncio.to_thread(self._write_status_sync, namespace, name, patch)
+
+    async def write_labels(self, namespace: str, name: str, labels: Mapping[str, str | None]) -> None:
+        await asyncio.to_thread(self._write_labels_sync, namespace, name, labels)
+
+
+def _short_error(e: Exception) -> str:
+    status = getattr(e, "status", None)
+    if status:
+        return f"HTTP {status} {getattr(e, 'reason', '')}".strip()
+    return f"{type(e).__name__}: {str(e)[:200]}"
+
+
+def replicas_manager(managed_fields: Any) -> str | None:
+    """The field manager that last set ``spec.replicas`` of a Deployment (from ``metadata.managedFields``).
+
+    An Update moves a field's ownership to the writer that changed it, so the owner of ``f:spec.f:replicas`` is
+    the last writer of the count: ``chanscale`` for our scale writes, ``kubectl`` for ``kubectl scale``, the Argo CD
+    or CI tool's manager name otherwise. The newest entry wins when several own it (server-side apply).
+    """
+    best: tuple[str, str] | None = None
+    for entry in managed_fields or ():
+        fields = (entry.get("fieldsV1") or {}).get("f:spec") or {}
+        if "f:replicas" not in fields:
+            continue
+        when = str(entry.get("time") or "")
+        if best is None or when >= best[0]:
+            best = (when, str(entry.get("manager") or "unknown"))
+    return best[1] if best else None

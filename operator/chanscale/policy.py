@@ -297,6 +297,7 @@ class LocalOpaGate:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._last_error = ""
+        self._started = False
 
     @property
     def url(self) -> str | None:
@@ -324,6 +325,7 @@ class LocalOpaGate:
                 log.error("cannot start local OPA: %s", exc)
                 raise PolicyUnavailable(f"local OPA could not start: {exc}") from exc
             self._backoff = 0.0
+            self._started = True
             self._gate = OpaGate(url, retries=self.retries)
             log.info("local OPA serving %s on %s", ", ".join(map(str, self.paths)), url)
             return self._gate
@@ -332,6 +334,20 @@ class LocalOpaGate:
         """Start the child now (optional: evaluate starts it too); returns its URL."""
         gate = await self._ensure_running()
         return gate.url
+
+    @property
+    def alive(self) -> bool:
+        """False once the child has run and is now dead (liveness reports it until :meth:`supervise` restarts it)."""
+        return not self._started or (self._gate is not None and self.server.running)
+
+    async def supervise(self) -> None:
+        """Restart a dead child now, not when a decision next needs it (the health watchdog calls this)."""
+        if self.alive:
+            return
+        try:
+            await self._ensure_running()
+        except PolicyUnavailable as e:
+            log.warning("local OPA still down: %s", e)
 
     async def evaluate(self, path: str, input: dict[str, Any], *, timeout: float = 2.0) -> Verdict:
         gate = await self._ensure_running()

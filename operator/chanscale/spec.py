@@ -89,6 +89,14 @@ class Fallback:
 
 
 @dataclass(frozen=True)
+class ExternalScale:
+    """What to do when another writer (kubectl scale, a CI job, Argo CD) changes the target's replicas."""
+
+    action: str = "HoldOff"  # HoldOff: leave their count alone for cooldownSeconds | Reassert: scale back at once
+    cooldown_seconds: int = 300
+
+
+@dataclass(frozen=True)
 class MetricsSpec:
     prometheus_address: str | None = None
     rate_window: str = "1m"
@@ -122,6 +130,7 @@ class PoolSpec:
     scale_down: ScalingRules = DEFAULT_SCALE_DOWN
     fallback: Fallback = field(default_factory=Fallback)
     policy: PolicySpec = field(default_factory=PolicySpec)
+    external_scale: ExternalScale = field(default_factory=ExternalScale)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> PoolSpec:
@@ -307,6 +316,11 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
     profile = pol.get("profile", "default")
     if not isinstance(profile, str) or not PROFILE_RE.match(profile):
         raise SpecError("spec.policy.profile", f"must be a profile name like default, got {profile!r}")
+    ext = _obj(spec.get("externalScale"), "spec.externalScale")
+    external_scale = ExternalScale(
+        action=_enum(ext, "action", "spec.externalScale", "HoldOff", ("HoldOff", "Reassert")),
+        cooldown_seconds=int(_int(ext, "cooldownSeconds", "spec.externalScale", 300, 0, 86400) or 0),
+    )
     paused = spec.get("paused", False)
     if not isinstance(paused, bool):
         raise SpecError("spec.paused", f"must be true or false, got {paused!r}")
@@ -344,4 +358,5 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
             profile=profile,
             parameters=dict(_obj(pol.get("parameters"), "spec.policy.parameters")),
         ),
+        external_scale=external_scale,
     )

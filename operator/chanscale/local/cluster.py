@@ -200,8 +200,19 @@ class LocalControlPlane:
         return wait_until(lambda: _http_ok(f"{client}/health"), self.ready_timeout, "etcd /health", [proc])
 
     # ----------------------------------------------------------------------------------------- apiserver
-    def _start_apiserver(self) -> float:
-        self.apiserver_port = free_port()
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver only (etcd and the controller-manager keep running), as in a control-plane
+        upgrade; :meth:`start_apiserver` brings it back on the same port."""
+        proc = next(p for p in self._procs if p.name == "kube-apiserver")
+        proc.stop()
+        self._procs.remove(proc)
+
+    def start_apiserver(self) -> float:
+        """Start kube-apiserver again on its port; returns the seconds until /readyz answered."""
+        return self._start_apiserver(self.apiserver_port)
+
+    def _start_apiserver(self, port: int = 0) -> float:
+        self.apiserver_port = port or free_port()
         self._write_kubeconfigs()  # now that the port is known
         pki = self.pki
         argv: list[str | Path] = [

@@ -234,6 +234,81 @@ class SimProcess:
             self.proc.stop()
 
 
+class ObjectWatch:
+    """Records every version of one object a watch delivers, in a background thread, so a test can count the
+    writes the API server actually took (status writes, replica changes) rather than what a client claims.
+
+    ``kind`` is "deployment" or "workerpool". Survives an API-server restart (re-lists and re-watches).
+    """
+
+    def __init__(self, api_client: Any, kind: str, namespace: str, name: str) -> None:
+        import threading
+
+        self.api_client, self.kind, self.namespace, self.name = api_client, kind, namespace, name
+        self.versions: list[tuple[float, dict[str, Any]]] = []  # (monotonic receive time, object)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"watch-{kind}-{name}", daemon=True)
+
+    def _list_fn(self) -> Any:
+        from kubernetes import client
+
+        if self.kind == "deployment":
+            api = client.AppsV1Api(self.api_client)
+            return lambda **kw: api.list_namespaced_deployment(self.namespace, **kw)
+        custom = client.CustomObjectsApi(self.api_client)
+        return lambda **kw: custom.list_namespaced_custom_object(
+            "chanscale.dev", "v1alpha1", self.namespace, "workerpools", **kw
+        )
+
+    def _run(self) -> None:
+        import time
+
+        from kubernetes import watch
+
+        fn = self._list_fn()
+        seen: set[str] = set()
+        while not self._stop.is_set():
+            try:
+                for ev in watch.Watch().stream(fn, field_selector=f"metadata.name={self.name}", timeout_seconds=5):
+                    obj = ev["object"]
+                    obj = obj if isinstance(obj, dict) else self.api_client.sanitize_for_serialization(obj)
+                    rv = str((obj.get("metadata") or {}).get("resourceVersion"))
+                    if rv not in seen:  # a re-list repeats the current version
+                        seen.add(rv)
+                        self.versions.append((time.monotonic(), obj))
+                    if self._stop.is_set():
+                        return
+            except Exception:
+                time.sleep(0.5)
+
+    def start(self) -> ObjectWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def status_writes(self, since: float = 0.0) -> int:
+        """Versions whose ``status`` differs from the version before (received at or after ``since``)."""
+        count, prev = 0, None
+        for when, obj in self.versions:
+            st = obj.get("status")
+            if prev is not None and st != prev and when >= since:
+                count += 1
+            prev = st
+        return count
+
+    def replicas(self) -> list[tuple[float, int]]:
+        """(receive time, spec.replicas) for every version where the count changed."""
+        out: list[tuple[float, int]] = []
+        for when, obj in self.versions:
+            r = int((obj.get("spec") or {}).get("replicas") or 0)
+            if not out or out[-1][1] != r:
+                out.append((when, r))
+        return out
+
+
 #: What the ``operator_process`` fixture returns: call it to start an operator.
 OperatorFactory = Callable[..., OperatorProcess]
 #: What the ``channel_sim`` fixture returns: call it with channel configs to start a simulator.
