@@ -158,12 +158,18 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             await rt.gate.close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="known", registry=registry)
-    def known(event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-        """Every pool kopf sees must keep being evaluated: liveness checks each against its last tick."""
+    def known(
+        event: Mapping[str, Any], meta: kopf.Meta, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+    ) -> None:
+        """Every pool kopf sees must keep being evaluated: liveness checks each against its last tick (a pool being
+        deleted no longer is: kopf stops its timer)."""
         health: Health | None = getattr(memo, "health", None)
         if health is not None:
             key = (namespace or "", name)
-            health.gone(key) if event.get("type") == "DELETED" else health.seen(key)
+            if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+                health.gone(key)
+            else:
+                health.seen(key)
 
     @kopf.index("apps", "v1", "deployments", id="deployments", registry=registry)
     def deployments(
@@ -201,7 +207,7 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
     ) -> Any:
         """Every WorkerPool by namespace, from the first tick on: for budgets and for one pool per Deployment."""
         created = str(meta.get("creationTimestamp") or "")
-        return {namespace or "": tenancy.pool_index_entry(namespace or "", name, spec, status, created)}
+        return {namespace or "": tenancy.pool_index_entry(name, spec, status, created)}
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
