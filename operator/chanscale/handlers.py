@@ -158,12 +158,18 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             await rt.gate.close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="known", registry=registry)
-    def known(event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-        """Every pool kopf sees must keep being evaluated: liveness checks each against its last tick."""
+    def known(
+        event: Mapping[str, Any], meta: kopf.Meta, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+    ) -> None:
+        """Every pool kopf sees must keep being evaluated: liveness checks each against its last tick (a pool being
+        deleted no longer is: kopf stops its timer)."""
         health: Health | None = getattr(memo, "health", None)
         if health is not None:
             key = (namespace or "", name)
-            health.gone(key) if event.get("type") == "DELETED" else health.seen(key)
+            if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+                health.gone(key)
+            else:
+                health.seen(key)
 
     @kopf.index("apps", "v1", "deployments", id="deployments", registry=registry)
     def deployments(

@@ -341,8 +341,9 @@ class LocalOpaGate:
         return not self._started or (self._gate is not None and self.server.running)
 
     async def supervise(self) -> None:
-        """Restart a dead child now, not when a decision next needs it (the health watchdog calls this)."""
-        if self.alive:
+        """Start a dead (or never started) child now, not when a decision next needs it (the health watchdog calls
+        this every few seconds; a child that cannot start is retried with the gate's back-off)."""
+        if self._gate is not None and self.server.running:
             return
         try:
             await self._ensure_running()

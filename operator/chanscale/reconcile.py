@@ -336,19 +336,40 @@ async def _write_labels(rt: Runtime, key: tuple[str, str], labels: Mapping[str, 
 
 
 # ------------------------------------------------------------------------------------------------ verdicts and Events
-def brief(ns: str, name: str, text: str, limit: int = 120) -> str:
-    """A short human message; a longer error goes to the log once, referenced by a short id."""
+def brief(ns: str, name: str, text: str, limit: int = 200) -> str:
+    """A short human message from an error (a ConnectionError with a URL-encoded query, an API server's
+    validation text): a longer one goes to the log once, referenced by a short id. Policy reasons and limits are
+    human already and are not shortened."""
     first = text.splitlines()[0] if text else ""
     if len(first) <= limit and first == text:
         return text
-    # Keyed without digits: a counter or a latency inside the text must not log (and re-reference) it every tick.
+    return f"{first[: limit - 20].rstrip()}… (log ref {_log_ref(ns, name, text)})"
+
+
+def _log_ref(ns: str, name: str, text: str) -> str:
+    """Log ``text`` once under a short id and return the id. Keyed without digits: a counter, a port or a latency
+    inside the text must not log (and re-reference) it every tick."""
     ref = hashlib.sha1(f"{ns}/{name}:{re.sub(r'[0-9.]+', '#', text)}".encode()).hexdigest()[:8]
     if ref not in _LOGGED_REFS:
         _LOGGED_REFS[ref] = None
         if len(_LOGGED_REFS) > 4096:
             _LOGGED_REFS.pop(next(iter(_LOGGED_REFS)))
         log.warning("pool %s/%s [ref %s]: %s", ns, name, ref, text)
-    return f"{first[: limit - 20].rstrip()}… (log ref {ref})"
+    return ref
+
+
+_ERROR_KIND = re.compile(r"\b([A-Z][A-Za-z]*(?:Error|Exception|Timeout))\b|\b(HTTP [0-9]{3})\b")
+
+
+def brief_query_error(ns: str, name: str, text: str) -> str:
+    """ "Prometheus query failed for backlog, arrivalRate: ConnectionError (log ref 1a2b3c4d)" from the reader's
+    "signal: error; signal: error" text (whose errors carry URLs with the URL-encoded query)."""
+    signals = [part.split(":", 1)[0].strip() for part in text.split("; ") if ":" in part]
+    found = _ERROR_KIND.search(text)
+    if found is None:
+        return brief(ns, name, text)
+    kind = found.group(1) or found.group(2)
+    return f"Prometheus query failed for {', '.join(signals) or 'signals'}: {kind} (log ref {_log_ref(ns, name, text)})"
 
 
 _LOGGED_REFS: dict[str, None] = {}
@@ -395,7 +416,6 @@ async def tick(rt: Runtime, body: Mapping[str, Any], target: Target | None, *, f
         return await _tick(rt, body, mem, spec, target, now)
     except Exception as e:  # never let one pool take the operator down
         log.exception("pool %s/%s: unexpected error", ns, name)
-        telemetry.DECISIONS.labels(ns, name, "Error").inc()
         msg = brief(ns, name, f"internal error: {type(e).__name__}: {e}")
         return await _fail(rt, key, mem, old, gen, now, None, "InternalError", msg)
     finally:
@@ -426,6 +446,7 @@ async def _fail(
     message: str,
 ) -> TickResult:
     """Ready=False with ``reason``; one Warning Event per change of reason."""
+    telemetry.DECISIONS.labels(key[0], key[1], "Error").inc()
     status = _error_status(old, gen, now, reason, message, target_name)
     events: list[tuple[str, str, str]] = []
     verdicts = dict(old.get("verdicts") or {})
@@ -565,15 +586,15 @@ async def _tick(
     )
     decision = decide(spec, PoolState.from_status(old.get("history")), obs)
 
+    conditions = [dict(c) for c in old.get("conditions") or []]
+    hold, ext_key, ext_msg = _external_conditions(spec, ext, target_name, now, conditions, gen)
+    mode = "Paused" if paused else "HoldOff" if hold else spec.mode
+
     # Check and scale under the namespace's lock, so two pools cannot spend the same budget headroom.
     async with rt.tenancy.locks(ns):
         verdict_info: dict[str, Any] | None = None
-        if decision.desired != current:
+        if decision.desired != current and mode != "HoldOff":  # holding off proposes nothing to the gate
             decision, verdict_info = await _gate(rt, body, spec, decision, current, now, target)
-
-        conditions = [dict(c) for c in old.get("conditions") or []]
-        hold, ext_key, ext_msg = _external_conditions(spec, ext, target_name, now, conditions, gen)
-        mode = "Paused" if paused else "HoldOff" if hold else spec.mode
         ctx = _Ctx(rt, body, spec, decision, verdict_info, obs, old, conditions, ns, name, target_name, gen, now, mode)
         ctx.paused, ctx.ext = paused, ext
         verdicts = ctx.verdicts
@@ -708,9 +729,7 @@ class _Ctx:
         set_condition(c, "SLOMet", slo, why, d.slo_message, now, gen)
         if d.limited_by:
             limit = _limit_reason(d.limited_by[0])
-            set_condition(
-                c, "ScalingLimited", "True", limit, brief(self.ns, self.name, "; ".join(d.limited_by)), now, gen
-            )
+            set_condition(c, "ScalingLimited", "True", limit, "; ".join(d.limited_by), now, gen)
         else:
             set_condition(c, "ScalingLimited", "False", "NotLimited", "the recommendation was applied as is", now, gen)
         if self.paused:
@@ -734,7 +753,11 @@ class _Ctx:
                 self.verdicts.pop(slot, None)
         else:
             reason = "QueryFailed" if self.obs.error else "MetricsMissing"
-            why = brief(self.ns, self.name, self.obs.error or f"missing or stale: {', '.join(d.missing)}")
+            why = (
+                brief_query_error(self.ns, self.name, self.obs.error)
+                if self.obs.error
+                else f"missing or stale: {', '.join(d.missing)}"
+            )
             msg = (
                 f"{why}; {d.state.consecutive_failures} consecutive failures "
                 f"(fallback at {self.spec.fallback.failure_threshold})"
@@ -780,7 +803,7 @@ class _Ctx:
                 set_condition(c, "PolicyAllowed", "True", "NotEvaluated", "no change proposed yet", now, gen)
             return  # no change proposed: the last verdict stands (a guard that holds does not re-post)
         guards = ",".join(sorted(str(g) for g in info.get("limitedBy") or ())) or "-"
-        reasons = brief(self.ns, self.name, "; ".join(info["reasons"]) or "allowed")
+        reasons = "; ".join(info["reasons"]) or "allowed"
         if info.get("error") and info.get("source") == "failure-policy":
             err = brief(self.ns, self.name, str(info["error"]))
             set_condition(

@@ -178,6 +178,7 @@ def test_sigkill_at_each_tick_step_and_at_random_keeps_the_rate_limit(
         op.stop()
     op = operator_process(namespaces=[namespace])
     wait_until(lambda: replicas(kubectl, namespace) >= 9, 180, "the burst to reach >= 9 replicas", procs(op))
+    print(f"\nMEASURED crash loop: replica changes the API server took {watch_worker.replicas()}")
 
     changes = watch_worker.replicas()
     assert worst_increase(changes, SCALE_UP_PERIOD - 1) <= SCALE_UP_PODS, changes
@@ -202,10 +203,12 @@ def test_external_kubectl_scale_holds_off_names_the_writer_then_resumes(
     wait_until(lambda: pool_status(kubectl, namespace).get("replicas") == 1, 60, "a settled pool", procs(op))
 
     kubectl("scale", "deployment", "worker", "-n", namespace, "--replicas=6", check=True)
+    scaled_at = time.monotonic()
 
     wait_until(
         has_condition(kubectl, namespace, "ExternalWriter", "True", "HoldingOff"), 30, "ExternalWriter", procs(op)
     )
+    print(f"\nMEASURED external writer: ExternalWriter=True {time.monotonic() - scaled_at:.1f}s after kubectl scale")
     message = condition(pool_status(kubectl, namespace), "ExternalWriter")["message"]
     assert "kubectl" in message and "1 -> 6" in message, message
     kubectl("scale", "deployment", "worker", "-n", namespace, "--replicas=7", check=True)
@@ -271,10 +274,12 @@ def test_opa_outage_posts_one_event_and_bounded_status_writes(
             procs(op),
         )
         held = replicas(kubectl, namespace)  # from here on failurePolicy Hold applies
+        print(f"\nMEASURED OPA outage: PolicyUnavailable {time.monotonic() - down_at:.1f}s after OPA stopped")
         wait_until(lambda: decisions_total(op, namespace) >= ticks + 25, 90, "25 ticks during the outage", procs(op))
         outage = time.monotonic() - down_at
         writes = watch_pool.status_writes(since=down_at)
         assert writes <= 2 + outage / 10 + 1, f"{writes} status writes in {outage:.0f}s"
+        print(f"MEASURED OPA outage: {writes} status writes in {outage:.0f}s")
         assert event_count(kubectl, namespace, "PolicyUnavailable") == before["PolicyUnavailable"] + 1, event_log(
             kubectl, namespace
         )
@@ -283,7 +288,7 @@ def test_opa_outage_posts_one_event_and_bounded_status_writes(
         )
         assert replicas(kubectl, namespace) == held  # failurePolicy Hold
         msg = condition(pool_status(kubectl, namespace), "PolicyAllowed")["message"]
-        assert len(msg) <= 140, msg
+        assert len(msg) <= 220, msg
     finally:
         opa.stop()
 
@@ -316,19 +321,23 @@ def test_prometheus_outage_status_writes_bounded_fallback_condition_and_events(
         ticks = decisions_total(op, namespace)
 
         wait_until(has_condition(kubectl, namespace, "Fallback", "True"), 60, "Fallback=True", procs(op))
+        print(f"\nMEASURED prometheus outage: Fallback=True {time.monotonic() - down_at:.1f}s after it stopped")
         wait_until(lambda: decisions_total(op, namespace) >= ticks + 25, 90, "25 ticks during the outage", procs(op))
         outage = time.monotonic() - down_at
         writes = watch_pool.status_writes(since=down_at)
         assert writes <= 3 + outage / 10 + 1, f"{writes} status writes in {outage:.0f}s"
+        print(f"MEASURED prometheus outage: {writes} status writes in {outage:.0f}s")
         for reason in ("MetricsUnavailable", "FallbackActive"):  # one each for the whole outage
             assert event_count(kubectl, namespace, reason) == before[reason] + 1, event_log(kubectl, namespace)
         st = pool_status(kubectl, namespace)
         msg = condition(st, "MetricsAvailable")["message"]
-        assert len(msg) <= 200 and "log ref" in msg, msg
+        assert len(msg) <= 220 and "log ref" in msg, msg
         assert msg.split("log ref ")[1][:8] in op.log_text()
 
         prom.start()
+        up_at = time.monotonic()
         wait_until(has_condition(kubectl, namespace, "Fallback", "False"), 90, "Fallback=False on recovery", procs(op))
+        print(f"MEASURED prometheus outage: Fallback=False {time.monotonic() - up_at:.1f}s after it was back")
     finally:
         prom.stop()
 
@@ -378,11 +387,14 @@ def test_dead_local_opa_is_restarted_by_its_supervisor(
                 out.append(int(p.name))
         return out
 
+    wait_until(lambda: "local OPA serving" in op.log_text(), 60, "the local OPA child to serve", procs(op))
     wait_until(lambda: len(opa_children()) == 1, 60, "the local OPA child", procs(op))
     first = opa_children()[0]
     import os
     import signal
 
     os.kill(first, signal.SIGKILL)
+    killed_at = time.monotonic()
     wait_until(lambda: opa_children() not in ([], [first]), 60, "a new local OPA child", procs(op))
+    print(f"\nMEASURED local OPA: a new child {time.monotonic() - killed_at:.1f}s after SIGKILL")
     wait_until(lambda: http_status(op.liveness_url) == 200, 30, "liveness 200 with OPA back", procs(op))

@@ -196,3 +196,16 @@ def test_readiness_follows_the_api_server() -> None:
     assert h.readiness()[0]
     now[0] += 31
     assert not h.readiness()[0]
+
+
+def test_a_query_error_becomes_a_short_message_with_a_log_ref(caplog: pytest.LogCaptureFixture) -> None:
+    from chanscale.reconcile import brief_query_error
+
+    text = (
+        "backlog: ConnectionError: HTTPConnectionPool(host='127.0.0.1', port=9090): Max retries exceeded with url: "
+        "/api/v1/query?query=sum+by+%28namespace%2C+channel%29" + "x" * 500
+    )
+    msg = brief_query_error("ns", "orders", text)
+    assert msg.startswith("Prometheus query failed for backlog: ConnectionError (log ref ") and len(msg) < 100
+    ref = msg.rsplit("log ref ", 1)[1][:8]
+    assert any(ref in r.getMessage() and "%28namespace" in r.getMessage() for r in caplog.records)
