@@ -303,7 +303,8 @@ def test_locked_guard_cannot_be_overridden(
     wait_until(
         lambda: pool_status(kubectl, ns).get("recommendedReplicas", 0) > 3, 60, "a recommendation above 3", procs(op)
     )
-    assert replicas(kubectl, ns) == 3
+    # The verdict is in status before the scale (write-ahead intent): wait for the scale itself.
+    wait_until(lambda: replicas(kubectl, ns) == 3, 60, "the clamped scale to 3 replicas", procs(op))
     assert "PolicyClamped" in reasons_of(kubectl, ns, "orders")
     for e in events(kubectl, ns, "orders"):
         m = re.search(r"-> (\d+)", e.get("message", "")) if e.get("reason") == "Scaled" else None
