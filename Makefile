@@ -55,7 +55,7 @@ bench-quick:  ## a quick run of every benchmark, so none of them rots
 
 e2e: install tools  ## kind end-to-end: Docker, offline images, cluster, chart + helm test, tests/e2e (docs/e2e.md)
 	hack/stage.sh "e2e: cluster up" hack/e2e-cluster.sh up
-	hack/stage.sh "e2e: tests" $(PYTEST) -m e2e tests/e2e -v --durations=0 $(PYTEST_ARGS)
+	CHANSCALE_E2E_REUSE=1 hack/stage.sh "e2e: tests" $(PYTEST) -m e2e tests/e2e -v --durations=0 $(PYTEST_ARGS)
 
 clean:
 	rm -rf .cache/tools out .pytest_cache .mypy_cache .ruff_cache

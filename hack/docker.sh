@@ -89,4 +89,5 @@ start=$(date +%s)
 install_engine
 changed=$(install_wrapper)
 start_daemon "$changed"
-log "docker ready in $(( $(date +%s) - start ))s ($(docker version --format '{{.Server.Version}}'), default runtime $(docker info --format '{{.DefaultRuntime}}'))"
+log "docker ready in $(( $(date +%s) - start ))s ($(docker version --format '{{.Server.Version}}')," \
+  "default runtime $(docker info --format '{{.DefaultRuntime}}'))"

@@ -41,10 +41,20 @@ k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_OUT" "$@"; }
 
 cluster_exists() { "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; }
 
+# started_once: the node container has run since its creation, without a restart (a kind node restarted with
+# dockerd, e.g. on a machine handed back, may come up with another address; recreate it instead of trusting it).
+started_once() {
+  local created started running
+  read -r created started running < <(docker inspect -f '{{.Created}} {{.State.StartedAt}} {{.State.Running}}' \
+    "$CLUSTER-control-plane" 2>/dev/null) || return 1
+  [ "$running" = true ] && [ $(( $(date -d "$started" +%s) - $(date -d "$created" +%s) )) -lt 120 ]
+}
+
 # healthy: the cluster answers, runs the wanted node image, and its node is Ready.
 healthy() {
   local want have
   cluster_exists || return 1
+  if ! started_once; then log "cluster $CLUSTER's node is stopped or was restarted"; return 1; fi
   if [ -n "$CHANSCALE_KIND_NODE_IMAGE" ]; then
     want=$(docker image inspect -f '{{.Id}}' "$CHANSCALE_KIND_NODE_IMAGE" 2>/dev/null || true)
     have=$(docker inspect -f '{{.Image}}' "$CLUSTER-control-plane" 2>/dev/null || true)
@@ -90,7 +100,9 @@ ready() {
   k -n kube-system wait pod -l k8s-app=kube-dns --for=condition=Ready --timeout=300s
 }
 
-write_env() { "$ROOT/hack/images.sh" env >"$OUT/images.env"; echo "CHANSCALE_E2E_CLUSTER=$CLUSTER" >>"$OUT/images.env"; }
+write_env() {
+  { "$ROOT/hack/images.sh" env; echo "CHANSCALE_E2E_CLUSTER=$CLUSTER"; } >"$OUT/images.env"
+}
 
 up() {
   local t0=$SECONDS

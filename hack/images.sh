@@ -8,8 +8,8 @@
 # and an image whose label matches its inputs is reused, not rebuilt. The debootstrapped rootfs tarball is
 # cached under .../rootfs/. Binaries come from hack/tools.sh (built into $CHANSCALE_BIN or ./bin).
 #
-#   hack/images.sh [build]       # build what changed (cold: ~N min; warm: seconds; see docs/testing.md)
-#   hack/images.sh build --cold  # ignore stamps and docker's layer cache (for measuring a cold build)
+#   hack/images.sh [build]       # build what changed (cold: about 3 min once the binaries exist; warm: seconds)
+#   hack/images.sh build --cold  # ignore the labels and docker's layer cache (for measuring a cold build)
 #   hack/images.sh build apps    # only some stages: tools debian apps components kind-base kind-node
 #   hack/images.sh env           # print the resolved image names (KEY=VALUE)
 #   hack/images.sh apps          # print the application images e2e loads into the cluster
@@ -112,13 +112,23 @@ static_image() {
 
 tag() { docker tag "$1" "$2"; }
 
+# apt_install PACKAGE...: install what is missing (as root, with apt-get), or fail naming it.
+apt_install() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "missing packages: ${missing[*]} (apt-get install them)"
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || \
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+}
+
 # --- the Debian root filesystem ----------------------------------------------------------------------------------
 debian() {
   local tar=$CACHE/rootfs/debian-$DEBIAN_SUITE-minbase.tar tmp t hash
   if [ -n "$COLD" ] || [ ! -f "$tar" ]; then
-    command -v debootstrap >/dev/null || { [ "$(id -u)" = 0 ] || die "debootstrap is missing (apt-get install debootstrap)"
-      apt-get install -y -qq --no-install-recommends debootstrap >/dev/null 2>&1 || \
-        { apt-get update -qq && apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; }; }
+    apt_install debootstrap
     t=$(date +%s)
     mkdir -p "$CACHE/rootfs"
     tmp=$(mktemp -d "$CACHE/rootfs/debootstrap.XXXXXX")
@@ -145,7 +155,8 @@ debian_image() {
   d=$(ctx "$name")
   cp "$dockerfile" "$d/Dockerfile"
   for f in "$@"; do put "$f" "$d/$(basename "$f")"; done
-  build "$name" "$d" --build-arg "BASE_IMAGE=$CHANSCALE_DEBIAN_IMAGE" --build-arg "BASE_ID=$(image_id "$CHANSCALE_DEBIAN_IMAGE")"
+  build "$name" "$d" --build-arg "BASE_IMAGE=$CHANSCALE_DEBIAN_IMAGE" \
+    --build-arg "BASE_ID=$(image_id "$CHANSCALE_DEBIAN_IMAGE")"
 }
 
 # --- the application images --------------------------------------------------------------------------------------
@@ -167,7 +178,8 @@ pause_binary() {  # upstream's pause.c from the Kubernetes module, static
         python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')/build/pause/linux/pause.c
   if [ ! -x "$out" ] || [ "$src" -nt "$out" ]; then
     mkdir -p "$STATE/pause"
-    gcc -Os -Wall -Werror -static -DVERSION="$1" -o "$out" "$src" || die "building pause from $src failed (needs gcc and libc6-dev)"
+    apt_install gcc libc6-dev
+    gcc -Os -Wall -Werror -static -DVERSION="$1" -o "$out" "$src" || die "building pause from $src failed"
     strip "$out"
   fi
   echo "$out"
@@ -180,10 +192,12 @@ components() {  # builds and prints the image names kubeadm asks for, kind's sto
     case ${name##*/} in
       kube-apiserver|kube-controller-manager|kube-scheduler)
         static_image "$ref" "$BIN/${name##*/}" "/usr/local/bin/${name##*/}" ;;
-      kube-proxy) debian_image "$ref" "$IMAGES_DIR/kube-proxy.Dockerfile" "$BIN/kube-proxy" "$IMAGES_DIR/iptables-wrapper" ;;
+      kube-proxy)
+        debian_image "$ref" "$IMAGES_DIR/kube-proxy.Dockerfile" "$BIN/kube-proxy" "$IMAGES_DIR/iptables-wrapper" ;;
       # kubeadm's etcd tag (e.g. 3.6.5-0) names the pinned etcd build (hack/versions.env ETCD_VERSION).
       etcd) static_image "$ref" "$BIN/etcd" /usr/local/bin/etcd ;;
-      coredns) [ "$ver" = "$COREDNS_VERSION" ] || die "kubeadm wants coredns $ver; set COREDNS_VERSION=$ver in hack/versions.env"
+      coredns)
+        [ "$ver" = "$COREDNS_VERSION" ] || die "kubeadm wants coredns $ver: set COREDNS_VERSION=$ver (hack/versions.env)"
         # Root, not upstream's nonroot + file capability: the classic builder's layers do not keep the
         # security.capability xattr. kubeadm's Deployment still drops every capability but NET_BIND_SERVICE.
         static_image "$ref" "$BIN/coredns" /coredns ;;
@@ -220,7 +234,9 @@ kind_node() {  # kind_node IMAGE...: the node image with those images preloaded 
   d=$(ctx "$stage")
   cp "$IMAGES_DIR/kind-node.Dockerfile" "$d/Dockerfile"
   for f in kubeadm kubelet kubectl; do put "$BIN/$f" "$d/$f"; done
-  for f in default-cni.yaml 10-chanscale-ptp.conflist chanscale-service-guard.service; do cp "$IMAGES_DIR/$f" "$d/"; done
+  for f in default-cni.yaml 10-chanscale-ptp.conflist chanscale-service-guard.service; do
+    cp "$IMAGES_DIR/$f" "$d/"
+  done
   python3 "$IMAGES_DIR/kind_storage_manifest.py" "$(kind_dir)" manifest >"$d/default-storage.yaml"
   echo "$KUBERNETES_VERSION" >"$d/version"
   build "$stage" "$d" --build-arg "BASE_IMAGE=$CHANSCALE_KIND_BASE_IMAGE" \
@@ -283,6 +299,9 @@ main() {
   [ ${#stages[@]} -gt 0 ] || stages=(tools debian apps components kind-base kind-node)
   REFS=()
   for s in "${stages[@]}"; do stage "$s"; done
+  # Images this script built that lost their tag to a newer build; nothing else is touched.
+  docker image prune -f --filter "label=$LABEL" >/dev/null
+  rm -rf "$STATE/ctx"  # the build contexts (copies of the binaries) are made afresh on every run
   log "images ready in $(( $(date +%s) - t0 ))s (cache: $STATE)"
 }
 main "$@"

@@ -207,7 +207,7 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
     ) -> Any:
         """Every WorkerPool by namespace, from the first tick on: for budgets and for one pool per Deployment."""
         created = str(meta.get("creationTimestamp") or "")
-        return {namespace or "": tenancy.pool_index_entry(namespace or "", name, spec, status, created)}
+        return {namespace or "": tenancy.pool_index_entry(name, spec, status, created)}
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)

@@ -203,9 +203,7 @@ def _rate_window_refusal(g: Guardrails, spec: PoolSpec) -> Refusal | None:
 # ------------------------------------------------------------------------------------- cross-pool views
 
 
-def pool_index_entry(
-    namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], created: str
-) -> dict[str, Any]:
+def pool_index_entry(name: str, spec: Mapping[str, Any], status: Mapping[str, Any], created: str) -> dict[str, Any]:
     """What the WorkerPool index keeps per pool (keyed by namespace): its target and its last known claim."""
     target = name if spec.get("template") else (spec.get("scaleTargetRef") or {}).get("name") or name
     return {

@@ -11,6 +11,7 @@ Environment (all optional; defaults follow hack/e2e-cluster.sh):
     CHANSCALE_E2E_KUBECONFIG   kubeconfig of that cluster (.cache/e2e/kubeconfig)
     CHANSCALE_E2E_UP           the bring-up command (hack/e2e-cluster.sh up)
     CHANSCALE_E2E_KEEP=1       keep the cluster (and the release) after the run; the next run reuses them
+    CHANSCALE_E2E_REUSE=1      use a Ready cluster as it is, without running the bring-up (make e2e sets it)
     CHANSCALE_BIN              where kubectl, helm and kind are (./bin, then /work-tree-independent PATH)
 """
 
@@ -203,8 +204,10 @@ class KindStack:
         )
 
     def up(self) -> None:
-        """Bring the cluster up (images built or reused from the cache, loaded), unless it is already up."""
-        if self.cluster_ready():
+        """Bring the cluster up: hack/e2e-cluster.sh up is idempotent (a healthy cluster and unchanged images are
+        reused; images whose inputs changed, e.g. operator code, are rebuilt and loaded). With
+        CHANSCALE_E2E_REUSE=1 a Ready cluster is used as it is (`make e2e` ran the bring-up just before)."""
+        if os.environ.get("CHANSCALE_E2E_REUSE") == "1" and self.cluster_ready():
             self.log(f"[e2e] reusing the running cluster ({self.kubeconfig})")
             return
         up = self.up_command()
@@ -305,6 +308,8 @@ class KindStack:
         """``helm upgrade --install`` (install on a fresh cluster, reuse on a kept one) and wait for the pod."""
         self.namespaces([RELEASE_NS, *self.watched_namespaces(), UNWATCHED_NS])
         with self.stage(stage):
+            # Helm installs CRDs only on a first install, never on upgrade: apply them as docs/install.md says.
+            self.must("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "charts/chanscale/crds"))
             self.helm(
                 "upgrade",
                 "--install",

@@ -49,17 +49,12 @@ def pod_ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
 
 
-def events_for(stack: KindStack, namespace: str, name: str) -> list[dict[str, Any]]:
-    res = stack.kubectl(
-        "-n",
-        namespace,
-        "get",
-        "events",
-        "--field-selector",
-        f"involvedObject.kind=WorkerPool,involvedObject.name={name}",
-        "-o",
-        "json",
-    )
+def events_for(stack: KindStack, namespace: str, name: str, uid: str | None = None) -> list[dict[str, Any]]:
+    """The Events about a WorkerPool (only this incarnation of it when ``uid`` is given: Events outlive objects)."""
+    selector = f"involvedObject.kind=WorkerPool,involvedObject.name={name}"
+    if uid:
+        selector += f",involvedObject.uid={uid}"
+    res = stack.kubectl("-n", namespace, "get", "events", "--field-selector", selector, "-o", "json")
     assert res.returncode == 0, res.stderr
     return list(json.loads(res.stdout)["items"])
 

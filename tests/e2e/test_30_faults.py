@@ -21,6 +21,14 @@ def _start(stack: KindStack, cluster: KubectlCluster, ns: str, **overrides) -> t
     load = ProxyLoad(stack.kubectl)
     load.set_rate(ns, sc.channel, sc.low_rate)
     sc.wait_replicas(cluster, lambda n: n <= sc.scaled_down_at_most, "baseline at low load", sc.up_timeout)
+    # A healthy baseline before any fault: the pool reads its signals (so what follows is the fault's doing).
+    samples: list[Sample] = []
+
+    def reading() -> bool:
+        samples.append(observe(stack, ns, sc.pool, sc.worker))
+        return samples[-1].cond("MetricsAvailable")[0] == "True"
+
+    wait_for(f"{ns}/{sc.pool} to read its signals", reading, sc.up_timeout, poll=2, explain=lambda: describe(samples))
     return sc, load
 
 
@@ -75,6 +83,7 @@ def test_operator_pod_deleted_during_scale_up(stack: KindStack, cluster: Kubectl
         "the new pod to finish the scale-up", finished_by_the_new_pod, sc.up_timeout, explain=lambda: describe(samples)
     )
     during = [s.replicas or 0 for s in samples[after:]]
+    stack.log(f"[restart] deleted at {at_delete} replicas; after: {sorted(set(during))}")
     assert min(during) >= at_delete, f"scaled down below {at_delete} across the restart:\n{describe(samples)}"
 
 
@@ -91,15 +100,17 @@ def test_prometheus_pod_deleted(stack: KindStack, cluster: KubectlCluster, works
 
     base = sample().replicas
     assert base is not None and base < 3, describe(samples)
+    assert samples[-1].cond("MetricsAvailable")[0] == "True", describe(samples)
     # Scale the Deployment to zero, which deletes the pod and keeps it away until the fallback has been seen.
     stack.must("-n", PROMETHEUS_NS, "scale", "deployment/prometheus", "--replicas=0")
-    wait_for(
-        "the Prometheus pod to be gone",
-        lambda: (
-            not stack.must("-n", PROMETHEUS_NS, "get", "pods", "-l", "app.kubernetes.io/name=prometheus", "-o", "name")
-        ),
-        120,
-    )
+
+    def prometheus_gone() -> bool:
+        sample()  # the hold starts at once: keep recording while the pod terminates
+        return not stack.must(
+            "-n", PROMETHEUS_NS, "get", "pods", "-l", "app.kubernetes.io/name=prometheus", "-o", "name"
+        )
+
+    wait_for("the Prometheus pod to be gone", prometheus_gone, 120, explain=lambda: describe(samples))
 
     def fallback_applied() -> bool:
         s = sample()
@@ -110,10 +121,10 @@ def test_prometheus_pod_deleted(stack: KindStack, cluster: KubectlCluster, works
         wait_for("the static fallback (3 replicas)", fallback_applied, 180, explain=lambda: describe(samples))
     finally:
         stack.must("-n", PROMETHEUS_NS, "scale", "deployment/prometheus", "--replicas=1")
-    outage = samples[samples.index(next(s for s in samples if s.cond("MetricsAvailable")[0] == "False")) :]
-    held = [s for s in outage if s.replicas == base and s.cond("MetricsAvailable")[0] == "False"]
+    held = [s for s in samples if s.replicas == base and s.cond("MetricsAvailable")[0] == "False"]
     assert held, f"no hold observed before the fallback:\n{describe(samples)}"
     assert {s.replicas for s in samples} <= {base, 3}, describe(samples)
+    stack.log(f"[prometheus] held at {base} for {len(held)} samples, then the static fallback: 3 replicas")
 
     rollout(stack, PROMETHEUS_NS, "prometheus")
 
@@ -141,10 +152,10 @@ def _restarts(pod: dict, name: str) -> int:
 
 
 def test_opa_sidecar_killed(stack: KindStack, cluster: KubectlCluster, workspace) -> None:
-    """While OPA is down a wanted scale-up is held (failurePolicy Hold); the kubelet restarts the sidecar, the
-    operator container keeps running, and the pool scales once OPA answers again."""
+    """While OPA is down a wanted scale-up is held (the release's failure policy, Hold); the kubelet restarts the
+    sidecar, the operator container keeps running, and the pool scales once OPA answers again."""
     ns = workspace("e2e-opa")
-    sc, load = _start(stack, cluster, ns, pool_overrides={"policy": {"failurePolicy": "Hold"}})
+    sc, load = _start(stack, cluster, ns)  # the release's policy.failurePolicy: Hold (manifests/chart-values.yaml)
     pod = operator_pod(stack)
     uid = pod["metadata"]["uid"]
     opa_restarts, operator_restarts = _restarts(pod, "opa"), _restarts(pod, "operator")
@@ -171,8 +182,10 @@ def test_opa_sidecar_killed(stack: KindStack, cluster: KubectlCluster, workspace
         held = st.get("recommendedReplicas", 0) > (s.replicas or 0) and st.get("desiredReplicas") == s.replicas
         return s if s.cond("PolicyAllowed") == ("False", "PolicyUnavailable") and held else None
 
-    wait_for("failurePolicy Hold", held_by_failure_policy, 240, explain=lambda: describe(samples))
+    held = wait_for("failurePolicy Hold", held_by_failure_policy, 240, explain=lambda: describe(samples))
     assert kills >= 2
+    st = held.pool["status"]
+    stack.log(f"[opa] {kills} kills; held at {held.replicas} while the model recommended {st['recommendedReplicas']}")
 
     def recovered() -> bool:
         s = observe(stack, ns, sc.pool, sc.worker)

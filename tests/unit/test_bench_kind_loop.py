@@ -38,3 +38,12 @@ def test_kind_loop_is_on_demand_only() -> None:
     """`python -m bench [--quick]` (make test) must not need a kind cluster."""
     assert "kind_loop" not in runner.BENCHMARKS
     assert "kind_loop" in runner.ON_DEMAND
+
+
+def test_a_step_ends_where_the_next_begins() -> None:
+    """A later step's burst must not count as this step's peak or drain."""
+    backlog = [(101.0, 50.0), (105.0, 5.0), (160.0, 300.0), (170.0, 2.0)]
+    events = [(102.0, 5, 2), (161.0, 9, 9)]
+    row = analyse_step(100.0, 2, events, [], backlog, end=150.0)
+    assert row["peak_backlog"] == 50.0 and row["drained_s"] == 5.0
+    assert row["replicas_first_patch"] == 5 and row["ready_s"] is None

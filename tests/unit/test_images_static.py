@@ -3,6 +3,7 @@ across files, so that a version bump in one place cannot silently build or load 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 from pathlib import Path
@@ -54,3 +55,25 @@ def test_kind_config_keeps_the_upstream_node_image() -> None:
     config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
     image = config["nodes"][0]["image"]
     assert re.fullmatch(r"kindest/node:v1\.\d+\.\d+@sha256:[0-9a-f]{64}", image), image
+
+
+def test_kind_storage_manifest_joins_the_go_constants() -> None:
+    """The node image's default storage manifest is read from kind's Go source: a raw string joined with `+` to
+    the image constants (pkg/build/nodeimage/const_storage.go)."""
+    spec = importlib.util.spec_from_file_location("ksm", ROOT / "hack" / "images" / "kind_storage_manifest.py")
+    assert spec and spec.loader
+    ksm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ksm)
+    source = (
+        'const storageProvisionerImage = "docker.io/kindest/p:v1"\n'
+        'const storageHelperImage = "docker.io/kindest/h:v2"\n'
+        "const defaultStorageManifest = `\nkind: Deployment\nimage: ` + storageProvisionerImage + `\n"
+        "args: [` + storageHelperImage + `]\n`\n"
+        "const other = `x`\n"
+    )
+    c = ksm.constants(source)
+    assert (
+        c["defaultStorageManifest"]
+        == "\nkind: Deployment\nimage: docker.io/kindest/p:v1\nargs: [docker.io/kindest/h:v2]\n"
+    )
+    assert c["storageHelperImage"] == "docker.io/kindest/h:v2"
