@@ -477,8 +477,8 @@ def resolve_pending(old: Mapping[str, Any], deployed: int) -> tuple[dict[str, An
     else:
         event = None
     new = {**old, "history": h}
-    if deployed == frm:
-        new["replicas"] = frm
+    if deployed in (frm, to):
+        new["replicas"] = deployed
     return new, event
 
 
@@ -614,11 +614,13 @@ async def _tick(
 
 async def _apply(ctx: _Ctx, mem: PoolMemory, current: int, events: list[tuple[str, str, str]]) -> TickResult:
     """Scale, crash-safely: write the intent (the scale event plus ``history.pending``) first, then scale, then
-    clear the intent. A crash between any two steps leaves a status that :func:`resolve_pending` reconciles."""
+    write the decision and clear the intent. A crash between any two steps leaves a status that
+    :func:`resolve_pending` reconciles. The intent write touches ``status.history`` only, so nothing reading the
+    status (replicas, conditions, the decision) sees a scale before the Deployment has it."""
     rt, key, now, d = ctx.rt, (ctx.ns, ctx.name), ctx.now, ctx.decision
     state = record_scale(d.state, now=now, from_replicas=current, to_replicas=d.desired)
-    ahead = ctx.status(d.desired, applied=True, state=state, events=[])
-    ahead["history"]["pending"] = {"from": current, "to": d.desired, "time": round(now, 3)}
+    pending = {"from": current, "to": d.desired, "time": round(now, 3)}
+    ahead = {**mem.server, "history": {**state.to_status(), "pending": pending}}
     crash_point("before-intent")
     if not await _write_status(rt, key, mem, ahead, now):
         msg = "could not record the scale intent in status (API server unreachable); not scaling"
