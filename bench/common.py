@@ -7,8 +7,11 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -88,3 +91,16 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def step_percentiles(rows: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, Any]:
+    """p50/p95/max of each interval over the steps that reached it (None = the step never got there)."""
+    out: dict[str, Any] = {"steps": len(rows)}
+    for key in keys:
+        xs = [r[key] for r in rows if r[key] is not None]
+        out[key] = {"n": len(xs), "p50": _pct(xs, 50), "p95": _pct(xs, 95), "max": max(xs) if xs else None}
+    return out
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) if xs else float("nan")

@@ -33,10 +33,9 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import yaml
 
-from .common import BENCH_DIR, add_common_args, machine, machine_line, publish
+from .common import BENCH_DIR, add_common_args, machine, machine_line, publish, step_percentiles
 
 NAMESPACE = "chanscale-bench"
 CHANNEL, WORKER, POOL = "orders", "orders-worker", "orders"
@@ -59,10 +58,6 @@ def _load(name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def _pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(xs, q)) if xs else float("nan")
 
 
 class Loop:
@@ -234,11 +229,7 @@ INTERVALS = {
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"steps": len(rows)}
-    for key in INTERVALS:
-        xs = [r[key] for r in rows if r[key] is not None]
-        out[key] = {"n": len(xs), "p50": _pct(xs, 50), "p95": _pct(xs, 95), "max": max(xs) if xs else None}
-    return out
+    return step_percentiles(rows, INTERVALS)
 
 
 def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:

@@ -29,19 +29,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .common import add_common_args, fig_dir, machine, machine_line, publish, pyplot
+from .common import add_common_args, fig_dir, machine, machine_line, publish, pyplot, step_percentiles
 from .realloop import Stack, deployment, worker_pool
 
 SERVICE_RATE = 20.0
 LOW, HIGH = 20.0, 100.0
 VISIBLE_BACKLOG = 20
 DRAINED_BACKLOG = 10
-
-
-def _pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(xs, q)) if xs else float("nan")
 
 
 def analyse(
@@ -80,11 +74,7 @@ def analyse(
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"steps": len(rows)}
-    for key in ("visible_after_step_s", "reaction_s", "end_to_end_s", "drained_s"):
-        xs = [r[key] for r in rows if r[key] is not None]
-        out[key] = {"n": len(xs), "p50": _pct(xs, 50), "p95": _pct(xs, 95), "max": max(xs) if xs else None}
-    return out
+    return step_percentiles(rows, ("visible_after_step_s", "reaction_s", "end_to_end_s", "drained_s"))
 
 
 def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
