@@ -67,6 +67,7 @@ class PoolState:
     backlog_sample: tuple[float, float] | None = None  # (sample time, backlog): baseline for backlog growth
     backlog_growth: float | None = None  # msgs/s, from the last two distinct samples
     calm_since: float | None = None  # since when the backlog has been small (the correction learns after a window)
+    at: float | None = None  # the tick this state was learnt at: the newer of memory and status.history wins
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -81,6 +82,7 @@ class PoolState:
             "backlogSample": list(self.backlog_sample) if self.backlog_sample else None,
             "backlogGrowth": _round(self.backlog_growth),
             "calmSince": self.calm_since,
+            "at": self.at,
         }
 
     @classmethod
@@ -114,6 +116,7 @@ class PoolState:
             backlog_sample=_pair(h.get("backlogSample")),
             backlog_growth=num("backlogGrowth"),
             calm_since=num("calmSince"),
+            at=num("at"),
         )
 
 
@@ -386,6 +389,7 @@ def recommend(spec: PoolSpec, state: PoolState, obs: Observation) -> Recommendat
         service_rate=mu,
         latency_correction=correction,
         last_active=last_active,
+        at=now,
     )
     return Recommendation(
         replicas=raw,
