@@ -71,7 +71,7 @@ class PoolState:
 
     def to_status(self) -> dict[str, Any]:
         return {
-            "recommendations": [[round(t, 3), r] for t, r in self.recommendations],
+            "recommendations": [[round(a, 3), round(b, 3), r] for a, b, r in self.recommendations],
             "scaleEvents": [[round(t, 3), d] for t, d in self.scale_events],
             "consecutiveFailures": self.consecutive_failures,
             "serviceRate": _round(self.service_rate),
@@ -104,8 +104,18 @@ class PoolState:
             v = h.get(key)
             return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
+        def runs() -> tuple[behavior.Run, ...]:
+            out = []
+            for item in h.get("recommendations") or ():
+                try:  # [first, last, replicas]; a status from before sample-exact windows has [first, replicas]
+                    first, last, r = (item[0], item[1], item[2]) if len(item) == 3 else (item[0], item[0], item[1])
+                    out.append((float(first), float(last), int(r)))
+                except (TypeError, ValueError, IndexError):
+                    continue
+            return tuple(sorted(out))
+
         return cls(
-            recommendations=pairs("recommendations"),
+            recommendations=runs(),
             scale_events=pairs("scaleEvents"),
             consecutive_failures=int(h.get("consecutiveFailures") or 0),
             service_rate=num("serviceRate"),

@@ -203,6 +203,10 @@ def _masked(limited: Any) -> list[str]:
     return [re.sub(r"[0-9.]+", "#", str(x)) for x in limited or ()]
 
 
+def _runs_started(history: Mapping[str, Any]) -> list[Any]:
+    return [[r[0], r[-1]] for r in history.get("recommendations") or () if isinstance(r, list) and r]
+
+
 def _degraded(status: Mapping[str, Any]) -> bool:
     """A dependency (Prometheus, OPA) is down: the model's moving numbers are observations then, not verdicts."""
     reasons = {(c.get("type"), c.get("reason")) for c in status.get("conditions") or []}
@@ -230,7 +234,9 @@ def _material(status: Mapping[str, Any]) -> str:
         "conditions": [(c["type"], c["status"], c.get("reason")) for c in status.get("conditions", [])],
         "decision": (d.get("outcome"), d.get("from"), d.get("to"), d.get("applied"), _masked(d.get("limitedBy"))),
         "verdicts": status.get("verdicts"),
-        "history": (None if degraded else h.get("recommendations"), h.get("scaleEvents"), h.get("pending")),
+        # A run's last sample moves every tick: an observation, written with the refresh (its first sample and
+        # value are material).
+        "history": (None if degraded else _runs_started(h), h.get("scaleEvents"), h.get("pending")),
         "external": (ext.get("writer"), ext.get("to"), ext.get("holdUntil")),
         "gen": status.get("observedGeneration"),
         "target": status.get("targetName"),

@@ -159,16 +159,17 @@ def test_scale_down_waits_for_the_stabilization_window_across_restart() -> None:
     d = decide(s, restored, obs(now=1100, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
     assert d.desired == 13
     assert any("stabilization" in x for x in d.limited_by)
-    # Recommendations are kept as runs: 13 was in force until t=1100, so the window clears at 1400.
-    d = decide(s, d.state, obs(now=1390, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
+    # Only samples inside the window count (as in the HPA): 13 was recommended at t=1000, so the window clears
+    # after 1300.
+    d = decide(s, d.state, obs(now=1290, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
     assert d.desired == 13
-    d = decide(s, d.state, obs(now=1401, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
+    d = decide(s, d.state, obs(now=1301, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
     assert d.desired < 13
 
 
 def test_damaged_history_is_ignored_not_fatal() -> None:
     st = PoolState.from_status({"recommendations": [["x", 1], [5, 2]], "scaleEvents": "bad", "serviceRate": "?"})
-    assert st.recommendations == ((5.0, 2),)
+    assert st.recommendations == ((5.0, 5.0, 2),)  # a [time, replicas] pair (older status) is one sample
     assert st.service_rate is None
 
 
