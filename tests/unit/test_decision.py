@@ -56,11 +56,17 @@ def test_drain_term_sizes_for_backlog() -> None:
     assert d.sizing["driver"] == "drain"
 
 
-def test_measured_service_rate_replaces_the_hint() -> None:
-    d = decide(spec(), PoolState(), obs(processed_rate=100.0, busy_rate=10.0))  # μ = 10/s measured
-    assert d.state.service_rate == pytest.approx(10.0)
-    d2 = decide(spec(), d.state, obs(processed_rate=100.0, busy_rate=5.0))  # 20/s measured, smoothed
-    assert 10.0 < d2.state.service_rate < 20.0
+def test_measured_service_rate_replaces_the_hint_by_its_weight() -> None:
+    # The hint (20/s) counts as one measurement: a running mean until 1/α measurements, then smoothing.
+    st = PoolState()
+    third = 40.0 / 3 + 0.3 * (10 - 40.0 / 3)  # 1/(1+2+1) < α: smoothing from the third measurement on
+    for expected in (15.0, 40.0 / 3, third, third + 0.3 * (10 - third)):
+        st = decide(spec(), st, obs(processed_rate=100.0, busy_rate=10.0)).state  # μ = 10/s measured
+        assert st.service_rate == pytest.approx(expected)
+    assert st.service_samples == 4
+    # Without a hint, the first measurement is all there is.
+    no_hint = spec(model={})
+    assert decide(no_hint, PoolState(), obs(processed_rate=100.0, busy_rate=10.0)).state.service_rate == 10.0
 
 
 def test_faster_than_keda_style_steps_from_one() -> None:
