@@ -69,9 +69,22 @@ def test_measured_service_rate_replaces_the_hint_by_its_weight() -> None:
     assert decide(no_hint, PoolState(), obs(processed_rate=100.0, busy_rate=10.0)).state.service_rate == 10.0
 
 
-def test_faster_than_keda_style_steps_from_one() -> None:
-    # 1 -> 9 -> 45 (Pods 8 then Percent 400 per 10 s) where the HPA default would take many more steps.
-    s = spec(maxReplicas=100)
+def test_first_step_goes_to_the_size_asked_for() -> None:
+    # 1 -> the recommendation in one step (the default allows 1000x per step, Knative's rate) where the HPA
+    # default would take five; the policy that once capped it (Percent 400 / Pods 8 per 10 s) still does when set.
+    d = decide(spec(maxReplicas=1000), PoolState(), obs(now=1000, current=1, arrival_rate=1500.0, processed_rate=20.0))
+    assert d.desired == d.recommendation > 45
+    s = spec(
+        maxReplicas=100,
+        behavior={
+            "scaleUp": {
+                "policies": [
+                    {"type": "Percent", "value": 400, "periodSeconds": 10},
+                    {"type": "Pods", "value": 8, "periodSeconds": 10},
+                ]
+            }
+        },
+    )
     steps = [
         obs(now=1000 + 10 * i, current=c, arrival_rate=1500.0, processed_rate=20.0) for i, c in enumerate([1, 9, 45])
     ]
