@@ -27,8 +27,9 @@ from .spec import PoolSpec
 
 #: Smoothing of the measured service rate (per tick).
 MU_ALPHA = 0.3
-#: Smoothing of the latency-model correction (the latency the M/M/c model does not see, seconds).
+#: Smoothing and bounds of the latency-model correction factor.
 CORRECTION_ALPHA = 0.3
+CORRECTION_BOUNDS = (0.5, 4.0)
 #: Recommendation history kept at least this long (the policies' longest period, HPA's 1800 s maximum).
 EVENT_KEEP_SECONDS = 1800
 MAX_RUNS = 256
@@ -60,7 +61,7 @@ class PoolState:
     consecutive_failures: int = 0
     service_rate: float | None = None
     service_samples: int = 0  # measurements the service-rate estimate rests on (its start-up weighting)
-    latency_offset: float = 0.0  # seconds of P99 the M/M/c model does not see (the service-time tail)
+    latency_correction: float = 1.0
     last_active: float | None = None
     last_scale_time: float | None = None
     last_scale_direction: str | None = None
@@ -76,7 +77,7 @@ class PoolState:
             "consecutiveFailures": self.consecutive_failures,
             "serviceRate": _round(self.service_rate),
             "serviceSamples": self.service_samples,
-            "latencyOffset": round(self.latency_offset, 4),
+            "latencyCorrection": round(self.latency_correction, 4),
             "lastActive": self.last_active,
             "lastScaleTime": self.last_scale_time,
             "lastScaleDirection": self.last_scale_direction,
@@ -121,7 +122,7 @@ class PoolState:
             consecutive_failures=int(h.get("consecutiveFailures") or 0),
             service_rate=num("serviceRate"),
             service_samples=int(num("serviceSamples") or 0),
-            latency_offset=num("latencyOffset") or 0.0,
+            latency_correction=num("latencyCorrection") or 1.0,
             last_active=num("lastActive"),
             last_scale_time=num("lastScaleTime"),
             last_scale_direction=h.get("lastScaleDirection") if h.get("lastScaleDirection") in ("up", "down") else None,
@@ -225,14 +226,13 @@ def _estimate_service_rate(
     return base + gain * (measured - base), n + 1
 
 
-def _size(spec: PoolSpec, lam: float, mu: float, backlog: float, offset: float) -> tuple[int, str, dict[str, Any]]:
+def _size(spec: PoolSpec, lam: float, mu: float, backlog: float, correction: float) -> tuple[int, str, dict[str, Any]]:
     """The three sizing terms; the largest wins and names the driver."""
     rho = spec.target_utilization
     t = spec.slo.p99_latency_seconds
-    # The latency the model does not see (learnt in steady state, where it is the service-time tail that more
-    # workers cannot shorten) is taken off the objective the M/M/c model is held to; μ stays the measured rate,
-    # so the correction never inflates the count needed just to keep up with arrivals.
-    t_model = t - offset
+    # The correction tightens (k > 1) or relaxes (k < 1) the latency target the M/M/c model is held to; μ stays
+    # the measured rate, so the correction never inflates the count needed just to keep up with arrivals.
+    t_model = t / correction
     terms = {
         "throughput": math.ceil(lam / (mu * rho) - 1e-9) if lam > 0 else 0,
         "drain": math.ceil((lam + backlog / spec.slo.drain_horizon) / mu - 1e-9) if backlog > 0 else 0,
@@ -242,7 +242,7 @@ def _size(spec: PoolSpec, lam: float, mu: float, backlog: float, offset: float) 
     info: dict[str, Any] = {
         "arrivalRate": round(lam, 4),
         "serviceRate": round(mu, 4),
-        "latencyOffsetSeconds": round(offset, 4),
+        "latencyCorrection": round(correction, 4),
         "drainHorizonSeconds": spec.slo.drain_horizon,
         "terms": terms,
         "driver": driver,
@@ -269,7 +269,7 @@ def _update_correction(
     is computed over that window, so right after a drain it still holds the drained messages' latencies and would
     teach the model that it needs far more workers than it does. Returns (correction, calm since).
     """
-    k = state.latency_offset
+    k = state.latency_correction
     calm = lam > 0 and (obs.backlog or 0) <= lam * spec.slo.p99_latency_seconds
     calm_since = (state.calm_since if state.calm_since is not None else obs.now) if calm else None
     if not spec.latency_correction or mu is None or obs.p99_latency is None or not obs.ready_replicas:
@@ -279,13 +279,8 @@ def _update_correction(
     model = queueing.sojourn_quantile(obs.ready_replicas, lam, mu)
     if not math.isfinite(model) or model <= 0:
         return k, calm_since
-    # In steady state the queue is short, so the gap between the observed and the modelled P99 is the part of the
-    # service-time tail that exponential service does not have: latency no number of workers removes. It is an
-    # offset, not a factor: a factor learnt at high load would demand the near-impossible at low load (t/k close to
-    # the service floor). Bounded by ±t (beyond +t the objective is out of reach by scaling: sized for no queueing).
-    t = spec.slo.p99_latency_seconds
-    gap = min(max(obs.p99_latency - model, -t), t)
-    return k + CORRECTION_ALPHA * (gap - k), calm_since
+    ratio = min(max(obs.p99_latency / model, CORRECTION_BOUNDS[0]), CORRECTION_BOUNDS[1])
+    return k + CORRECTION_ALPHA * (ratio - k), calm_since
 
 
 def _slo(spec: PoolSpec, backlog: float | None, p99: float | None, err: float | None) -> tuple[bool | None, str]:
@@ -417,7 +412,7 @@ def recommend(spec: PoolSpec, state: PoolState, obs: Observation) -> Recommendat
         consecutive_failures=failures,
         service_rate=mu,
         service_samples=mu_samples,
-        latency_offset=correction,
+        latency_correction=correction,
         last_active=last_active,
         at=now,
     )

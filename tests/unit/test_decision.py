@@ -280,16 +280,16 @@ def test_correction_waits_a_calm_rate_window_after_a_drain() -> None:
     for i in range(5):  # calm, but the P99 window still remembers a backlog: 8 s
         d = decide(s, st, obs(now=1000 + 10 * i, current=13, p99_latency=8.0))
         st = d.state
-    assert st.latency_offset == 0.0
+    assert st.latency_correction == 1.0
     d = decide(s, st, obs(now=1000 + 70, current=13, p99_latency=8.0))  # calm for > 60 s: now it learns
-    assert d.state.latency_offset > 0.0
+    assert d.state.latency_correction > 1.0
 
 
 def test_correction_tightens_the_target_not_the_throughput() -> None:
     s = spec(slo={"p99LatencySeconds": 1.0}, maxReplicas=1000)
-    heavy = PoolState(latency_offset=0.75)
+    heavy = PoolState(latency_correction=4.0)
     d = decide(s, heavy, obs(current=13, arrival_rate=1000.0, processed_rate=1000.0, busy_rate=50.0))
-    # μ = 20: keeping up needs 50 workers, the throughput term 63 at 80 %; a heavy tail (0.75 s of the 1 s
-    # objective the model does not see) tightens the latency target, not the throughput.
+    # μ = 20: keeping up needs 50 workers, the throughput term 63 at 80 %; a 4x correction must not ask for
+    # 4x the workers (dividing μ by 4 would need > 200 just to be stable).
     assert d.sizing["terms"]["throughput"] == 63
     assert d.sizing["terms"]["latency"] < 100
