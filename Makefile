@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/bin:$(PATH)
 endif
 export PYTHON
 
-.PHONY: help doctor setup setup-demo install tools tools-all demo demo-quick test unit integration lint generated policy-check bench bench-quick e2e clean
+.PHONY: help doctor setup setup-demo newcomer newcomer-cheap install tools tools-all demo demo-quick test unit integration lint generated policy-check bench bench-quick e2e clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -73,6 +73,12 @@ bench-quick: install  ## a quick run of every benchmark, so none of them rots
 e2e: install tools  ## kind end-to-end: Docker, offline images, cluster, chart + helm test, tests/e2e (docs/e2e.md)
 	hack/stage.sh "e2e: cluster up" hack/e2e-cluster.sh up
 	CHANSCALE_E2E_REUSE=1 hack/stage.sh "e2e: tests" $(PYTEST) -m e2e tests/e2e -v --durations=0 $(PYTEST_ARGS)
+
+newcomer:  ## the README's set-up + `make demo` + `make test` in a pristine Debian 12 container, timed (NEWCOMER_SUITE=trixie)
+	hack/newcomer.sh --full $(NEWCOMER_SUITE)
+
+newcomer-cheap:  ## CI's newcomer check: a fresh clone in the day's prepared Debian 12 container, `make doctor` + `make demo-quick`
+	hack/newcomer.sh --cheap $(NEWCOMER_SUITE)
 
 clean:  ## build outputs and caches (not .venv or ./bin)
 	rm -rf .cache/tools out .pytest_cache .mypy_cache .ruff_cache
