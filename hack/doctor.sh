@@ -114,5 +114,5 @@ case $MODE in
     check_docker ;;
   *) echo "usage: hack/doctor.sh demo|test" >&2; exit 2 ;;
 esac
-if [ "$missing" = 1 ]; then echo "[doctor] fix the MISSING lines above (README.md: the one apt-get line covers them)"; fi
+if [ "$missing" = 1 ]; then echo "[doctor] not ready: run the fixes above (README.md's one apt-get line covers them)"; fi
 exit "$missing"

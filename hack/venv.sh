@@ -70,6 +70,7 @@ install() {  # install PYTHON EXTRAS
   # dev includes plot: a dev install also serves the demo.
   if grep -qxE "$want (dev|$extras)" "$stamp" 2>/dev/null && installed "$py"; then return; fi
   log "pip install -e '.[$extras]' into $py"
+  local t=$SECONDS
   if ! out=$(cd "$ROOT" && "$py" -m pip install -q -e ".[$extras]" 2>&1); then
     printf '%s\n' "$out" >&2
     if grep -q externally-managed <<<"$out"; then
@@ -78,6 +79,7 @@ install() {  # install PYTHON EXTRAS
     die "pip install failed (output above)"
   fi
   mkdir -p "$(dirname "$stamp")" && echo "$want $extras" >"$stamp"
+  log "installed in $(( SECONDS - t ))s"
 }
 
 case ${1:-} in
