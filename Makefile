@@ -5,6 +5,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST ?= $(PYTHON) -m pytest
+# pytest-xdist workers for unit + integration: the tests mostly wait on real programs, so 3 fit on 2 cores
+TEST_WORKERS ?= 3
 ifeq ($(PYTHON),$(VENV)/bin/python)
 export PATH := $(CURDIR)/bin:$(abspath $(VENV))/bin:$(PATH)
 else
@@ -43,9 +45,10 @@ demo-quick: setup-demo  ## a 60 s demo
 
 test: setup  ## everything CI runs: lint, unit + integration tests, quick benchmarks, the kind e2e suite
 	hack/stage.sh lint $(MAKE) lint
-	hack/stage.sh "unit + integration tests" $(PYTEST) -m "unit or integration" $(PYTEST_ARGS)
-	hack/stage.sh "quick benchmarks" $(MAKE) bench-quick
-	hack/stage.sh "e2e (kind)" $(MAKE) e2e
+	hack/stages.sh "unit + integration tests" '$(PYTEST) -m "unit or integration" -n $(TEST_WORKERS) $(PYTEST_ARGS)' \
+		"e2e: cluster up" 'hack/e2e-cluster.sh up'
+	hack/stages.sh "quick benchmarks" '$(MAKE) bench-quick' \
+		"e2e: tests" 'CHANSCALE_E2E_REUSE=1 $(PYTEST) -m e2e tests/e2e -v --durations=0 $(PYTEST_ARGS)'
 
 unit: install  ## unit tests only (no binaries needed)
 	$(PYTEST) -m unit $(PYTEST_ARGS)
