@@ -48,7 +48,7 @@ machine() {  # the pristine image: the day's debootstrapped rootfs, plus this ne
   { cat "$TAR"; } | docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'WORKDIR /root' - "$BASE-raw" >/dev/null
   printf 'FROM %s\nCOPY usr /usr\nCOPY etc /etc\n' "$BASE-raw" >"$d/Dockerfile"
-  DOCKER_BUILDKIT=0 docker build -q -t "$BASE" "$d" >/dev/null
+  DOCKER_BUILDKIT=0 docker build -q -t "$BASE" "$d" >/dev/null 2>&1
   docker rmi "$BASE-raw" >/dev/null
   rm -rf "$d"
   log "machine $BASE: debootstrapped $SUITE (minbase), no Python, no Go"
@@ -123,7 +123,9 @@ main() {
       -e CHANSCALE_OPERATOR_IMAGE=chanscale/newcomer-operator:latest \
       -e CHANSCALE_PROMETHEUS_IMAGE=chanscale/newcomer-prometheus:$SUITE || rc=$?
   fi
-  [ -x "$ROOT/bin/kind" ] && "$ROOT/bin/kind" delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+  if [ "$MODE" = full ] && [ -x "$ROOT/bin/kind" ]; then  # the clone deletes it; this is for a killed run
+    "$ROOT/bin/kind" delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+  fi
   log "$SUITE ($MODE): $(tr '\n' ' ' <"$OUT/times.env")-> exit $rc in $(( $(date +%s) - t0 ))s (logs: $OUT)"
   return $rc
 }
