@@ -163,9 +163,10 @@ debian_image() {
 operator() {
   local d; d=$(ctx "$CHANSCALE_OPERATOR_IMAGE")
   debian_image "$CHANSCALE_PYTHON_IMAGE" "$IMAGES_DIR/python.Dockerfile" /etc/ssl/certs/ca-certificates.crt
-  # The root Dockerfile's context is what .dockerignore lets in: pyproject.toml, README.md, operator/.
+  # The root Dockerfile's context is what .dockerignore lets in: pyproject.toml, README.md, operator/,
+  # hack/image_rootfs.py.
   (cd "$ROOT" && tar --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' -cf - \
-     Dockerfile .dockerignore pyproject.toml README.md operator) | tar -C "$d" -xf -
+     Dockerfile .dockerignore pyproject.toml README.md operator hack/image_rootfs.py) | tar -C "$d" -xf -
   build "$CHANSCALE_OPERATOR_IMAGE" "$d" \
     --build-arg "PYTHON_IMAGE=$CHANSCALE_PYTHON_IMAGE" --build-arg "OPA_IMAGE=$CHANSCALE_OPA_IMAGE" \
     --build-arg "BASE_ID=$(image_id "$CHANSCALE_PYTHON_IMAGE") $(image_id "$CHANSCALE_OPA_IMAGE")"

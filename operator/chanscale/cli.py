@@ -197,8 +197,8 @@ def _sim(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     try:
         from .demo import main as demo_main
-    except ImportError as e:  # pragma: no cover - the demo ships with the package
-        print(f"error: the demo is not available: {e}", file=sys.stderr)
+    except ImportError as e:  # the operator image leaves the demo out (it is the `demo` extra's)
+        print(f"error: the demo is not available here ({e}): pip install 'chanscale[demo]'", file=sys.stderr)
         return 1
     return demo_main(args)
 
