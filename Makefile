@@ -37,8 +37,8 @@ integration: tools  ## integration tests against the real local control plane, P
 	$(PYTEST) -m integration $(PYTEST_ARGS)
 
 lint: generated  ## ruff, mypy, opa fmt/check/test, generated copies in sync
-	$(PYTHON) -m ruff check operator tests bench hack
-	$(PYTHON) -m ruff format --check operator tests bench hack
+	$(PYTHON) -m ruff check operator tests bench hack sdk/python
+	$(PYTHON) -m ruff format --check operator tests bench hack sdk/python
 	$(PYTHON) -m mypy
 	hack/policy-check.sh
 	$(PYTHON) hack/gen_api_docs.py --check
