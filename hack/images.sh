@@ -183,7 +183,8 @@ operator() {
 # -trimpath, no VCS stamp, so unchanged sources give the same bytes and the image stays cached).
 nats_worker() {
   local d; d=$(ctx "$CHANSCALE_NATS_WORKER_IMAGE")
-  (cd "$ROOT/examples/nats-worker" && CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" \
+  # shellcheck source=hack/go.sh
+  (source "$ROOT/hack/go.sh" && go_setup && cd "$ROOT/examples/nats-worker" && CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" \
     go build -trimpath -ldflags "-s -w" -o "$d/" ./cmd/worker ./cmd/loadgen) || die "building examples/nats-worker failed"
   mv "$d/worker" "$d/nats-worker"; mv "$d/loadgen" "$d/nats-loadgen"
   { echo "FROM scratch"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from chanscale.local.binaries import REPO_ROOT, BinaryNotFound, go_build
+from chanscale.local.binaries import REPO_ROOT, go_build
 from chanscale.local.harness import PrometheusTargets
 from chanscale.local.process import LOOPBACK, ManagedProcess, free_port, wait_until
 from chanscale.signals import PrometheusReader
@@ -29,10 +29,7 @@ RATE, WORKERS, SERVICE, FAIL = 40.0, 4, 0.02, 0.1
 
 
 def _go_worker() -> list[str]:
-    try:
-        return [str(go_build(REPO_ROOT / "sdk" / "go", "./examples/channel", "sdk-example-channel"))]
-    except BinaryNotFound as exc:
-        pytest.fail(str(exc))
+    return [str(go_build(REPO_ROOT / "sdk" / "go", "./examples/channel", "sdk-example-channel"))]
 
 
 def _python_worker() -> list[str]:
