@@ -39,6 +39,7 @@ HARNESS = [
     "local/process",
     "demo",
     "demo_plot",
+    "demo_real",
 ]
 
 

@@ -69,7 +69,7 @@ func ensure(ctx context.Context, js jetstream.JetStream, c *Config) (jetstream.C
 		return nil, err
 	}
 	return js.CreateOrUpdateConsumer(ctx, c.Stream, jetstream.ConsumerConfig{
-		Durable: c.Consumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,
+		Durable: c.Consumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 10 * time.Second, // a killed worker's messages return soon
 		FilterSubject: c.Subject,
 	})
 }

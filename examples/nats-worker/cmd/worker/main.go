@@ -54,7 +54,8 @@ func main() {
 		}
 		return msg.Ack()
 	})
-	go pool.Run(ctx)
+	done := make(chan struct{})
+	go func() { pool.Run(context.Background()); close(done) }()
 	it, err := cons.Messages(jetstream.PullMaxMessages(1))
 	if err != nil {
 		log.Fatal(err)
@@ -65,7 +66,7 @@ func main() {
 		msg, err := it.Next()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return
+				break
 			}
 			log.Printf("next message: %v", err)
 			continue
@@ -74,8 +75,10 @@ func main() {
 		if meta, err := msg.Metadata(); err == nil {
 			enqueued = meta.Timestamp // when JetStream stored it: the latency is end to end
 		}
-		if pool.Deliver(ctx, msg, enqueued) != nil {
-			return
-		}
+		_ = pool.Deliver(context.Background(), msg, enqueued)
 	}
+	// Terminated (a scale-down): pull no more, finish and ack what this pod holds, then exit.
+	close(ch)
+	<-done
+	log.Printf("worker: stopped after finishing the messages it held")
 }
