@@ -38,9 +38,11 @@ tools-all:  ## also kube-scheduler, kind, kwok
 	hack/tools.sh all
 
 demo: setup-demo  ## the local demo: control plane, Prometheus, OPA, operator, a bursty channel; ends with a plot
+	$(if $(findstring --real,$(DEMO_ARGS)),hack/tools.sh nats-server)
 	$(PYTHON) -m chanscale demo $(DEMO_ARGS)
 
 demo-quick: setup-demo  ## a 60 s demo
+	$(if $(findstring --real,$(DEMO_ARGS)),hack/tools.sh nats-server)
 	$(PYTHON) -m chanscale demo --duration 60 $(DEMO_ARGS)
 
 test: setup  ## everything CI runs: lint, unit + integration tests, quick benchmarks, the kind e2e suite

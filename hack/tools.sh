@@ -161,7 +161,7 @@ for t in "${want_tools[@]}"; do
           github.com/rancher/local-path-provisioner ;;
     nats-server)  # the broker of the example JetStream worker (e2e, `chanscale demo --real`)
       have nats-server "$NATS_SERVER_VERSION" || provided nats-server "$NATS_SERVER_VERSION" || \
-        build_go nats-server github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2 ;;
+        queue build_go nats-server github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2 ;;
     kwok|kwokctl)
       have "$t" "$KWOK_VERSION" || provided "$t" "$KWOK_VERSION" || \
         queue build_go "$t" sigs.k8s.io/kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$t" ;;
