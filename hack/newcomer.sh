@@ -111,6 +111,7 @@ main() {
       docker commit "chanscale-newcomer-prep-$SUITE" "$prepared" >/dev/null
       docker rm "chanscale-newcomer-prep-$SUITE" >/dev/null
     fi
+    [ -z "${NEWCOMER_PREPARE_ONLY:-}" ] || { log "prepared $prepared"; return 0; }
     run "$prepared" cheap-prepared -v "chanscale-newcomer-go-$SUITE:/root/go" \
       -v "chanscale-newcomer-cache-$SUITE:/root/.cache" || rc=$?
   else
