@@ -4,8 +4,11 @@ A faithful port of ``stabilizeRecommendationWithBehaviors`` and ``convertDesired
 (kubernetes/pkg/controller/podautoscaler/horizontal.go), pure and with explicit time, so the same semantics
 hold across operator restarts (the history lives in the WorkerPool's status, not in memory).
 
-History is kept compactly: recommendations are stored as *runs* ``(start_time, replicas)`` — a new entry only when
-the value changes — which is equivalent to the controller's per-tick samples for min/max over a window.
+History is kept compactly: the recommendations are stored as *runs* ``(first, last, replicas)`` — the same value
+recommended at every tick from ``first`` to ``last`` — a new entry only when the value changes. A window counts a
+run when its last sample is inside the window, which is exactly the controller's rule for its per-sync samples
+(``timestamp.After(cutoff)``): a value recommended once 540 s ago does not count in a 180 s window however long
+ago the next value arrived.
 """
 
 from __future__ import annotations
@@ -14,27 +17,27 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .limits import Limit, LimitKind
 from .spec import ScalingRules
 
-Run = tuple[float, int]  # (start time, recommendation) — valid until the next run starts
+Run = tuple[float, float, int]  # (first sample, last sample, recommendation)
 Event = tuple[float, int]  # (time, replica change: + up, - down)
 
 
 def add_recommendation(runs: Sequence[Run], now: float, value: int) -> list[Run]:
-    """Append ``value`` observed at ``now``; extends the last run when unchanged."""
+    """Record ``value`` recommended at ``now``; extends the last run when unchanged."""
     out = list(runs)
-    if not out or out[-1][1] != value:
-        out.append((now, value))
+    if out and out[-1][2] == value:
+        out[-1] = (out[-1][0], now, value)
+    else:
+        out.append((now, now, value))
     return out
 
 
 def prune_runs(runs: Sequence[Run], now: float, keep_seconds: float) -> list[Run]:
-    """Drop runs that ended before ``now - keep_seconds`` (the run in force at the cutoff is kept)."""
+    """Drop runs with no sample inside the longest window (the controller reuses such samples' slots)."""
     cutoff = now - keep_seconds
-    out = list(runs)
-    while len(out) >= 2 and out[1][0] <= cutoff:
-        out.pop(0)
-    return out
+    return [r for r in runs if r[1] > cutoff]
 
 
 def prune_events(events: Sequence[Event], now: float, keep_seconds: float) -> list[Event]:
@@ -42,14 +45,9 @@ def prune_events(events: Sequence[Event], now: float, keep_seconds: float) -> li
 
 
 def _window_values(runs: Sequence[Run], now: float, window: float) -> list[int]:
-    """Values of the runs that overlap ``(now - window, now]``."""
+    """Values recommended at a sample inside ``(now - window, now]``."""
     cutoff = now - window
-    vals = []
-    for i, (_start, value) in enumerate(runs):
-        end = runs[i + 1][0] if i + 1 < len(runs) else now
-        if end > cutoff:
-            vals.append(value)
-    return vals
+    return [value for _first, last, value in runs if last > cutoff]
 
 
 @dataclass(frozen=True)
@@ -76,9 +74,11 @@ def stabilize(
     limited = None
     if rec != desired:
         if desired > current:
-            limited = f"scaleUp stabilization window {up.stabilization_window_seconds}s"
+            limited = Limit(f"scaleUp stabilization window {up.stabilization_window_seconds}s", LimitKind.STABILIZATION)
         elif desired < current:
-            limited = f"scaleDown stabilization window {down.stabilization_window_seconds}s"
+            limited = Limit(
+                f"scaleDown stabilization window {down.stabilization_window_seconds}s", LimitKind.STABILIZATION
+            )
     return Stabilized(rec, limited)
 
 
@@ -97,8 +97,9 @@ def _policy_limit(
     ``Min`` the smallest; Percent rounds up when scaling up and down when scaling down, as the controller does.
     """
     if rules.select_policy == "Disabled":
-        return current, f"{direction} selectPolicy Disabled"
+        return current, Limit(f"{direction} selectPolicy Disabled", LimitKind.SCALING_DISABLED)
     up = direction == "scaleUp"
+    kind = LimitKind.SCALE_UP_POLICY if up else LimitKind.SCALE_DOWN_POLICY
     best: tuple[int, str | None] | None = None
     for p in rules.policies:
         start = _period_start(current, events, now, p.period_seconds)
@@ -108,7 +109,7 @@ def _policy_limit(
             proposed = math.ceil(start * (1 + p.value / 100.0)) if up else int(start * (1 - p.value / 100.0))
         bigger_change = proposed > best[0] if best is not None and up else best is not None and proposed < best[0]
         if best is None or bigger_change == (rules.select_policy == "Max"):
-            best = (proposed, p.describe(direction))
+            best = (proposed, Limit(p.describe(direction), kind))
     return best if best is not None else (current, None)
 
 
@@ -145,7 +146,7 @@ def apply_rate_limits(
             limit = max(limit, 1)  # activation from zero is always allowed one step (KEDA handles 0->1 itself)
         limit = max(limit, current)
         if max_replicas <= limit:
-            limit, why = max_replicas, "maxReplicas"
+            limit, why = max_replicas, Limit("maxReplicas", LimitKind.MAX_REPLICAS)
         if desired > limit:
             return Limited(limit, why)
         return Limited(desired, None)
@@ -153,12 +154,12 @@ def apply_rate_limits(
         limit, why = scale_down_limit(current, events, now, down)
         limit = min(limit, current)
         if min_replicas >= limit:
-            limit, why = min_replicas, "minReplicas"
+            limit, why = min_replicas, Limit("minReplicas", LimitKind.MIN_REPLICAS)
         if desired < limit:
             return Limited(limit, why)
         return Limited(desired, None)
     if desired > max_replicas:
-        return Limited(max_replicas, "maxReplicas")
+        return Limited(max_replicas, Limit("maxReplicas", LimitKind.MAX_REPLICAS))
     if desired < min_replicas:
-        return Limited(min_replicas, "minReplicas")
+        return Limited(min_replicas, Limit("minReplicas", LimitKind.MIN_REPLICAS))
     return Limited(desired, None)
