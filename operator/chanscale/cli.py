@@ -11,7 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import GROUP, PLURAL, VERSION, __version__
+from . import GROUP, PLURAL, VERSION, __version__, promauth
+from .promauth import PrometheusAuth
 from .tenancy import Guardrails, parse_duration, parse_profiles
 
 
@@ -48,6 +49,7 @@ def _run(args: argparse.Namespace) -> int:
         health_url=args.liveness or None,
         stale_intervals=args.stale_intervals,
         guardrails=guardrails_from_args(args),
+        prometheus_auth=prometheus_auth_from_args(args),
     )
     telemetry.serve(args.metrics_port, args.metrics_addr)
     registry = build_registry(config)
@@ -77,6 +79,54 @@ def guardrails_from_args(args: argparse.Namespace) -> Guardrails:
         )
     except ValueError as e:
         raise SystemExit(f"chanscale run: {e}") from e
+
+
+def prometheus_auth_from_args(args: argparse.Namespace) -> PrometheusAuth:
+    """The operator's Prometheus credentials from `chanscale run` flags (the chart mounts the Secrets)."""
+    try:
+        return promauth.from_args(args)
+    except promauth.AuthConfigError as e:
+        raise SystemExit(f"chanscale run: {e}") from e
+
+
+def _add_prometheus_auth_flags(r: argparse.ArgumentParser) -> None:
+    g = r.add_argument_group("Prometheus authentication (the operator's own; pools cannot set it: docs/security.md)")
+    env = os.environ.get
+    g.add_argument(
+        "--prometheus-bearer-token-file",
+        default=env("CHANSCALE_PROMETHEUS_BEARER_TOKEN_FILE"),
+        metavar="PATH",
+        help="send 'Authorization: Bearer <file content>'; re-read when the file changes (a mounted Secret)",
+    )
+    g.add_argument(
+        "--prometheus-basic-auth-user",
+        default=env("CHANSCALE_PROMETHEUS_BASIC_AUTH_USER"),
+        help="basic auth user (with --prometheus-basic-auth-password-file)",
+    )
+    g.add_argument(
+        "--prometheus-basic-auth-password-file",
+        default=env("CHANSCALE_PROMETHEUS_BASIC_AUTH_PASSWORD_FILE"),
+        metavar="PATH",
+    )
+    g.add_argument(
+        "--prometheus-ca-file",
+        default=env("CHANSCALE_PROMETHEUS_CA_FILE"),
+        metavar="PATH",
+        help="PEM CA bundle that verifies Prometheus' TLS certificate (default: the system CAs)",
+    )
+    g.add_argument(
+        "--prometheus-cert-file",
+        default=env("CHANSCALE_PROMETHEUS_CERT_FILE"),
+        metavar="PATH",
+        help="PEM client certificate for mutual TLS (with --prometheus-key-file)",
+    )
+    g.add_argument("--prometheus-key-file", default=env("CHANSCALE_PROMETHEUS_KEY_FILE"), metavar="PATH")
+    g.add_argument(
+        "--prometheus-header",
+        action="append",
+        metavar="NAME=VALUE",
+        help="an extra request header, e.g. X-Scope-OrgID=team-a for Mimir/Cortex/Thanos (repeatable)",
+    )
 
 
 def _add_guardrail_flags(r: argparse.ArgumentParser) -> None:
@@ -259,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--verbose", "-v", action="store_true")
     _add_guardrail_flags(r)
+    _add_prometheus_auth_flags(r)
     r.set_defaults(func=_run)
 
     e = sub.add_parser("explain", help="why did it scale? print a pool's last decision")

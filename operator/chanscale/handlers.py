@@ -108,6 +108,8 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
                 ttl=max(1.0, config.tick * 0.8),
                 timeout=config.query_timeout,
                 on_query=telemetry.observe_query,
+                auth=config.prometheus_auth,
+                allowed=tenancy.allowed_addresses(config.guardrails, config.prometheus_url),
             ),
             gate=make_gate(config.opa),
             scaler=kube.KubeScaler(),
@@ -124,9 +126,10 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             memo.health_runner = await health.serve(config.health_url)
         memo.watchdog = asyncio.create_task(health.watchdog(), name="chanscale-health-watchdog")
         logger.info(
-            "chanscale configured: tick=%ss prometheus=%s opa=%s",
+            "chanscale configured: tick=%ss prometheus=%s (auth: %s) opa=%s",
             config.tick,
             config.prometheus_url,
+            config.prometheus_auth.describe(),
             config.opa,
         )
         # Start a supervised local OPA now, so the first decision does not pay for it; failing here is not fatal

@@ -21,6 +21,7 @@ from . import FIELD_MANAGER, PAUSED_ANNOTATION, telemetry
 from .decision import Decision, Observation, PoolState, apply_verdict, decide, record_scale
 from .faults import crash_point
 from .kube import ScaleError, Scaler, template_digest
+from .promauth import PrometheusAuth
 from .signals import PrometheusReader, signal_errors_for_required
 from .spec import PoolSpec, SpecError
 from .tenancy import Guardrails, TenancyState, namespace_pools, refusal
@@ -50,6 +51,7 @@ class Config:
     health_url: str | None = None  # serve /healthz (this URL's path) and /readyz on its host:port
     stale_intervals: float = 3.0  # liveness fails when a pool has not been evaluated for this many ticks
     guardrails: Guardrails = field(default_factory=Guardrails)  # the admin's choices (tenancy.py)
+    prometheus_auth: PrometheusAuth = field(default_factory=PrometheusAuth)  # the operator's credentials
 
 
 @dataclass(frozen=True)

@@ -256,11 +256,59 @@ def test_schema_rejects_wrong_values_naming_the_key(args: list[str], message: st
         (["--set", "pdb.minAvailable=1"], "pdb.maxUnavailable or pdb.minAvailable"),
         (["--set", "serviceMonitor.enabled=true", "--set", "operator.metricsPort=0"], "operator.metricsPort"),
         (["--set", "opa.enabled=false", "--set", "opa.extraPolicies.x\\.rego=package x"], "opa.enabled=true"),
+        (
+            ["--set", "prometheus.auth.bearerToken.secretName=t", "--set", "prometheus.auth.basicAuth.username=u"],
+            "bearerToken.secretName or basicAuth.username",
+        ),
+        (["--set", "prometheus.auth.basicAuth.username=u"], "prometheus.auth.basicAuth: set both"),
+        (
+            ["--set", "prometheus.tls.ca.secretName=a", "--set", "prometheus.tls.ca.configMapName=b"],
+            "prometheus.tls.ca: set either",
+        ),
     ],
 )
 def test_template_rejects_inconsistent_values(args: list[str], message: str) -> None:
     proc = helm("template", "cs", str(CHART), *args, check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["-f", str(CHART / "ci" / "prometheus-auth-values.yaml")],
+        [
+            "--set",
+            "prometheus.auth.basicAuth.username=u",
+            "--set",
+            "prometheus.auth.basicAuth.secretName=pw",
+            "--set",
+            "prometheus.tls.ca.secretName=ca",
+        ],
+    ],
+    ids=["token-ca-clientcert-header", "basic-auth-ca-secret"],
+)
+def test_prometheus_credentials_are_mounted_where_the_flags_point(extra: list[str]) -> None:
+    """Every --prometheus-*-file flag names a file that a mounted Secret/ConfigMap item provides, and the
+    operator's own parser accepts the whole set (chanscale.promauth; docs/security.md)."""
+    from chanscale.cli import build_parser
+
+    deploy = one(render(*extra), "Deployment")
+    op = containers(deploy)["operator"]
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    files = {}
+    for m in op["volumeMounts"]:
+        v = volumes[m["name"]]
+        source = v.get("secret") or v.get("configMap")
+        if source:
+            assert m["readOnly"] is True
+            files.update({f"{m['mountPath']}/{i['path']}": v["name"] for i in source["items"]})
+    args = op["args"]
+    flags = [a for a in args if a.startswith("--prometheus-") and a.endswith("-file")]
+    assert flags, args
+    for flag in flags:
+        assert args[args.index(flag) + 1] in files, f"{flag} points at no mounted file"
+    parsed = build_parser().parse_args(args)
+    assert parsed.prometheus_bearer_token_file or parsed.prometheus_basic_auth_user
 
 
 # ------------------------------------------------------------------------------------ OPA loads the ConfigMap
