@@ -101,6 +101,18 @@ def _selectors(expr: Any) -> list[Any]:
     return found
 
 
+def metric_names(query: str) -> set[str]:
+    """The metric names a PromQL expression reads (``ValueError`` when it does not parse)."""
+    import promql_parser
+
+    names = set()
+    for sel in _selectors(promql_parser.parse(query)):
+        name = sel.name or next((m.value for m in sel.matchers.matchers if m.name == "__name__"), None)
+        if name:
+            names.add(name)
+    return names
+
+
 def _confined(matchers: Iterable[Any], namespace: str) -> bool:
     import promql_parser
 

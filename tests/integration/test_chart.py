@@ -395,7 +395,11 @@ MONITORING_CRDS = [
             ],
         },
     }
-    for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PodMonitor", "podmonitors"))
+    for kind, plural in (
+        ("ServiceMonitor", "servicemonitors"),
+        ("PodMonitor", "podmonitors"),
+        ("PrometheusRule", "prometheusrules"),
+    )
 ]
 
 
@@ -500,7 +504,8 @@ def monitoring_crds(kubectl: Any) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def release(kubectl: Any, kubeconfig: Path, monitoring_crds: None) -> Iterator[Release]:
-    """The chart installed cluster-wide with every optional object on (ServiceMonitor, PodMonitor, NetPol)."""
+    """The chart installed cluster-wide with every optional object on (ServiceMonitor, PodMonitor, PrometheusRule,
+    the Grafana dashboard, NetPol)."""
     with Release(kubectl, kubeconfig, ["-f", str(CHART / "ci" / "monitoring-values.yaml")]) as rel:
         yield rel
 
@@ -517,6 +522,7 @@ def test_helm_install_every_object_is_accepted(release: Release) -> None:
         "Service",
         "ServiceMonitor",
         "PodMonitor",
+        "PrometheusRule",
         "PodDisruptionBudget",
         "NetworkPolicy",
     } <= kinds
