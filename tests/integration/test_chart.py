@@ -54,8 +54,10 @@ def helm(*args: str, kubeconfig: Path | None = None, check: bool = True) -> subp
 
 
 def render(*extra: str, release: str = "cs", namespace: str = "chanscale-system") -> list[dict[str, Any]]:
-    """``helm template`` with the chart's tests included, parsed."""
-    out = helm("template", release, str(CHART), "--namespace", namespace, *extra).stdout
+    """``helm template`` with the chart's tests included, parsed. Without the CRD unless ``extra`` sets
+    crds.install=true: the session's CRD is applied from crds/ by the control-plane fixture (test_chart_crds.py
+    covers the chart's copy)."""
+    out = helm("template", release, str(CHART), "--namespace", namespace, "--set", "crds.install=false", *extra).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -434,6 +436,8 @@ class Release:
             str(CHART),
             "--namespace",
             self.namespace,
+            "--set",
+            "crds.install=false",  # the session CRD (kubectl-applied from crds/) is not this release's
             *self.values,
             "--set",
             "image.repository=chanscale",
