@@ -238,6 +238,35 @@ def explain_text(wp: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    """KEDA ScaledObjects (YAML files or '-' for stdin) -> WorkerPools on stdout, notes as comments."""
+    import yaml
+
+    from .migrate import MigrateError, Options, migrate, report
+
+    opts = Options(p99_seconds=args.p99, service_rate=args.service_rate, channel=args.channel, active=args.active)
+    docs: list[Any] = []
+    for path in args.files:
+        with sys.stdin if path == "-" else open(path) as f:
+            docs += [d for d in yaml.safe_load_all(f) if d]
+    objects = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ScaledObject"]
+    if not objects:
+        print("error: no ScaledObject in the input", file=sys.stderr)
+        return 2
+    rc = 0
+    out = []
+    for so in objects:
+        try:
+            m = migrate(so, opts)
+        except MigrateError as e:
+            print(f"error: {e}", file=sys.stderr)
+            rc = 1
+            continue
+        out.append(report(m) + "\n" + yaml.safe_dump(m.pool, sort_keys=False))
+    print("---\n".join(out), end="")
+    return rc
+
+
 def _sim(args: argparse.Namespace) -> int:
     from .sim.exporter import main as sim_main
 
@@ -317,6 +346,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     e.add_argument("-o", "--output", choices=["text", "json"], default="text")
     e.set_defaults(func=_explain)
+
+    m = sub.add_parser(
+        "migrate",
+        help="turn KEDA ScaledObjects into WorkerPools (DryRun by default: shadow the ScaledObject first)",
+    )
+    m.add_argument("files", nargs="+", help="YAML files with ScaledObjects ('-' reads stdin, e.g. kubectl get -o yaml)")
+    m.add_argument("--p99", type=float, help="the latency objective, seconds (spec.slo.p99LatencySeconds)")
+    m.add_argument(
+        "--service-rate",
+        type=float,
+        help="messages/s one worker handles: sets spec.model.serviceRateHint and, without --p99, turns the "
+        "trigger's per-replica threshold into the objective (threshold / rate)",
+    )
+    m.add_argument("--channel", help="the channel label (default: the trigger's topic/stream/list)")
+    m.add_argument("--active", action="store_true", help="mode Active instead of DryRun (delete the ScaledObject)")
+    m.set_defaults(func=_migrate)
 
     s = sub.add_parser("sim", help="channel simulator: serves the metrics contract for simulated channels")
     s.add_argument("--config", required=True, help="YAML file listing the channels (see docs/simulator.md)")
