@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 PYTEST ?= $(PYTHON) -m pytest
+# pytest-xdist workers for unit + integration: the tests mostly wait on real programs, so 3 fit on 2 cores
+TEST_WORKERS ?= 3
 export PATH := $(CURDIR)/bin:$(PATH)
 
 .PHONY: help install tools tools-all demo demo-quick test unit integration lint generated policy-check bench bench-quick e2e clean
@@ -26,9 +28,10 @@ demo-quick: install tools  ## a 60 s demo
 
 test: install tools  ## everything CI runs: lint, unit + integration tests, quick benchmarks, the kind e2e suite
 	hack/stage.sh lint $(MAKE) lint
-	hack/stage.sh "unit + integration tests" $(PYTEST) -m "unit or integration" $(PYTEST_ARGS)
-	hack/stage.sh "quick benchmarks" $(MAKE) bench-quick
-	hack/stage.sh "e2e (kind)" $(MAKE) e2e
+	hack/stages.sh "unit + integration tests" '$(PYTEST) -m "unit or integration" -n $(TEST_WORKERS) $(PYTEST_ARGS)' \
+		"e2e: cluster up" 'hack/e2e-cluster.sh up'
+	hack/stages.sh "quick benchmarks" '$(MAKE) bench-quick' \
+		"e2e: tests" 'CHANSCALE_E2E_REUSE=1 $(PYTEST) -m e2e tests/e2e -v --durations=0 $(PYTEST_ARGS)'
 
 unit:  ## unit tests only (no binaries needed)
 	$(PYTEST) -m unit $(PYTEST_ARGS)
