@@ -192,6 +192,10 @@ def _explain(args: argparse.Namespace) -> int:
         print(json.dumps(wp.get("status") or {}, indent=2))
         return 0
     print(explain_text(wp))
+    if args.compare:
+        from .adoption import compare_text
+
+        print(compare_text(wp.get("status") or {}))
     return 0
 
 
@@ -345,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("pool", help="<namespace>/<name>")
     e.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     e.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    e.add_argument(
+        "--compare",
+        action="store_true",
+        help="a DryRun pool beside another autoscaler: its decisions beside the replicas that autoscaler set",
+    )
     e.set_defaults(func=_explain)
 
     m = sub.add_parser(

@@ -39,7 +39,7 @@ def _conflict(
     """Another autoscaler on the target: a KEDA ScaledObject (paused ones too), an HPA, or an older WorkerPool."""
     owner = tenancy.target_owner(pools, name)
     if owner is not None and owner != pool:
-        return f"WorkerPool {owner} (it names this Deployment and is older)"
+        return f"WorkerPool {owner} (the oldest Active pool naming this Deployment)"
     scaled = sorted(scaledobjects.get((namespace, "Deployment", name), ()))
     if scaled:
         so, paused = scaled[0]

@@ -7,7 +7,7 @@ What maps (KEDA ScaledObject spec, keda.sh/docs/latest/reference/scaledobject-sp
 - ``scaleTargetRef`` (a Deployment), ``minReplicaCount`` (KEDA's default 0) and ``maxReplicaCount`` (100),
   ``pollingInterval``, ``cooldownPeriod`` (only meaningful for scale to zero: it becomes ``idleSeconds``),
   ``fallback`` (failureThreshold, replicas, behavior), ``advanced.horizontalPodAutoscalerConfig.behavior`` (the
-  same HPA v2 fields), the ``autoscaling.keda.sh/paused`` annotation;
+  same HPA v2 fields), the ``autoscaling.keda.sh/paused`` and ``paused-replicas`` annotations;
 - one trigger of type ``prometheus``, ``kafka``, ``nats-jetstream``, ``redis`` or ``redis-streams``: its
   topic/stream/list becomes the ``channel``, and its per-replica threshold (``lagThreshold`` etc.) the SLO. KEDA
   sizes ``ceil(backlog / threshold)``: a fixed number of messages per replica. By AWS's recipe (acceptable backlog
@@ -27,9 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import GROUP, PAUSED_ANNOTATION, VERSION
+from . import GROUP, PAUSED_ANNOTATION, PAUSED_REPLICAS_ANNOTATION, VERSION
 
 KEDA_PAUSED = "autoscaling.keda.sh/paused"
+KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._:-]*[A-Za-z0-9])?$")
 
 # type -> (metadata keys naming the channel, in preference order; threshold key; KEDA's default threshold)
@@ -269,6 +270,9 @@ def _annotations(ann: Mapping[str, str], m: Migration) -> dict[str, str]:
         if k == KEDA_PAUSED:
             out[PAUSED_ANNOTATION] = str(v).lower()
             m.mapped.append(f"annotation {KEDA_PAUSED} -> {PAUSED_ANNOTATION}")
+        elif k == KEDA_PAUSED_REPLICAS:
+            out[PAUSED_REPLICAS_ANNOTATION] = str(v)
+            m.mapped.append(f"annotation {KEDA_PAUSED_REPLICAS} -> {PAUSED_REPLICAS_ANNOTATION}")
         elif "keda.sh/" in k:
             m.unmapped.append(f"annotation {k}: no equivalent")
     return out

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from . import FIELD_MANAGER, PAUSED_ANNOTATION, telemetry
+from . import FIELD_MANAGER, PAUSED_ANNOTATION, PAUSED_REPLICAS_ANNOTATION, adoption, telemetry
 from .decision import Decision, Observation, PoolState, apply_verdict, decide, record_scale
 from .faults import crash_point
 from .kube import ScaleError, Scaler, template_digest
@@ -182,6 +182,9 @@ def is_paused(meta: Mapping[str, Any], spec: Mapping[str, Any]) -> str | None:
     ann = (meta.get("annotations") or {}).get(PAUSED_ANNOTATION)
     if isinstance(ann, str) and ann.lower() == "true":
         return f"annotation {PAUSED_ANNOTATION}=true"
+    held = adoption.paused_replicas(meta)
+    if held is not None:
+        return f"annotation {PAUSED_REPLICAS_ANNOTATION}={held}: held at {held} replicas"
     if spec.get("paused") is True:
         return "spec.paused is true"
     return None
@@ -561,10 +564,10 @@ async def _tick(
         how = "spec.template (being created)" if spec.template is not None else "spec.scaleTargetRef.name"
         msg = f"Deployment {ns}/{target_name} not found: check {how}"
         return await _fail(rt, key, mem, old, gen, now, target_name, "TargetNotFound", msg)
-    if target.conflict:
+    if target.conflict and spec.mode != "DryRun":  # a DryRun pool never writes: it shadows (adoption.py)
         msg = (
             f"Deployment {ns}/{target_name} is already scaled by {target.conflict}; two autoscalers would fight. "
-            "Delete it or point this WorkerPool at another Deployment."
+            "Delete it, point this WorkerPool at another Deployment, or set mode: DryRun to shadow it."
         )
         return await _fail(rt, key, mem, old, gen, now, target_name, "TargetConflict", msg)
 
@@ -587,10 +590,13 @@ async def _tick(
         **sig.values,
     )
     decision = decide(spec, PoolState.from_status(old.get("history")), obs)
+    hold_at = adoption.paused_replicas(meta)
+    if hold_at is not None:  # KEDA's paused-replicas: scale to N and hold, through the same gate and write path
+        decision = adoption.pin(decision, hold_at)
 
     conditions = [dict(c) for c in old.get("conditions") or []]
     hold, ext_key, ext_msg = _external_conditions(spec, ext, target_name, now, conditions, gen)
-    mode = "Paused" if paused else "HoldOff" if hold else spec.mode
+    mode = "Paused" if paused and hold_at is None else "HoldOff" if hold else spec.mode
 
     # Check and scale under the namespace's lock, so two pools cannot spend the same budget headroom.
     async with rt.tenancy.locks(ns):
@@ -611,6 +617,7 @@ async def _tick(
     else:
         verdicts.pop("would", None)
     status = ctx.status(current, applied=False, state=decision.state, events=events)
+    adoption.shadow(status, old, target.conflict, now, current, decision.desired, gen, set_condition)
     return await _finish(rt, key, mem, status, now, ctx.result(events, applied=False))
 
 
@@ -736,6 +743,7 @@ class _Ctx:
             set_condition(c, "ScalingLimited", "True", limit, "; ".join(d.limited_by), now, gen)
         else:
             set_condition(c, "ScalingLimited", "False", "NotLimited", "the recommendation was applied as is", now, gen)
+        set_condition(c, "Active", *adoption.activity(self.obs, d.metrics_ok), now, gen)
         if self.paused:
             set_condition(c, "Paused", "True", "Paused", self.paused, now, gen)
         else:

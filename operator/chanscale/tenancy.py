@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import PAUSED_ANNOTATION
+from . import PAUSED_ANNOTATION, PAUSED_REPLICAS_ANNOTATION
 from .spec import PROFILE_RE, PoolSpec
 
 DEFAULT_PROFILE = "default"
@@ -155,11 +155,33 @@ def pause_problem(meta: Mapping[str, Any]) -> str | None:
     )
 
 
+MAX_PAUSED_REPLICAS = 10000
+
+
+def paused_replicas_problem(meta: Mapping[str, Any]) -> str | None:
+    """Why the paused-replicas annotation is unusable, or None (absent or a count 0..10000)."""
+    value = (meta.get("annotations") or {}).get(PAUSED_REPLICAS_ANNOTATION)
+    if value is None or paused_replicas(meta) is not None:
+        return None
+    return (
+        f"annotation {PAUSED_REPLICAS_ANNOTATION} must be a replica count between 0 and {MAX_PAUSED_REPLICAS}, got "
+        f"{value!r}: not scaling until it is fixed or removed"
+    )
+
+
+def paused_replicas(meta: Mapping[str, Any]) -> int | None:
+    value = (meta.get("annotations") or {}).get(PAUSED_REPLICAS_ANNOTATION)
+    if not isinstance(value, str) or not value.strip().isdigit():
+        return None
+    n = int(value.strip())
+    return n if n <= MAX_PAUSED_REPLICAS else None
+
+
 def refusal(
     g: Guardrails, spec: PoolSpec, namespace: str, meta: Mapping[str, Any], default_url: str | None
 ) -> Refusal | None:
     """The first reason this pool must not be scaled at all, or None. Checked before any query or decision."""
-    problem = pause_problem(meta)
+    problem = pause_problem(meta) or paused_replicas_problem(meta)
     if problem:
         return Refusal("InvalidPauseAnnotation", problem)
     if g.policy_path(spec.policy.profile) is None:
@@ -222,14 +244,20 @@ def pool_index_entry(name: str, spec: Mapping[str, Any], status: Mapping[str, An
         "name": name,
         "target": target,
         "created": created,
+        "mode": spec.get("mode") or "Active",
         "replicas": status.get("replicas"),
         "desiredReplicas": status.get("desiredReplicas"),
     }
 
 
 def target_owner(pools: Iterable[Mapping[str, Any]], target: str) -> str | None:
-    """The pool that owns a target Deployment: the oldest pool naming it (ties: the smaller name)."""
-    claims = sorted((p.get("created") or "", p["name"]) for p in pools if p.get("target") == target)
+    """The pool that owns a target Deployment: the oldest Active pool naming it (ties: the smaller name). A DryRun
+    pool never writes, so it owns nothing: it may shadow the owner (docs/migrate-from-keda.md)."""
+    claims = sorted(
+        (p.get("created") or "", p["name"])
+        for p in pools
+        if p.get("target") == target and p.get("mode", "Active") != "DryRun"
+    )
     return claims[0][1] if claims else None
 
 

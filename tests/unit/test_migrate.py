@@ -67,7 +67,10 @@ def test_unsupported_things_are_reported_not_dropped_silently() -> None:
     obj["spec"]["triggers"].append({"type": "cpu", "metadata": {"value": "80"}})
     obj["spec"]["triggers"][0]["authenticationRef"] = {"name": "kafka-auth"}
     obj["spec"]["fallback"] = {"failureThreshold": 2, "replicas": 3, "behavior": "currentReplicasIfLower"}
-    obj["metadata"]["annotations"] = {"autoscaling.keda.sh/paused-scale-in": "true"}
+    obj["metadata"]["annotations"] = {
+        "autoscaling.keda.sh/paused-scale-in": "true",
+        "autoscaling.keda.sh/paused-replicas": "4",
+    }
     m = migrate(obj, Options(p99_seconds=1))
     text = "\n".join(m.unmapped)
     for needle in (
@@ -81,6 +84,7 @@ def test_unsupported_things_are_reported_not_dropped_silently() -> None:
     ):
         assert needle in text, text
     assert m.pool["spec"]["fallback"] == {"behavior": "currentReplicas", "failureThreshold": 2}
+    assert m.pool["metadata"]["annotations"] == {"chanscale.dev/paused-replicas": "4"}
     PoolSpec.from_dict(m.pool["spec"])
 
 
