@@ -76,6 +76,7 @@ def guardrails_from_args(args: argparse.Namespace) -> Guardrails:
             custom_queries=args.allow_custom_queries,
             scrape_interval_seconds=parse_duration(args.scrape_interval) if args.scrape_interval else 0.0,
             template_namespaces=frozenset(args.template_namespace or ()),
+            scale_kinds=frozenset(args.scale_kind or ()),
         )
     except ValueError as e:
         raise SystemExit(f"chanscale run: {e}") from e
@@ -160,6 +161,13 @@ def _add_guardrail_flags(r: argparse.ArgumentParser) -> None:
         "--scrape-interval",
         default=os.environ.get("CHANSCALE_SCRAPE_INTERVAL", ""),
         help="Prometheus' scrape interval (e.g. 30s): a pool's rateWindow below two intervals is refused",
+    )
+    g.add_argument(
+        "--scale-kind",
+        action="append",
+        metavar="KIND.GROUP",
+        help="a kind with a /scale subresource pools may target besides Deployments, e.g. StatefulSet.apps or "
+        "Rollout.argoproj.io (repeatable; needs the chart's rbac.scaleTargets for get/patch on its /scale)",
     )
     g.add_argument(
         "--template-namespace",

@@ -64,6 +64,7 @@ class Target:
     ready: int | None = None
     conflict: str | None = None  # e.g. "HorizontalPodAutoscaler web (KEDA ScaledObject web)"
     manager: str | None = None  # the field manager that last set spec.replicas (managedFields)
+    error: str | None = None  # why a /scale target could not be read (scaletarget.py): discovery, RBAC
     # () -> (the namespace's pools from kopf's WorkerPool index, {Deployment: replicas}); read under the lock.
     peers: Callable[[], tuple[list[dict[str, Any]], dict[str, int]]] | None = None
 
@@ -112,6 +113,7 @@ class Runtime:
     evaluated: dict[tuple[str, str], float] = field(default_factory=dict)  # last tick of any kind (liveness)
     memory_writes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     tenancy: TenancyState = field(default_factory=TenancyState)
+    scale_any: Any = None  # scaletarget.ScaleSubresource: targets other than Deployments
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -562,12 +564,15 @@ async def _tick(
             msg = brief(ns, name, f"the API server refused the Deployment from spec.template: {rejected[1]}")
             return await _fail(rt, key, mem, old, gen, now, target_name, "TemplateRejected", msg)
         how = "spec.template (being created)" if spec.template is not None else "spec.scaleTargetRef.name"
-        msg = f"Deployment {ns}/{target_name} not found: check {how}"
+        if target is not None and target.error:
+            msg = f"cannot read the scale of {spec.scale_kind} {ns}/{target_name}: {target.error}"
+            return await _fail(rt, key, mem, old, gen, now, target_name, "TargetUnreadable", msg)
+        msg = f"{spec.scale_kind} {ns}/{target_name} not found: check {how}"
         return await _fail(rt, key, mem, old, gen, now, target_name, "TargetNotFound", msg)
     if target.conflict and spec.mode != "DryRun":  # a DryRun pool never writes: it shadows (adoption.py)
         msg = (
-            f"Deployment {ns}/{target_name} is already scaled by {target.conflict}; two autoscalers would fight. "
-            "Delete it, point this WorkerPool at another Deployment, or set mode: DryRun to shadow it."
+            f"{spec.scale_kind} {ns}/{target_name} is already scaled by {target.conflict}; two autoscalers would "
+            "fight. Delete it, point this WorkerPool at another Deployment, or set mode: DryRun to shadow it."
         )
         return await _fail(rt, key, mem, old, gen, now, target_name, "TargetConflict", msg)
 
@@ -637,7 +642,11 @@ async def _apply(ctx: _Ctx, mem: PoolMemory, current: int, events: list[tuple[st
     mem.status = ahead
     crash_point("after-intent")
     try:
-        await rt.scaler.scale(ctx.ns, ctx.target_name, d.desired)
+        if ctx.spec.scales_deployment:
+            await rt.scaler.scale(ctx.ns, ctx.target_name, d.desired)
+        else:  # any kind with a /scale subresource (scaletarget.py)
+            ref = ctx.spec
+            await rt.scale_any.scale(ctx.ns, ref.scale_api_version, ref.scale_kind, ctx.target_name, d.desired)
     except ScaleError as e:
         reason = e.reason if e.reason != "ApiError" else "ScaleFailed"
         return await _fail(rt, key, mem, ctx.old, ctx.gen, now, ctx.target_name, reason, brief(*key, str(e)))

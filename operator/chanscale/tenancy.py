@@ -44,9 +44,13 @@ class Guardrails:
     custom_queries: bool = False
     scrape_interval_seconds: float = 0.0  # 0: unknown, the rate-window check is off
     template_namespaces: frozenset[str] = frozenset()  # where spec.template pools may own a Deployment; "*": all
+    scale_kinds: frozenset[str] = frozenset()  # "Kind.group" targets besides Deployments (--scale-kind)
 
     def policy_path(self, profile: str) -> str | None:
         return self.profiles.get(profile)
+
+    def allows_scale_kind(self, spec: PoolSpec) -> bool:
+        return spec.scales_deployment or spec.scale_kind_key in self.scale_kinds
 
     def allows_templates(self, namespace: str) -> bool:
         return "*" in self.template_namespaces or namespace in self.template_namespaces
@@ -191,6 +195,13 @@ def refusal(
             f"spec.policy.profile {spec.policy.profile!r} is not published by the cluster admin: "
             f"use one of {published}",
         )
+    if not g.allows_scale_kind(spec):
+        enabled = ", ".join(sorted(g.scale_kinds)) or "none"
+        return Refusal(
+            "ScaleKindNotEnabled",
+            f"spec.scaleTargetRef: {spec.scale_kind_key} is not a target kind the cluster admin enabled (operator flag "
+            f"--scale-kind, Helm value rbac.scaleTargets; enabled: {enabled}): use a Deployment or ask the admin",
+        )
     if spec.template is not None and not g.allows_templates(namespace):
         return Refusal(
             "TemplatesDisabled",
@@ -239,7 +250,10 @@ def _rate_window_refusal(g: Guardrails, spec: PoolSpec) -> Refusal | None:
 
 def pool_index_entry(name: str, spec: Mapping[str, Any], status: Mapping[str, Any], created: str) -> dict[str, Any]:
     """What the WorkerPool index keeps per pool (keyed by namespace): its target and its last known claim."""
-    target = name if spec.get("template") else (spec.get("scaleTargetRef") or {}).get("name") or name
+    ref = spec.get("scaleTargetRef") or {}
+    target = name if spec.get("template") else ref.get("name") or name
+    if ref.get("kind") not in (None, "Deployment"):
+        target = f"{ref['kind']}/{target}"  # a StatefulSet "web" is not the Deployment "web"
     return {
         "name": name,
         "target": target,
