@@ -4,7 +4,8 @@ Pure: a ScaledObject (a dict) in, a WorkerPool (a dict) and notes out; the CLI r
 
 What maps (KEDA ScaledObject spec, keda.sh/docs/latest/reference/scaledobject-spec):
 
-- ``scaleTargetRef`` (a Deployment), ``minReplicaCount`` (KEDA's default 0) and ``maxReplicaCount`` (100),
+- ``scaleTargetRef`` (a Deployment, or any kind with /scale the admin enabled), ``minReplicaCount`` (KEDA's
+  default 0) and ``maxReplicaCount`` (100),
   ``pollingInterval``, ``cooldownPeriod`` (only meaningful for scale to zero: it becomes ``idleSeconds``),
   ``fallback`` (failureThreshold, replicas, behavior), ``advanced.horizontalPodAutoscalerConfig.behavior`` (the
   same HPA v2 fields), the ``autoscaling.keda.sh/paused`` and ``paused-replicas`` annotations;
@@ -95,9 +96,9 @@ def migrate(so: Mapping[str, Any], opts: Options) -> Migration:
     meta, spec = so.get("metadata") or {}, so.get("spec") or {}
     name = meta.get("name") or "unnamed"
     m = Migration(pool={})
-    target = _target(spec.get("scaleTargetRef") or {}, name)
+    target = _target(spec.get("scaleTargetRef") or {}, name, m)
     trigger, channel, threshold = _trigger(spec.get("triggers") or [], name, opts, m)
-    pool_spec: dict[str, Any] = {"channel": channel, "scaleTargetRef": {"name": target}}
+    pool_spec: dict[str, Any] = {"channel": channel, "scaleTargetRef": target}
     pool_spec["mode"] = "Active" if opts.active else "DryRun"
     _bounds(spec, pool_spec, m)
     pool_spec["slo"], model = _slo(trigger, threshold, opts, m)
@@ -117,14 +118,21 @@ def migrate(so: Mapping[str, Any], opts: Options) -> Migration:
     return m
 
 
-def _target(ref: Mapping[str, Any], name: str) -> str:
+def _target(ref: Mapping[str, Any], name: str, m: Migration) -> dict[str, str]:
     kind = ref.get("kind") or "Deployment"
     api = ref.get("apiVersion") or "apps/v1"
-    if kind != "Deployment" or api != "apps/v1":
-        raise MigrateError(f"ScaledObject {name}: scaleTargetRef {api}/{kind} is not a Deployment (not supported yet)")
     if not ref.get("name"):
         raise MigrateError(f"ScaledObject {name}: spec.scaleTargetRef.name is missing")
-    return str(ref["name"])
+    if "/" not in api:
+        raise MigrateError(f"ScaledObject {name}: scaleTargetRef {api}/{kind}: core-group kinds are not supported")
+    if kind == "Deployment" and api == "apps/v1":
+        return {"name": str(ref["name"])}
+    group = api.split("/")[0]
+    m.unmapped.append(
+        f"spec.scaleTargetRef {kind}.{group}: kept; the admin must enable it (--scale-kind {kind}.{group}, Helm "
+        "rbac.scaleTargets), else the pool is refused with ScaleKindNotEnabled"
+    )
+    return {"apiVersion": api, "kind": kind, "name": str(ref["name"])}
 
 
 def _trigger(triggers: list[Any], name: str, opts: Options, m: Migration) -> tuple[str, str, float]:

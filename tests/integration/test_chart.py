@@ -274,6 +274,33 @@ def test_template_rejects_inconsistent_values(args: list[str], message: str) -> 
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
 
 
+def test_scale_targets_are_opt_in_per_kind_and_scale_subresource_only() -> None:
+    """rbac.scaleTargets grants get/patch on <resource>/scale (never the resource) and enables the kind with the
+    operator's --scale-kind; by default no such rule exists."""
+    from chanscale.cli import build_parser, guardrails_from_args
+
+    def rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        role = next(r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-operator"))
+        return [r for r in role["rules"] if any(x.endswith("/scale") for x in r["resources"])]
+
+    assert [r["resources"] for r in rules(render())] == [["deployments/scale"]]
+    docs = render(
+        "--set",
+        "rbac.scaleTargets[0].kind=StatefulSet,rbac.scaleTargets[0].apiGroup=apps,"
+        "rbac.scaleTargets[0].resource=statefulsets",
+        "--set",
+        "rbac.scaleTargets[1].kind=Rollout,rbac.scaleTargets[1].apiGroup=argoproj.io,"
+        "rbac.scaleTargets[1].resource=rollouts",
+    )
+    extra = [r for r in rules(docs) if r["resources"] != ["deployments/scale"]]
+    assert extra == [
+        {"apiGroups": ["apps"], "resources": ["statefulsets/scale"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["argoproj.io"], "resources": ["rollouts/scale"], "verbs": ["get", "patch"]},
+    ]
+    g = guardrails_from_args(build_parser().parse_args(containers(one(docs, "Deployment"))["operator"]["args"]))
+    assert g.scale_kinds == {"StatefulSet.apps", "Rollout.argoproj.io"}
+
+
 @pytest.mark.parametrize(
     "extra",
     [

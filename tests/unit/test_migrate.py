@@ -88,11 +88,17 @@ def test_unsupported_things_are_reported_not_dropped_silently() -> None:
     PoolSpec.from_dict(m.pool["spec"])
 
 
-def test_non_deployment_targets_and_unknown_triggers_are_refused() -> None:
+def test_other_scale_targets_are_kept_and_flagged_unknown_triggers_refused() -> None:
     obj = so("kafka", {"topic": "t"})
-    obj["spec"]["scaleTargetRef"]["kind"] = "Rollout"
-    with pytest.raises(MigrateError, match="not a Deployment"):
-        migrate(obj, Options(p99_seconds=1))
+    obj["spec"]["scaleTargetRef"].update(kind="Rollout", apiVersion="argoproj.io/v1alpha1")
+    m = migrate(obj, Options(p99_seconds=1))
+    assert m.pool["spec"]["scaleTargetRef"] == {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "name": "worker",
+    }
+    assert any("--scale-kind Rollout.argoproj.io" in u for u in m.unmapped)
+    PoolSpec.from_dict(m.pool["spec"])
     with pytest.raises(MigrateError, match="no trigger chanscale can map"):
         migrate(so("cron", {}), Options(p99_seconds=1))
 

@@ -130,6 +130,12 @@ Each rule is exercised by the integration tests running under the chart's Servic
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- range .Values.rbac.scaleTargets }}
+# Opt-in scale target {{ .kind }}.{{ .apiGroup }}: its scale subresource only (read the replicas, write them).
+- apiGroups: [{{ .apiGroup | quote }}]
+  resources: [{{ printf "%s/scale" .resource | quote }}]
+  verbs: [get, patch]
+{{- end }}
 {{- end }}
 
 {{/* Template mode (rbac.templateNamespaces): create and update the Deployment a spec.template pool owns. */}}
@@ -161,6 +167,10 @@ Each rule is exercised by the integration tests running under the chart's Servic
 {{- range .Values.rbac.templateNamespaces }}
 - --template-namespace
 - {{ . | quote }}
+{{- end }}
+{{- range .Values.rbac.scaleTargets }}
+- --scale-kind
+- {{ printf "%s.%s" .kind .apiGroup | quote }}
 {{- end }}
 {{- end }}
 
