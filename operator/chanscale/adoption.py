@@ -17,6 +17,7 @@ from typing import Any
 
 from . import PAUSED_REPLICAS_ANNOTATION
 from .decision import Decision, Observation
+from .limits import Limit, LimitKind
 from .tenancy import paused_replicas as paused_replicas
 
 SHADOW_SAMPLES = 30  # change points kept in status.shadow.samples
@@ -31,7 +32,7 @@ def pin(decision: Decision, replicas: int) -> Decision:
         desired=replicas,
         outcome=outcome,
         reason=f"held at {replicas} by annotation {PAUSED_REPLICAS_ANNOTATION} (model: {decision.recommendation})",
-        limited_by=[f"paused: {PAUSED_REPLICAS_ANNOTATION}={replicas}"],
+        limited_by=[Limit(f"paused: {PAUSED_REPLICAS_ANNOTATION}={replicas}", LimitKind.PAUSED_REPLICAS)],
     )
 
 
