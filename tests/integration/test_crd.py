@@ -197,7 +197,8 @@ MALFORMED: list[tuple[str, Mutator, list[str]]] = [
     ),
     ("bad-rate-window", _set("metrics.rateWindow", "5 minutes"), ["spec.metrics.rateWindow"]),
     ("error-rate-above-one", _set("slo.maxErrorRate", 1.5), ["spec.slo.maxErrorRate"]),
-    ("target-kind-statefulset", _set("scaleTargetRef.kind", "StatefulSet"), ["spec.scaleTargetRef.kind"]),
+    ("target-kind-lowercase", _set("scaleTargetRef.kind", "statefulset"), ["spec.scaleTargetRef.kind"]),
+    ("target-core-group", _set("scaleTargetRef.apiVersion", "v1"), ["spec.scaleTargetRef.apiVersion"]),
     (
         "template-without-containers",
         _both(_delete("scaleTargetRef"), _set("template", {"spec": {"containers": []}})),
