@@ -373,7 +373,8 @@ def explain_text(wp: dict[str, Any]) -> str:
     d = st.get("lastDecision") or {}
     lines = [
         f"WorkerPool {meta.get('namespace')}/{meta.get('name')}  channel={spec.get('channel')}  "
-        f"target=Deployment/{st.get('targetName', '?')}  mode={spec.get('mode', 'Active')}"
+        f"target={(spec.get('scaleTargetRef') or {}).get('kind') or 'Deployment'}/{st.get('targetName', '?')}  "
+        f"mode={spec.get('mode', 'Active')}"
     ]
     if not d:
         lines.append("  no decision recorded yet")
