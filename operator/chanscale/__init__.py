@@ -7,3 +7,4 @@ VERSION = "v1alpha1"
 PLURAL = "workerpools"
 FIELD_MANAGER = "chanscale"
 PAUSED_ANNOTATION = "chanscale.dev/paused"
+PAUSED_REPLICAS_ANNOTATION = "chanscale.dev/paused-replicas"  # KEDA: autoscaling.keda.sh/paused-replicas

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import GROUP, PLURAL, VERSION, __version__
+from . import GROUP, PLURAL, VERSION, __version__, promauth
 from .explain import explain_text
+from .promauth import PrometheusAuth
 from .tenancy import Guardrails, parse_duration, parse_profiles
 
 
@@ -49,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         health_url=args.liveness or None,
         stale_intervals=args.stale_intervals,
         guardrails=guardrails_from_args(args),
+        prometheus_auth=prometheus_auth_from_args(args),
     )
     telemetry.serve(args.metrics_port, args.metrics_addr)
     registry = build_registry(config)
@@ -75,9 +77,58 @@ def guardrails_from_args(args: argparse.Namespace) -> Guardrails:
             custom_queries=args.allow_custom_queries,
             scrape_interval_seconds=parse_duration(args.scrape_interval) if args.scrape_interval else 0.0,
             template_namespaces=frozenset(args.template_namespace or ()),
+            scale_kinds=frozenset(args.scale_kind or ()),
         )
     except ValueError as e:
         raise SystemExit(f"chanscale run: {e}") from e
+
+
+def prometheus_auth_from_args(args: argparse.Namespace) -> PrometheusAuth:
+    """The operator's Prometheus credentials from `chanscale run` flags (the chart mounts the Secrets)."""
+    try:
+        return promauth.from_args(args)
+    except promauth.AuthConfigError as e:
+        raise SystemExit(f"chanscale run: {e}") from e
+
+
+def _add_prometheus_auth_flags(r: argparse.ArgumentParser) -> None:
+    g = r.add_argument_group("Prometheus authentication (the operator's own; pools cannot set it: docs/security.md)")
+    env = os.environ.get
+    g.add_argument(
+        "--prometheus-bearer-token-file",
+        default=env("CHANSCALE_PROMETHEUS_BEARER_TOKEN_FILE"),
+        metavar="PATH",
+        help="send 'Authorization: Bearer <file content>'; re-read when the file changes (a mounted Secret)",
+    )
+    g.add_argument(
+        "--prometheus-basic-auth-user",
+        default=env("CHANSCALE_PROMETHEUS_BASIC_AUTH_USER"),
+        help="basic auth user (with --prometheus-basic-auth-password-file)",
+    )
+    g.add_argument(
+        "--prometheus-basic-auth-password-file",
+        default=env("CHANSCALE_PROMETHEUS_BASIC_AUTH_PASSWORD_FILE"),
+        metavar="PATH",
+    )
+    g.add_argument(
+        "--prometheus-ca-file",
+        default=env("CHANSCALE_PROMETHEUS_CA_FILE"),
+        metavar="PATH",
+        help="PEM CA bundle that verifies Prometheus' TLS certificate (default: the system CAs)",
+    )
+    g.add_argument(
+        "--prometheus-cert-file",
+        default=env("CHANSCALE_PROMETHEUS_CERT_FILE"),
+        metavar="PATH",
+        help="PEM client certificate for mutual TLS (with --prometheus-key-file)",
+    )
+    g.add_argument("--prometheus-key-file", default=env("CHANSCALE_PROMETHEUS_KEY_FILE"), metavar="PATH")
+    g.add_argument(
+        "--prometheus-header",
+        action="append",
+        metavar="NAME=VALUE",
+        help="an extra request header, e.g. X-Scope-OrgID=team-a for Mimir/Cortex/Thanos (repeatable)",
+    )
 
 
 def _add_guardrail_flags(r: argparse.ArgumentParser) -> None:
@@ -113,6 +164,13 @@ def _add_guardrail_flags(r: argparse.ArgumentParser) -> None:
         help="Prometheus' scrape interval (e.g. 30s): a pool's rateWindow below two intervals is refused",
     )
     g.add_argument(
+        "--scale-kind",
+        action="append",
+        metavar="KIND.GROUP",
+        help="a kind with a /scale subresource pools may target besides Deployments, e.g. StatefulSet.apps or "
+        "Rollout.argoproj.io (repeatable; needs the chart's rbac.scaleTargets for get/patch on its /scale)",
+    )
+    g.add_argument(
         "--template-namespace",
         action="append",
         metavar="NAMESPACE",
@@ -143,7 +201,40 @@ def _explain(args: argparse.Namespace) -> int:
         print(json.dumps(wp.get("status") or {}, indent=2))
         return 0
     print(explain_text(wp))
+    if args.compare:
+        from .adoption import compare_text
+
+        print(compare_text(wp.get("status") or {}))
     return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """KEDA ScaledObjects (YAML files or '-' for stdin) -> WorkerPools on stdout, notes as comments."""
+    import yaml
+
+    from .migrate import MigrateError, Options, migrate, report
+
+    opts = Options(p99_seconds=args.p99, service_rate=args.service_rate, channel=args.channel, active=args.active)
+    docs: list[Any] = []
+    for path in args.files:
+        with sys.stdin if path == "-" else open(path) as f:
+            docs += [d for d in yaml.safe_load_all(f) if d]
+    objects = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ScaledObject"]
+    if not objects:
+        print("error: no ScaledObject in the input", file=sys.stderr)
+        return 2
+    rc = 0
+    out = []
+    for so in objects:
+        try:
+            m = migrate(so, opts)
+        except MigrateError as e:
+            print(f"error: {e}", file=sys.stderr)
+            rc = 1
+            continue
+        out.append(report(m) + "\n" + yaml.safe_dump(m.pool, sort_keys=False))
+    print("---\n".join(out), end="")
+    return rc
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -217,13 +308,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--verbose", "-v", action="store_true")
     _add_guardrail_flags(r)
+    _add_prometheus_auth_flags(r)
     r.set_defaults(func=_run)
 
     e = sub.add_parser("explain", help="why did it scale? print a pool's last decision")
     e.add_argument("pool", help="<namespace>/<name>")
     e.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     e.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    e.add_argument(
+        "--compare",
+        action="store_true",
+        help="a DryRun pool beside another autoscaler: its decisions beside the replicas that autoscaler set",
+    )
     e.set_defaults(func=_explain)
+
+    m = sub.add_parser(
+        "migrate",
+        help="turn KEDA ScaledObjects into WorkerPools (DryRun by default: shadow the ScaledObject first)",
+    )
+    m.add_argument("files", nargs="+", help="YAML files with ScaledObjects ('-' reads stdin, e.g. kubectl get -o yaml)")
+    m.add_argument("--p99", type=float, help="the latency objective, seconds (spec.slo.p99LatencySeconds)")
+    m.add_argument(
+        "--service-rate",
+        type=float,
+        help="messages/s one worker handles: sets spec.model.serviceRateHint and, without --p99, turns the "
+        "trigger's per-replica threshold into the objective (threshold / rate)",
+    )
+    m.add_argument("--channel", help="the channel label (default: the trigger's topic/stream/list)")
+    m.add_argument("--active", action="store_true", help="mode Active instead of DryRun (delete the ScaledObject)")
+    m.set_defaults(func=_migrate)
 
     s = sub.add_parser("sim", help="channel simulator: serves the metrics contract for simulated channels")
     s.add_argument("--config", required=True, help="YAML file listing the channels (see docs/simulator.md)")

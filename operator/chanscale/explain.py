@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .adoption import activity
 from .decision import Decision, Observation, PoolState
 from .limits import kind_of
 from .spec import PoolSpec
@@ -259,6 +260,7 @@ class Facts:
             set_condition(c, "ScalingLimited", "True", limit, "; ".join(d.limited_by), now, gen)
         else:
             set_condition(c, "ScalingLimited", "False", "NotLimited", "the recommendation was applied as is", now, gen)
+        set_condition(c, "Active", *activity(self.obs, d.metrics_ok), now, gen)
         if self.paused:
             set_condition(c, "Paused", "True", "Paused", self.paused, now, gen)
         else:
@@ -371,7 +373,8 @@ def explain_text(wp: dict[str, Any]) -> str:
     d = st.get("lastDecision") or {}
     lines = [
         f"WorkerPool {meta.get('namespace')}/{meta.get('name')}  channel={spec.get('channel')}  "
-        f"target=Deployment/{st.get('targetName', '?')}  mode={spec.get('mode', 'Active')}"
+        f"target={(spec.get('scaleTargetRef') or {}).get('kind') or 'Deployment'}/{st.get('targetName', '?')}  "
+        f"mode={spec.get('mode', 'Active')}"
     ]
     if not d:
         lines.append("  no decision recorded yet")

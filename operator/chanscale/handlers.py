@@ -23,6 +23,7 @@ import kopf
 from . import GROUP, PLURAL, VERSION, kube, telemetry, tenancy
 from .health import Health, api_server_answers
 from .reconcile import Config, Runtime, Target, tick
+from .scaletarget import ScaleSubresource
 from .signals import PrometheusReader
 from .spec import PoolSpec, SpecError
 
@@ -34,17 +35,23 @@ def _deployment_key(namespace: str, name: str) -> tuple[str, str]:
 
 
 def _conflict(
-    namespace: str, pool: str, name: str, hpas: Mapping[Any, Any], scaledobjects: Mapping[Any, Any], pools: list[Any]
+    namespace: str,
+    pool: str,
+    name: str,
+    hpas: Mapping[Any, Any],
+    scaledobjects: Mapping[Any, Any],
+    pools: list[Any],
+    kind: str = "Deployment",
 ) -> str | None:
     """Another autoscaler on the target: a KEDA ScaledObject (paused ones too), an HPA, or an older WorkerPool."""
-    owner = tenancy.target_owner(pools, name)
+    owner = tenancy.target_owner(pools, name if kind == "Deployment" else f"{kind}/{name}")
     if owner is not None and owner != pool:
-        return f"WorkerPool {owner} (it names this Deployment and is older)"
-    scaled = sorted(scaledobjects.get((namespace, "Deployment", name), ()))
+        return f"WorkerPool {owner} (the oldest Active pool naming this {kind})"
+    scaled = sorted(scaledobjects.get((namespace, kind, name), ()))
     if scaled:
         so, paused = scaled[0]
-        return f"KEDA ScaledObject {so}" + (" (paused, but it still owns the Deployment)" if paused else "")
-    conflicts = sorted(hpas.get((namespace, "Deployment", name), ()))
+        return f"KEDA ScaledObject {so}" + (f" (paused, but it still owns the {kind})" if paused else "")
+    conflicts = sorted(hpas.get((namespace, kind, name), ()))
     return f"HorizontalPodAutoscaler {conflicts[0]}" if conflicts else None
 
 
@@ -83,6 +90,33 @@ def target_from_indexes(
     )
 
 
+async def target_from_scale(
+    rt: Runtime,
+    namespace: str,
+    pool: str,
+    spec: Mapping[str, Any],
+    hpas: Mapping[Any, Any],
+    scaledobjects: Mapping[Any, Any],
+    workerpools: Mapping[Any, Any],
+) -> Target | None:
+    """A target other than a Deployment, read through its /scale subresource (one GET per tick), or None when
+    the pool's spec or the admin's guardrails stop it before any request (the tick reports why)."""
+    try:
+        ps = PoolSpec.from_dict(spec)
+    except SpecError:
+        return None
+    if not rt.config.guardrails.allows_scale_kind(ps):
+        return None
+    name = ps.target_name(pool)
+    conflict = _conflict(
+        namespace, pool, name, hpas, scaledobjects, list(workerpools.get(namespace, ())), ps.scale_kind
+    )
+    reading = await rt.scale_any.read(namespace, ps.scale_api_version, ps.scale_kind, name)
+    if reading is None:
+        return Target(name=name, exists=False, conflict=conflict)
+    return Target(name=name, exists=True, replicas=reading.replicas, ready=reading.observed, conflict=conflict)
+
+
 def build_registry(config: Config) -> kopf.OperatorRegistry:
     """All handlers, registered on a fresh registry with the configured tick."""
     registry = kopf.OperatorRegistry()
@@ -108,9 +142,12 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
                 ttl=max(1.0, config.tick * 0.8),
                 timeout=config.query_timeout,
                 on_query=telemetry.observe_query,
+                auth=config.prometheus_auth,
+                allowed=tenancy.allowed_addresses(config.guardrails, config.prometheus_url),
             ),
             gate=make_gate(config.opa),
             scaler=kube.KubeScaler(),
+            scale_any=ScaleSubresource(),
             writer=kube.KubeStatusWriter(),
         )
         health = memo.health = Health(
@@ -124,9 +161,10 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             memo.health_runner = await health.serve(config.health_url)
         memo.watchdog = asyncio.create_task(health.watchdog(), name="chanscale-health-watchdog")
         logger.info(
-            "chanscale configured: tick=%ss prometheus=%s opa=%s",
+            "chanscale configured: tick=%ss prometheus=%s (auth: %s) opa=%s",
             config.tick,
             config.prometheus_url,
+            config.prometheus_auth.describe(),
             config.opa,
         )
         # Start a supervised local OPA now, so the first decision does not pay for it; failing here is not fatal
@@ -256,9 +294,19 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         deployments: kopf.Index[Any, Any] = kwargs["deployments"]
         hpas: kopf.Index[Any, Any] = kwargs["hpas"]
         target_name = (spec.get("template") and name) or (spec.get("scaleTargetRef") or {}).get("name") or name
-        target = target_from_indexes(
-            namespace or "", target_name, deployments, hpas, kwargs["scaledobjects"], kwargs["workerpools"], name
-        )
+        ref = spec.get("scaleTargetRef") or {}
+        target: Target | None
+        if ref.get("kind") in (None, "Deployment") or spec.get("template"):
+            target = target_from_indexes(
+                namespace or "", target_name, deployments, hpas, kwargs["scaledobjects"], kwargs["workerpools"], name
+            )
+        else:
+            try:
+                target = await target_from_scale(
+                    rt, namespace or "", name, spec, hpas, kwargs["scaledobjects"], kwargs["workerpools"]
+                )
+            except kube.ScaleError as e:  # discovery or RBAC: the pool reports it, others carry on
+                target = Target(name=target_name, exists=False, error=f"{e.reason}: {e}")
         result = await tick(rt, body, target)
         for etype, reason, message in result.events:
             kopf.event(body, type=etype, reason=reason, message=message[:1024])

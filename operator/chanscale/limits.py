@@ -25,6 +25,7 @@ class LimitKind(str, Enum):
     MISSING_DATA = "MissingData"
     SERVICE_RATE_UNKNOWN = "ServiceRateUnknown"
     SCALING_DISABLED = "ScalingDisabled"
+    PAUSED_REPLICAS = "PausedReplicas"  # held by the chanscale.dev/paused-replicas annotation
     OTHER = "Limited"
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from . import FIELD_MANAGER, PAUSED_ANNOTATION, telemetry
+from . import FIELD_MANAGER, PAUSED_ANNOTATION, PAUSED_REPLICAS_ANNOTATION, adoption, telemetry
 from .decision import Decision, Observation, PoolState, apply_verdict, decide, record_scale
 from .explain import (
     Event,
@@ -26,6 +26,7 @@ from .explain import (
     error_status,
     external_conditions,
     rfc3339,
+    set_condition,
     verdict,
 )
 from .explain import (
@@ -33,6 +34,7 @@ from .explain import (
 )
 from .faults import crash_point
 from .kube import ScaleError, Scaler, template_digest
+from .promauth import PrometheusAuth
 from .signals import PrometheusReader, signal_errors_for_required
 from .spec import PoolSpec, SpecError
 from .tenancy import Guardrails, TenancyState, namespace_pools, refusal
@@ -51,6 +53,7 @@ class Config:
     health_url: str | None = None  # serve /healthz (this URL's path) and /readyz on its host:port
     stale_intervals: float = 3.0  # liveness fails when a pool has not been evaluated for this many ticks
     guardrails: Guardrails = field(default_factory=Guardrails)  # the admin's choices (tenancy.py)
+    prometheus_auth: PrometheusAuth = field(default_factory=PrometheusAuth)  # the operator's credentials
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Target:
     ready: int | None = None
     conflict: str | None = None  # e.g. "HorizontalPodAutoscaler web (KEDA ScaledObject web)"
     manager: str | None = None  # the field manager that last set spec.replicas (managedFields)
+    error: str | None = None  # why a /scale target could not be read (scaletarget.py): discovery, RBAC
     # () -> (the namespace's pools from kopf's WorkerPool index, {Deployment: replicas}); read under the lock.
     peers: Callable[[], tuple[list[dict[str, Any]], dict[str, int]]] | None = None
 
@@ -112,6 +116,7 @@ class Runtime:
     evaluated: dict[tuple[str, str], float] = field(default_factory=dict)  # last tick of any kind (liveness)
     memory_writes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     tenancy: TenancyState = field(default_factory=TenancyState)
+    scale_any: Any = None  # scaletarget.ScaleSubresource: targets other than Deployments
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -131,6 +136,9 @@ def is_paused(meta: Mapping[str, Any], spec: Mapping[str, Any]) -> str | None:
     ann = (meta.get("annotations") or {}).get(PAUSED_ANNOTATION)
     if isinstance(ann, str) and ann.lower() == "true":
         return f"annotation {PAUSED_ANNOTATION}=true"
+    held = adoption.paused_replicas(meta)
+    if held is not None:
+        return f"annotation {PAUSED_REPLICAS_ANNOTATION}={held}: held at {held} replicas"
     if spec.get("paused") is True:
         return "spec.paused is true"
     return None
@@ -417,6 +425,7 @@ class Observed:
     paused: str | None
     ext: dict[str, Any] | None
     events: list[Event]
+    shadow_of: str | None = None  # a DryRun pool beside the autoscaler that owns the target (adoption.py)
 
 
 async def _tick(
@@ -465,7 +474,7 @@ async def _observe(
         error=signal_errors_for_required(sig),
         **sig.values,
     )
-    return Observed(ns, name, gen, target_name, dict(old), current, obs, paused, ext, events)
+    return Observed(ns, name, gen, target_name, dict(old), current, obs, paused, ext, events, target.conflict)
 
 
 def _precondition(
@@ -488,11 +497,13 @@ def _precondition(
                 ns, name, f"the API server refused the Deployment from spec.template: {rejected[1]}"
             )
         how = "spec.template (being created)" if spec.template is not None else "spec.scaleTargetRef.name"
-        return "TargetNotFound", f"Deployment {ns}/{target_name} not found: check {how}"
-    if target.conflict:
+        if target is not None and target.error:
+            return "TargetUnreadable", f"cannot read the scale of {spec.scale_kind} {ns}/{target_name}: {target.error}"
+        return "TargetNotFound", f"{spec.scale_kind} {ns}/{target_name} not found: check {how}"
+    if target.conflict and spec.mode != "DryRun":  # a DryRun pool never writes: it shadows (adoption.py)
         return "TargetConflict", (
-            f"Deployment {ns}/{target_name} is already scaled by {target.conflict}; two autoscalers would fight. "
-            "Delete it or point this WorkerPool at another Deployment."
+            f"{spec.scale_kind} {ns}/{target_name} is already scaled by {target.conflict}; two autoscalers would "
+            "fight. Delete it, point this WorkerPool at another Deployment, or set mode: DryRun to shadow it."
         )
     return None
 
@@ -511,9 +522,12 @@ def _decide(spec: PoolSpec, seen: Observed, body: Mapping[str, Any], now: float,
     """The model's decision (pure), and the mode it is taken in (Active, DryRun, Paused, or HoldOff after another
     writer moved the Deployment)."""
     decision = decide(spec, state, seen.obs)
+    hold_at = adoption.paused_replicas(body.get("metadata") or {})
+    if hold_at is not None:  # KEDA's paused-replicas: scale to N and hold, through the same gate and write path
+        decision = adoption.pin(decision, hold_at)
     conditions = [dict(c) for c in seen.old.get("conditions") or []]
     hold, ext_key, ext_msg = external_conditions(spec, seen.ext, seen.target_name, now, conditions, seen.gen)
-    mode = "Paused" if seen.paused else "HoldOff" if hold else spec.mode
+    mode = "Paused" if seen.paused and hold_at is None else "HoldOff" if hold else spec.mode
     facts = Facts(
         body,
         spec,
@@ -566,7 +580,11 @@ async def _act(rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed) -> Ti
     mem.status = ahead
     crash_point("after-intent")
     try:
-        await rt.scaler.scale(seen.ns, seen.target_name, d.desired)
+        if facts.spec.scales_deployment:
+            await rt.scaler.scale(seen.ns, seen.target_name, d.desired)
+        else:  # any kind with a /scale subresource (scaletarget.py)
+            ref = facts.spec
+            await rt.scale_any.scale(seen.ns, ref.scale_api_version, ref.scale_kind, seen.target_name, d.desired)
     except ScaleError as e:
         reason = e.reason if e.reason != "ApiError" else "ScaleFailed"
         return await _fail(rt, key, mem, seen.old, seen.gen, now, seen.target_name, reason, brief(*key, str(e)))
@@ -593,6 +611,7 @@ async def _explain(
     replicas = d.desired if applied else d.current
     mem.state = state
     status = facts.status(replicas, applied=applied, state=state, events=events)
+    adoption.shadow(status, seen.old, seen.shadow_of, facts.now, seen.current, d.desired, seen.gen, set_condition)
     _publish_metrics(facts, replicas)
     result = TickResult(status=None, events=events, scaled_to=d.desired if applied else None, decision=d)
     result.labels = facts.labels()

@@ -17,7 +17,9 @@ from typing import Any, Protocol
 
 from urllib3.util.retry import Retry
 
+from .promauth import PrometheusAuth
 from .spec import SIGNALS, PoolSpec
+from .tenancy import normalise_url
 
 SeriesKey = tuple[str, str]  # (namespace, channel)
 Result = dict[SeriesKey | None, float]  # None key: a single series / scalar (custom queries)
@@ -111,7 +113,11 @@ class PrometheusReader:
         query_fn: QueryFn | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_query: Callable[[str, float, bool], None] | None = None,
+        auth: PrometheusAuth | None = None,
+        allowed: set[str] | None = None,
     ) -> None:
+        self.auth = auth or PrometheusAuth()
+        self.allowed = allowed  # normalised admin-approved base URLs; None = no check (tests, the demo)
         self.default_address = default_address
         self.ttl = ttl
         self.timeout = timeout
@@ -128,8 +134,14 @@ class PrometheusReader:
 
         client = self._clients.get(address)
         if client is None:
+            if self.allowed is not None and normalise_url(address) not in self.allowed:
+                # Defence in depth behind tenancy.refusal: the operator's credentials never leave for an address
+                # the admin did not approve.
+                raise QueryError(f"{address} is not an admin-approved Prometheus address")
             retry = Retry(total=1, backoff_factor=0.1, status_forcelist=(502, 503, 504), allowed_methods=None)
-            client = PrometheusConnect(url=address, disable_ssl=False, retry=retry, timeout=self.timeout)
+            # The operator's credentials (promauth.py) go to admin-approved addresses only: tenancy.refusal
+            # stops a pool naming any other address before a query is built.
+            client = PrometheusConnect(url=address, retry=retry, timeout=self.timeout, session=self.auth.session())
             self._clients[address] = client
         result: list[Any] = await asyncio.to_thread(client.custom_query, query)
         return result

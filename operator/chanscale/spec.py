@@ -119,6 +119,8 @@ class PoolSpec:
     max_replicas: int
     slo: SLO
     scale_target: str | None = None
+    scale_kind: str = "Deployment"  # any kind with a /scale subresource the admin enabled (--scale-kind)
+    scale_api_version: str = "apps/v1"
     template: Mapping[str, Any] | None = None
     idle_seconds: int = 300
     polling_interval: int | None = None
@@ -138,6 +140,15 @@ class PoolSpec:
     def from_dict(cls, spec: Mapping[str, Any]) -> PoolSpec:
         """Validate a WorkerPool ``spec`` and apply defaults. Raises :class:`SpecError` naming the field."""
         return _parse(spec)
+
+    @property
+    def scales_deployment(self) -> bool:
+        return self.scale_kind == "Deployment" and self.scale_api_version == "apps/v1"
+
+    @property
+    def scale_kind_key(self) -> str:
+        """``Kind.group`` as the admin enables it (``--scale-kind StatefulSet.apps``)."""
+        return f"{self.scale_kind}.{self.scale_api_version.split('/')[0]}"
 
     def target_name(self, pool_name: str) -> str:
         """The Deployment this pool scales: scaleTargetRef.name, or the pool's own name for a template."""
@@ -229,6 +240,10 @@ def _rules(m: Mapping[str, Any], path: str, default: ScalingRules) -> ScalingRul
     )
 
 
+KIND_RE = re.compile(r"^[A-Z][A-Za-z0-9]{0,62}$")
+API_VERSION_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/v[0-9]+((alpha|beta)[0-9]+)?$")
+
+
 def _parse(spec: Mapping[str, Any]) -> PoolSpec:
     spec = _obj(spec, "spec")
     channel = spec.get("channel")
@@ -244,14 +259,20 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
             "spec",
             "set exactly one of spec.scaleTargetRef (an existing Deployment) or spec.template (a pod template)",
         )
-    target = None
+    target, kind, api_version = None, "Deployment", "apps/v1"
     if ref is not None:
         ref = _obj(ref, "spec.scaleTargetRef")
-        if ref.get("kind", "Deployment") != "Deployment" or ref.get("apiVersion", "apps/v1") != "apps/v1":
-            raise SpecError("spec.scaleTargetRef", "only apps/v1 Deployment targets are supported")
+        kind, api_version = ref.get("kind") or kind, ref.get("apiVersion") or api_version
+        if not isinstance(kind, str) or not KIND_RE.match(kind):
+            raise SpecError("spec.scaleTargetRef.kind", f"must be a Kubernetes kind such as StatefulSet, got {kind!r}")
+        if not isinstance(api_version, str) or not API_VERSION_RE.match(api_version):
+            raise SpecError(
+                "spec.scaleTargetRef.apiVersion",
+                f"must be <group>/<version> such as apps/v1 or argoproj.io/v1alpha1, got {api_version!r}",
+            )
         target = ref.get("name")
         if not isinstance(target, str) or not target:
-            raise SpecError("spec.scaleTargetRef.name", "is required: the name of the Deployment to scale")
+            raise SpecError("spec.scaleTargetRef.name", "is required: the name of the resource to scale")
     else:
         template = _obj(template, "spec.template")
         containers = _obj(template.get("spec"), "spec.template.spec").get("containers")
@@ -330,6 +351,8 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
     return PoolSpec(
         channel=channel,
         scale_target=target,
+        scale_kind=kind,
+        scale_api_version=api_version,
         template=template,
         min_replicas=min_r,
         max_replicas=max_r,

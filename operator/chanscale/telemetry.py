@@ -85,6 +85,12 @@ METRICS_AVAILABLE = Gauge(
 PER_POOL = (REPLICAS, DESIRED, RECOMMENDED, SLO_MET, METRICS_AVAILABLE)
 
 
+def exported_names() -> set[str]:
+    """Every series name the operator's /metrics can carry (dashboards and alert rules are checked against it)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {f.name + s for f in REGISTRY.collect() for s in suffixes.get(f.type, ("",))}
+
+
 def observe_query(_address: str, seconds: float, ok: bool) -> None:
     result = "success" if ok else "error"
     QUERIES.labels(result).inc()

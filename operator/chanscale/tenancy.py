@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import PAUSED_ANNOTATION
+from . import PAUSED_ANNOTATION, PAUSED_REPLICAS_ANNOTATION
 from .spec import PROFILE_RE, PoolSpec
 
 DEFAULT_PROFILE = "default"
@@ -44,9 +44,13 @@ class Guardrails:
     custom_queries: bool = False
     scrape_interval_seconds: float = 0.0  # 0: unknown, the rate-window check is off
     template_namespaces: frozenset[str] = frozenset()  # where spec.template pools may own a Deployment; "*": all
+    scale_kinds: frozenset[str] = frozenset()  # "Kind.group" targets besides Deployments (--scale-kind)
 
     def policy_path(self, profile: str) -> str | None:
         return self.profiles.get(profile)
+
+    def allows_scale_kind(self, spec: PoolSpec) -> bool:
+        return spec.scales_deployment or spec.scale_kind_key in self.scale_kinds
 
     def allows_templates(self, namespace: str) -> bool:
         return "*" in self.template_namespaces or namespace in self.template_namespaces
@@ -101,6 +105,18 @@ def _selectors(expr: Any) -> list[Any]:
     return found
 
 
+def metric_names(query: str) -> set[str]:
+    """The metric names a PromQL expression reads (``ValueError`` when it does not parse)."""
+    import promql_parser
+
+    names = set()
+    for sel in _selectors(promql_parser.parse(query)):
+        name = sel.name or next((m.value for m in sel.matchers.matchers if m.name == "__name__"), None)
+        if name:
+            names.add(name)
+    return names
+
+
 def _confined(matchers: Iterable[Any], namespace: str) -> bool:
     import promql_parser
 
@@ -143,11 +159,33 @@ def pause_problem(meta: Mapping[str, Any]) -> str | None:
     )
 
 
+MAX_PAUSED_REPLICAS = 10000
+
+
+def paused_replicas_problem(meta: Mapping[str, Any]) -> str | None:
+    """Why the paused-replicas annotation is unusable, or None (absent or a count 0..10000)."""
+    value = (meta.get("annotations") or {}).get(PAUSED_REPLICAS_ANNOTATION)
+    if value is None or paused_replicas(meta) is not None:
+        return None
+    return (
+        f"annotation {PAUSED_REPLICAS_ANNOTATION} must be a replica count between 0 and {MAX_PAUSED_REPLICAS}, got "
+        f"{value!r}: not scaling until it is fixed or removed"
+    )
+
+
+def paused_replicas(meta: Mapping[str, Any]) -> int | None:
+    value = (meta.get("annotations") or {}).get(PAUSED_REPLICAS_ANNOTATION)
+    if not isinstance(value, str) or not value.strip().isdigit():
+        return None
+    n = int(value.strip())
+    return n if n <= MAX_PAUSED_REPLICAS else None
+
+
 def refusal(
     g: Guardrails, spec: PoolSpec, namespace: str, meta: Mapping[str, Any], default_url: str | None
 ) -> Refusal | None:
     """The first reason this pool must not be scaled at all, or None. Checked before any query or decision."""
-    problem = pause_problem(meta)
+    problem = pause_problem(meta) or paused_replicas_problem(meta)
     if problem:
         return Refusal("InvalidPauseAnnotation", problem)
     if g.policy_path(spec.policy.profile) is None:
@@ -156,6 +194,13 @@ def refusal(
             "PolicyProfileNotPublished",
             f"spec.policy.profile {spec.policy.profile!r} is not published by the cluster admin: "
             f"use one of {published}",
+        )
+    if not g.allows_scale_kind(spec):
+        enabled = ", ".join(sorted(g.scale_kinds)) or "none"
+        return Refusal(
+            "ScaleKindNotEnabled",
+            f"spec.scaleTargetRef: {spec.scale_kind_key} is not a target kind the cluster admin enabled (operator flag "
+            f"--scale-kind, Helm value rbac.scaleTargets; enabled: {enabled}): use a Deployment or ask the admin",
         )
     if spec.template is not None and not g.allows_templates(namespace):
         return Refusal(
@@ -205,19 +250,28 @@ def _rate_window_refusal(g: Guardrails, spec: PoolSpec) -> Refusal | None:
 
 def pool_index_entry(name: str, spec: Mapping[str, Any], status: Mapping[str, Any], created: str) -> dict[str, Any]:
     """What the WorkerPool index keeps per pool (keyed by namespace): its target and its last known claim."""
-    target = name if spec.get("template") else (spec.get("scaleTargetRef") or {}).get("name") or name
+    ref = spec.get("scaleTargetRef") or {}
+    target = name if spec.get("template") else ref.get("name") or name
+    if ref.get("kind") not in (None, "Deployment"):
+        target = f"{ref['kind']}/{target}"  # a StatefulSet "web" is not the Deployment "web"
     return {
         "name": name,
         "target": target,
         "created": created,
+        "mode": spec.get("mode") or "Active",
         "replicas": status.get("replicas"),
         "desiredReplicas": status.get("desiredReplicas"),
     }
 
 
 def target_owner(pools: Iterable[Mapping[str, Any]], target: str) -> str | None:
-    """The pool that owns a target Deployment: the oldest pool naming it (ties: the smaller name)."""
-    claims = sorted((p.get("created") or "", p["name"]) for p in pools if p.get("target") == target)
+    """The pool that owns a target Deployment: the oldest Active pool naming it (ties: the smaller name). A DryRun
+    pool never writes, so it owns nothing: it may shadow the owner (docs/migrate-from-keda.md)."""
+    claims = sorted(
+        (p.get("created") or "", p["name"])
+        for p in pools
+        if p.get("target") == target and p.get("mode", "Active") != "DryRun"
+    )
     return claims[0][1] if claims else None
 
 

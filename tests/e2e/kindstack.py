@@ -321,8 +321,9 @@ class KindStack:
         """``helm upgrade --install`` (install on a fresh cluster, reuse on a kept one) and wait for the pod."""
         self.namespaces([RELEASE_NS, *self.watched_namespaces(), UNWATCHED_NS])
         with self.stage(stage):
-            # Helm installs CRDs only on a first install, never on upgrade: apply them as docs/install.md says.
-            self.must("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "charts/chanscale/crds"))
+            # The CRD is applied from crds/ (so a kept cluster's kubectl-applied CRD stays valid) and the release
+            # does not manage it (crds.install=false); helm-managed CRD upgrades: tests/integration/test_chart_crds.py.
+            self.must("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
             self.helm(
                 "upgrade",
                 "--install",
@@ -333,7 +334,7 @@ class KindStack:
                 "--wait",
                 "--timeout",
                 "300s",
-                *self.chart_args(*extra),
+                *self.chart_args("--set", "crds.install=false", *extra),
             )
 
     def helm_test(self) -> str:

@@ -54,8 +54,10 @@ def helm(*args: str, kubeconfig: Path | None = None, check: bool = True) -> subp
 
 
 def render(*extra: str, release: str = "cs", namespace: str = "chanscale-system") -> list[dict[str, Any]]:
-    """``helm template`` with the chart's tests included, parsed."""
-    out = helm("template", release, str(CHART), "--namespace", namespace, *extra).stdout
+    """``helm template`` with the chart's tests included, parsed. Without the CRD unless ``extra`` sets
+    crds.install=true: the session's CRD is applied from crds/ by the control-plane fixture (test_chart_crds.py
+    covers the chart's copy)."""
+    out = helm("template", release, str(CHART), "--namespace", namespace, "--set", "crds.install=false", *extra).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -256,11 +258,86 @@ def test_schema_rejects_wrong_values_naming_the_key(args: list[str], message: st
         (["--set", "pdb.minAvailable=1"], "pdb.maxUnavailable or pdb.minAvailable"),
         (["--set", "serviceMonitor.enabled=true", "--set", "operator.metricsPort=0"], "operator.metricsPort"),
         (["--set", "opa.enabled=false", "--set", "opa.extraPolicies.x\\.rego=package x"], "opa.enabled=true"),
+        (
+            ["--set", "prometheus.auth.bearerToken.secretName=t", "--set", "prometheus.auth.basicAuth.username=u"],
+            "bearerToken.secretName or basicAuth.username",
+        ),
+        (["--set", "prometheus.auth.basicAuth.username=u"], "prometheus.auth.basicAuth: set both"),
+        (
+            ["--set", "prometheus.tls.ca.secretName=a", "--set", "prometheus.tls.ca.configMapName=b"],
+            "prometheus.tls.ca: set either",
+        ),
     ],
 )
 def test_template_rejects_inconsistent_values(args: list[str], message: str) -> None:
     proc = helm("template", "cs", str(CHART), *args, check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_scale_targets_are_opt_in_per_kind_and_scale_subresource_only() -> None:
+    """rbac.scaleTargets grants get/patch on <resource>/scale (never the resource) and enables the kind with the
+    operator's --scale-kind; by default no such rule exists."""
+    from chanscale.cli import build_parser, guardrails_from_args
+
+    def rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        role = next(r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith("-operator"))
+        return [r for r in role["rules"] if any(x.endswith("/scale") for x in r["resources"])]
+
+    assert [r["resources"] for r in rules(render())] == [["deployments/scale"]]
+    docs = render(
+        "--set",
+        "rbac.scaleTargets[0].kind=StatefulSet,rbac.scaleTargets[0].apiGroup=apps,"
+        "rbac.scaleTargets[0].resource=statefulsets",
+        "--set",
+        "rbac.scaleTargets[1].kind=Rollout,rbac.scaleTargets[1].apiGroup=argoproj.io,"
+        "rbac.scaleTargets[1].resource=rollouts",
+    )
+    extra = [r for r in rules(docs) if r["resources"] != ["deployments/scale"]]
+    assert extra == [
+        {"apiGroups": ["apps"], "resources": ["statefulsets/scale"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["argoproj.io"], "resources": ["rollouts/scale"], "verbs": ["get", "patch"]},
+    ]
+    g = guardrails_from_args(build_parser().parse_args(containers(one(docs, "Deployment"))["operator"]["args"]))
+    assert g.scale_kinds == {"StatefulSet.apps", "Rollout.argoproj.io"}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["-f", str(CHART / "ci" / "prometheus-auth-values.yaml")],
+        [
+            "--set",
+            "prometheus.auth.basicAuth.username=u",
+            "--set",
+            "prometheus.auth.basicAuth.secretName=pw",
+            "--set",
+            "prometheus.tls.ca.secretName=ca",
+        ],
+    ],
+    ids=["token-ca-clientcert-header", "basic-auth-ca-secret"],
+)
+def test_prometheus_credentials_are_mounted_where_the_flags_point(extra: list[str]) -> None:
+    """Every --prometheus-*-file flag names a file that a mounted Secret/ConfigMap item provides, and the
+    operator's own parser accepts the whole set (chanscale.promauth; docs/security.md)."""
+    from chanscale.cli import build_parser
+
+    deploy = one(render(*extra), "Deployment")
+    op = containers(deploy)["operator"]
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    files = {}
+    for m in op["volumeMounts"]:
+        v = volumes[m["name"]]
+        source = v.get("secret") or v.get("configMap")
+        if source:
+            assert m["readOnly"] is True
+            files.update({f"{m['mountPath']}/{i['path']}": v["name"] for i in source["items"]})
+    args = op["args"]
+    flags = [a for a in args if a.startswith("--prometheus-") and a.endswith("-file")]
+    assert flags, args
+    for flag in flags:
+        assert args[args.index(flag) + 1] in files, f"{flag} points at no mounted file"
+    parsed = build_parser().parse_args(args)
+    assert parsed.prometheus_bearer_token_file or parsed.prometheus_basic_auth_user
 
 
 # ------------------------------------------------------------------------------------ OPA loads the ConfigMap
@@ -347,7 +424,11 @@ MONITORING_CRDS = [
             ],
         },
     }
-    for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PodMonitor", "podmonitors"))
+    for kind, plural in (
+        ("ServiceMonitor", "servicemonitors"),
+        ("PodMonitor", "podmonitors"),
+        ("PrometheusRule", "prometheusrules"),
+    )
 ]
 
 
@@ -382,6 +463,8 @@ class Release:
             str(CHART),
             "--namespace",
             self.namespace,
+            "--set",
+            "crds.install=false",  # the session CRD (kubectl-applied from crds/) is not this release's
             *self.values,
             "--set",
             "image.repository=chanscale",
@@ -452,7 +535,8 @@ def monitoring_crds(kubectl: Any) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def release(kubectl: Any, kubeconfig: Path, monitoring_crds: None) -> Iterator[Release]:
-    """The chart installed cluster-wide with every optional object on (ServiceMonitor, PodMonitor, NetPol)."""
+    """The chart installed cluster-wide with every optional object on (ServiceMonitor, PodMonitor, PrometheusRule,
+    the Grafana dashboard, NetPol)."""
     with Release(kubectl, kubeconfig, ["-f", str(CHART / "ci" / "monitoring-values.yaml")]) as rel:
         yield rel
 
@@ -469,6 +553,7 @@ def test_helm_install_every_object_is_accepted(release: Release) -> None:
         "Service",
         "ServiceMonitor",
         "PodMonitor",
+        "PrometheusRule",
         "PodDisruptionBudget",
         "NetworkPolicy",
     } <= kinds

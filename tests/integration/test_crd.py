@@ -20,8 +20,8 @@ from chanscale.local.process import wait_until
 
 pytestmark = pytest.mark.integration
 
-COLUMNS = ["NAME", "CHANNEL", "REPLICAS", "DESIRED", "BACKLOG", "P99", "SLO MET", "AGE"]
-WIDE_COLUMNS = [*COLUMNS[:-1], "MODE", "LIMITED BY", "AGE"]
+COLUMNS = ["NAME", "CHANNEL", "REPLICAS", "DESIRED", "MIN", "MAX", "TARGET", "READY", "REASON", "SLO MET", "AGE"]
+WIDE_COLUMNS = [*COLUMNS[:-1], "BACKLOG", "P99", "MODE", "LIMITED BY", "AGE"]
 
 
 def valid_pool(name: str = "orders") -> dict[str, Any]:
@@ -80,7 +80,11 @@ def test_printer_columns_show_status(kubectl: Kubectl, namespace: str) -> None:
             "replicas": 3,
             "desiredReplicas": 5,
             "signals": {"backlog": 120, "p99LatencySeconds": 0.4},
-            "conditions": [{"type": "SLOMet", "status": "False", "reason": "LatencyAboveSLO"}],
+            "targetName": "orders-worker",
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "TargetNotFound"},
+                {"type": "SLOMet", "status": "False", "reason": "LatencyAboveSLO"},
+            ],
             "lastDecision": {"limitedBy": ["scaleUpPolicy"]},
         }
     }
@@ -96,6 +100,8 @@ def test_printer_columns_show_status(kubectl: Kubectl, namespace: str) -> None:
     assert values["P99"] == "0.4", wide
     assert values["SLO MET"] == "False", wide
     assert values["LIMITED BY"] == "scaleUpPolicy", wide
+    assert (values["READY"], values["REASON"], values["TARGET"]) == ("False", "TargetNotFound", "orders-worker"), wide
+    assert (values["MIN"], values["MAX"]) == ("1", "10"), wide
 
 
 def _split_row(lines: list[str]) -> list[str]:
@@ -191,7 +197,8 @@ MALFORMED: list[tuple[str, Mutator, list[str]]] = [
     ),
     ("bad-rate-window", _set("metrics.rateWindow", "5 minutes"), ["spec.metrics.rateWindow"]),
     ("error-rate-above-one", _set("slo.maxErrorRate", 1.5), ["spec.slo.maxErrorRate"]),
-    ("target-kind-statefulset", _set("scaleTargetRef.kind", "StatefulSet"), ["spec.scaleTargetRef.kind"]),
+    ("target-kind-lowercase", _set("scaleTargetRef.kind", "statefulset"), ["spec.scaleTargetRef.kind"]),
+    ("target-core-group", _set("scaleTargetRef.apiVersion", "v1"), ["spec.scaleTargetRef.apiVersion"]),
     (
         "template-without-containers",
         _both(_delete("scaleTargetRef"), _set("template", {"spec": {"containers": []}})),

@@ -33,7 +33,7 @@ def _values() -> dict[str, Any]:
 
 
 def test_generated_copies_are_in_sync() -> None:
-    """charts/chanscale/crds, the policy copies and the argocd-cm patch match their sources."""
+    """charts/chanscale/templates/crds, the policy copies and the argocd-cm patch match their sources."""
     proc = subprocess.run(
         ["bash", str(ROOT / "hack" / "sync-generated.sh"), "--check"],
         capture_output=True,
@@ -45,10 +45,20 @@ def test_generated_copies_are_in_sync() -> None:
 
 
 def test_chart_crds_are_the_source_crds() -> None:
+    """The templated copy is the source CRD plus the keep/Argo CD annotations, wrapped in crds.install; Helm's
+    crds/ directory (installed once, never upgraded) is not used."""
+    assert not (CHART / "crds").exists(), "CRDs live in templates/crds/ so that helm upgrade updates them"
     for src in (ROOT / "crds").glob("*.yaml"):
-        copy = CHART / "crds" / src.name
+        copy = CHART / "templates" / "crds" / src.name
         assert copy.exists(), f"{copy} missing: run hack/sync-generated.sh"
-        assert yaml.safe_load(copy.read_text()) == yaml.safe_load(src.read_text())
+        lines = [ln for ln in copy.read_text().splitlines() if "{{" not in ln]
+        rendered = yaml.safe_load("\n".join(lines))
+        annotations = rendered["metadata"].pop("annotations")
+        assert annotations == {"helm.sh/resource-policy": "keep", **_ARGO_CRD_OPTIONS}
+        assert rendered == yaml.safe_load(src.read_text())
+
+
+_ARGO_CRD_OPTIONS = {"argocd.argoproj.io/sync-options": "Delete=false,ServerSideApply=true"}
 
 
 def test_schema_is_valid_and_accepts_defaults() -> None:

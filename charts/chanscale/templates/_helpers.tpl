@@ -130,6 +130,12 @@ Each rule is exercised by the integration tests running under the chart's Servic
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- range .Values.rbac.scaleTargets }}
+# Opt-in scale target {{ .kind }}.{{ .apiGroup }}: its scale subresource only (read the replicas, write them).
+- apiGroups: [{{ .apiGroup | quote }}]
+  resources: [{{ printf "%s/scale" .resource | quote }}]
+  verbs: [get, patch]
+{{- end }}
 {{- end }}
 
 {{/* Template mode (rbac.templateNamespaces): create and update the Deployment a spec.template pool owns. */}}
@@ -162,6 +168,10 @@ Each rule is exercised by the integration tests running under the chart's Servic
 - --template-namespace
 - {{ . | quote }}
 {{- end }}
+{{- range .Values.rbac.scaleTargets }}
+- --scale-kind
+- {{ printf "%s.%s" .kind .apiGroup | quote }}
+{{- end }}
 {{- end }}
 
 {{/* Fail early, with a message naming the value, on combinations the schema cannot express. */}}
@@ -174,5 +184,104 @@ Each rule is exercised by the integration tests running under the chart's Servic
 {{- end }}
 {{- if and (or .Values.serviceMonitor.enabled .Values.podMonitor.enabled) (eq (int .Values.operator.metricsPort) 0) }}
 {{- fail "serviceMonitor/podMonitor need operator.metricsPort > 0 (0 disables the metrics endpoint)" }}
+{{- end }}
+{{- $auth := .Values.prometheus.auth }}
+{{- if and $auth.bearerToken.secretName $auth.basicAuth.username }}
+{{- fail "prometheus.auth: set either bearerToken.secretName or basicAuth.username, not both" }}
+{{- end }}
+{{- if ne (empty $auth.basicAuth.username) (empty $auth.basicAuth.secretName) }}
+{{- fail "prometheus.auth.basicAuth: set both username and secretName (the Secret holds the password)" }}
+{{- end }}
+{{- if and .Values.prometheus.tls.ca.secretName .Values.prometheus.tls.ca.configMapName }}
+{{- fail "prometheus.tls.ca: set either secretName or configMapName, not both" }}
+{{- end }}
+{{- end }}
+
+{{/* The operator's Prometheus credentials: flags naming files the Secrets are mounted at (chanscale.promauth). */}}
+{{- define "chanscale.prometheusAuthArgs" -}}
+{{- $p := .Values.prometheus }}
+{{- if $p.auth.bearerToken.secretName }}
+- --prometheus-bearer-token-file
+- /etc/chanscale/prometheus/token/token
+{{- end }}
+{{- if $p.auth.basicAuth.username }}
+- --prometheus-basic-auth-user
+- {{ $p.auth.basicAuth.username | quote }}
+- --prometheus-basic-auth-password-file
+- /etc/chanscale/prometheus/basic-auth/password
+{{- end }}
+{{- if or $p.tls.ca.secretName $p.tls.ca.configMapName }}
+- --prometheus-ca-file
+- /etc/chanscale/prometheus/ca/ca.crt
+{{- end }}
+{{- if $p.tls.clientCertSecretName }}
+- --prometheus-cert-file
+- /etc/chanscale/prometheus/client/tls.crt
+- --prometheus-key-file
+- /etc/chanscale/prometheus/client/tls.key
+{{- end }}
+{{- range $name, $value := $p.headers }}
+- --prometheus-header
+- {{ printf "%s=%s" $name $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The operator container's mounts of those Secrets (each in its own read-only directory). */}}
+{{- define "chanscale.prometheusAuthMounts" -}}
+{{- $p := .Values.prometheus }}
+{{- if $p.auth.bearerToken.secretName }}
+- name: prometheus-token
+  mountPath: /etc/chanscale/prometheus/token
+  readOnly: true
+{{- end }}
+{{- if $p.auth.basicAuth.username }}
+- name: prometheus-basic-auth
+  mountPath: /etc/chanscale/prometheus/basic-auth
+  readOnly: true
+{{- end }}
+{{- if or $p.tls.ca.secretName $p.tls.ca.configMapName }}
+- name: prometheus-ca
+  mountPath: /etc/chanscale/prometheus/ca
+  readOnly: true
+{{- end }}
+{{- if $p.tls.clientCertSecretName }}
+- name: prometheus-client-cert
+  mountPath: /etc/chanscale/prometheus/client
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "chanscale.prometheusAuthVolumes" -}}
+{{- $p := .Values.prometheus }}
+{{- with $p.auth.bearerToken }}{{ if .secretName }}
+- name: prometheus-token
+  secret:
+    secretName: {{ .secretName | quote }}
+    items: [{key: {{ .key | quote }}, path: token}]
+{{- end }}{{ end }}
+{{- with $p.auth.basicAuth }}{{ if .username }}
+- name: prometheus-basic-auth
+  secret:
+    secretName: {{ .secretName | quote }}
+    items: [{key: {{ .key | quote }}, path: password}]
+{{- end }}{{ end }}
+{{- with $p.tls.ca }}
+{{- if .secretName }}
+- name: prometheus-ca
+  secret:
+    secretName: {{ .secretName | quote }}
+    items: [{key: {{ .key | quote }}, path: ca.crt}]
+{{- else if .configMapName }}
+- name: prometheus-ca
+  configMap:
+    name: {{ .configMapName | quote }}
+    items: [{key: {{ .key | quote }}, path: ca.crt}]
+{{- end }}
+{{- end }}
+{{- with $p.tls.clientCertSecretName }}
+- name: prometheus-client-cert
+  secret:
+    secretName: {{ . | quote }}
+    items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]
 {{- end }}
 {{- end }}

@@ -93,11 +93,10 @@ def _leaf(
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
-def generate_pki(directory: Path, service_ip: str = "10.0.0.1") -> LocalPKI:
-    """Write a fresh CA and the certificates/keys signed by it into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
+def _ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("chanscale-local-ca")
+    ca_name = _name(common_name)
     ca_cert = (
         _builder(ca_name, ca_name, ca_key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -117,6 +116,13 @@ def generate_pki(directory: Path, service_ip: str = "10.0.0.1") -> LocalPKI:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_cert, ca_key
+
+
+def generate_pki(directory: Path, service_ip: str = "10.0.0.1") -> LocalPKI:
+    """Write a fresh CA and the certificates/keys signed by it into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = _ca("chanscale-local-ca")
     dns = [
         "localhost",
         "kubernetes",
@@ -148,4 +154,27 @@ def generate_pki(directory: Path, service_ip: str = "10.0.0.1") -> LocalPKI:
         controller_manager=_write(directory, "kube-controller-manager", *kcm),
         sa_private_key=sa_private,
         sa_public_key=sa_public,
+    )
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A CA, a loopback server certificate and a client certificate, for a TLS-protected test service."""
+
+    ca: CertFiles
+    server: CertFiles
+    client: CertFiles
+
+
+def generate_tls(directory: Path, ca_name: str = "chanscale-test-ca", client_name: str = "chanscale") -> TLSFiles:
+    """A fresh CA with a server cert for localhost/127.0.0.1 and a client cert (mutual TLS), written as PEM."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = _ca(ca_name)
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    server = _leaf(ca_cert, ca_key, _name("localhost"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    client = _leaf(ca_cert, ca_key, _name(client_name), ExtendedKeyUsageOID.CLIENT_AUTH)
+    return TLSFiles(
+        ca=_write(directory, "ca", ca_cert, ca_key),
+        server=_write(directory, "server", *server),
+        client=_write(directory, "client", *client),
     )

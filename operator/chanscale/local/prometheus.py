@@ -52,7 +52,13 @@ class LocalPrometheus:
         ready_timeout: float = 60.0,
         extra_scrape_configs: list[dict[str, Any]] | None = None,
         honor_labels: bool = True,
+        web_config: dict[str, Any] | None = None,
+        opener: urllib.request.OpenerDirector | None = None,
     ) -> None:
+        # web_config: Prometheus' --web.config.file (TLS, client certificates, basic auth); then pass an ``opener``
+        # that can get through it, for this class's own readiness checks and queries.
+        self.web_config = web_config
+        self._opener = opener or urllib.request.build_opener()
         self.scrape_interval = scrape_interval
         self.honor_labels = honor_labels
         self.ready_timeout = ready_timeout
@@ -77,7 +83,8 @@ class LocalPrometheus:
         """Base URL, e.g. ``http://127.0.0.1:41234`` (what ``--prometheus-url`` takes)."""
         if not self.port:
             raise RuntimeError("prometheus not started")
-        return f"http://{LOOPBACK}:{self.port}"
+        scheme = "https" if (self.web_config or {}).get("tls_server_config") else "http"
+        return f"{scheme}://{LOOPBACK}:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -104,10 +111,16 @@ class LocalPrometheus:
         if not self.port:
             self.port = free_port()
         began = time.monotonic()
+        web_args = []
+        if self.web_config is not None:
+            web_file = self.dir / "web-config.yml"
+            web_file.write_text(yaml.safe_dump(self.web_config, sort_keys=False))
+            web_args.append(f"--web.config.file={web_file}")
         self._proc = ManagedProcess(
             "prometheus",
             [
                 binary,
+                *web_args,
                 f"--config.file={self.config_path}",
                 f"--storage.tsdb.path={self.dir / 'data'}",
                 "--storage.tsdb.retention.time=2h",
@@ -154,7 +167,7 @@ class LocalPrometheus:
         """Ask Prometheus to re-read its config (POST /-/reload); only needed after editing scrape configs."""
         self._write_config()
         req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with self._opener.open(req, timeout=10) as resp:
             resp.read()
 
     # ---------------------------------------------------------------------------------------- targets
@@ -218,7 +231,7 @@ class LocalPrometheus:
     # ------------------------------------------------------------------------------------------ queries
     def _get_ok(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=2) as resp:
+            with self._opener.open(f"{self.url}{path}", timeout=2) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
@@ -227,7 +240,7 @@ class LocalPrometheus:
         """GET ``/api/v1/<path>`` and return its ``data``; raises on an error status."""
         query = urllib.parse.urlencode(params)
         url = f"{self.url}/api/v1/{path}" + (f"?{query}" if query else "")
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with self._opener.open(url, timeout=10) as resp:
             body = json.load(resp)
         if body.get("status") != "success":
             raise RuntimeError(f"prometheus {path} failed: {body}")
