@@ -108,6 +108,20 @@ build_go() {  # build_go NAME MODULE VERSION PACKAGE [LDFLAGS]
   echo "$v" >"$(stamp "$name")"
 }
 
+build_argocd() {  # Argo CD's multi-call binary (cmd/main.go picks the role from argv[0]); see hack/argocd.md
+  local v=$ARGOCD_VERSION src d
+  src=$(go mod download -json "github.com/argoproj/argo-cd/v3@$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  # Built as the main module (a copy of the module's folder), so that its own go.mod replaces apply.
+  d="$WORK/argocd-$v"
+  if [ ! -f "$d/go.mod" ]; then rm -rf "$d"; cp -r "$src" "$d"; chmod -R u+w "$d"; fi
+  log "building argocd $v (first build takes several minutes)"
+  (cd "$d" && nice -n 10 go build -trimpath -o "$BIN/argocd" -ldflags "-s -w \
+      -X github.com/argoproj/argo-cd/v3/common.version=${v#v} -X github.com/argoproj/argo-cd/v3/common.gitTag=$v \
+      -X github.com/argoproj/argo-cd/v3/common.gitTreeState=clean -X github.com/argoproj/argo-cd/v3/common.gitCommit=chanscale-tools" ./cmd)
+  for role in argocd-application-controller argocd-repo-server; do ln -sfn argocd "$BIN/$role"; done
+  echo "$v" >"$(stamp argocd)"
+}
+
 want_tools=("$@")
 if [ ${#want_tools[@]} -eq 0 ]; then
   want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa helm prometheus lua)
@@ -173,6 +187,10 @@ for t in "${want_tools[@]}"; do
           die "lua5.4 is missing: install it (apt-get install lua5.4)"
         fi
       fi ;;
+    argocd)
+      have argocd "$ARGOCD_VERSION" || build_argocd ;;
+    redis-server)  # Argo CD's cache
+      apt_tool redis-server ;;
     *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl kubeadm kubelet kube-proxy etcd coredns crictl local-path-provisioner opa helm prometheus lua kind kwok kwokctl)" ;;
   esac
 done

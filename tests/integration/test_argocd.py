@@ -1,0 +1,354 @@
+"""GitOps for real: Argo CD (built from source by `make tools`) syncs chanscale from a local Git repository.
+
+One module fixture pays the start-up once: its own control plane (Argo CD takes over the WorkerPool CRD and may
+delete things, so it does not share the session cluster), Redis, argocd-repo-server and
+argocd-application-controller (chanscale.local.argocd), argocd-cm with our WorkerPool health check from
+deploy/argocd/argocd-cm-health.yaml, and a bare Git repository populated from this checkout, with the repoURLs of
+deploy/argocd pointed at it. The root Application of deploy/argocd is applied as a user would.
+
+What is proven, test by test, is summarised in docs/gitops.md ("What the tests prove").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.unit.test_argocd_health import CASES, HEALTH_CM
+
+from chanscale.local.argocd import NAMESPACE, LocalArgoCD, LocalGitRepo
+from chanscale.local.binaries import REPO_ROOT, BinaryNotFound
+from chanscale.local.cluster import LocalControlPlane
+from chanscale.local.harness import ObjectWatch, OperatorFactory, PrometheusTargets, SimProcess
+from chanscale.local.process import wait_until
+
+pytestmark = pytest.mark.integration
+
+DEMO_NS = "chanscale-demo"
+POOL, WORKER = "orders", "orders-worker"
+CONTROLLER_USER = "system:serviceaccount:argocd:argocd-application-controller"
+APPS = ("chanscale-root", "chanscale", "chanscale-examples")
+HEALTH_APP, HEALTH_NS, HEALTH_DIR = "health-cases", "health-cases", "health-cases"
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
+class GitOps:
+    """The running setup: cluster, Argo CD, the Git repository, and Argo CD's writes seen by the API server."""
+
+    def __init__(self, cluster: LocalControlPlane, argo: LocalArgoCD, repo: LocalGitRepo) -> None:
+        self.cluster, self.argo, self.repo = cluster, argo, repo
+
+    def kubectl_json(self, *args: str) -> Any:
+        return self.cluster.kubectl_json(*args)
+
+    def argo_writes(self) -> list[dict[str, Any]]:
+        """The controller's successful mutating requests, in the order the API server completed them."""
+        return [
+            ev
+            for ev in self.cluster.audit_events(CONTROLLER_USER)
+            if ev.get("verb") in {"create", "update", "patch", "delete"}
+            and ev.get("stage") == "ResponseComplete"
+            and (ev.get("responseStatus") or {}).get("code", 500) < 300
+        ]
+
+    def commit_and_sync(self, message: str, app: str) -> str:
+        """Commit the work tree, tell Argo CD (as a webhook would) and wait until ``app`` is synced to it."""
+        sha = self.repo.commit(message)
+        for name in ("chanscale-root", app):
+            self.argo.refresh(name)
+        self.argo.wait_synced(app, revision=sha)
+        return sha
+
+    def edit(self, rel: str, change: Any) -> None:
+        """Load a YAML file of the Git work tree, let ``change(doc)`` modify it, write it back."""
+        path = self.repo.tree / rel
+        doc = yaml.safe_load(path.read_text())
+        change(doc)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _point_at(repo: LocalGitRepo) -> None:
+    """Our Applications name the public repository: point them at the local one (what a fork does)."""
+    for path in (repo.tree / "deploy" / "argocd").rglob("*.yaml"):
+        text = path.read_text()
+        path.write_text(re.sub(r"repoURL: \S+", f"repoURL: {repo.url}", text))
+
+
+def _health_cases(repo: LocalGitRepo) -> None:
+    """The health check's test fixtures as WorkerPools for Argo CD to sync: the same files the Lua tests read
+    (deploy/argocd/.../testdata), each renamed after its case since they all describe the pool "orders"."""
+    out = repo.tree / HEALTH_DIR
+    out.mkdir()
+    for name, obj, _ in CASES:
+        meta = obj["metadata"]
+        manifest = {**obj, "metadata": {**meta, "name": name, "namespace": HEALTH_NS}}
+        manifest.pop("status", None)  # status is the operator's: set through the status subresource below
+        manifest["metadata"].pop("generation", None)
+        (out / f"{name}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+
+def _health_app(repo: LocalGitRepo) -> dict[str, Any]:
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": HEALTH_APP, "namespace": NAMESPACE},
+        "spec": {
+            "project": "default",
+            "source": {"repoURL": repo.url, "targetRevision": "main", "path": HEALTH_DIR},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": HEALTH_NS},
+            "syncPolicy": {"automated": {}, "syncOptions": ["CreateNamespace=true", "ServerSideApply=true"]},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def gitops(request: pytest.FixtureRequest) -> Iterator[GitOps]:
+    cm_data = yaml.safe_load(HEALTH_CM.read_text())["data"]
+    with tempfile.TemporaryDirectory(prefix="chanscale-gitops-") as tmp:
+        cluster = LocalControlPlane()
+        argo = LocalArgoCD(cluster, cm_data=cm_data)
+        try:
+            try:
+                cluster.start()
+                argo.start()
+            except BinaryNotFound as exc:
+                pytest.fail(f"{exc}\nThe GitOps tests need the real Argo CD: run `make tools`.", pytrace=False)
+            repo = LocalGitRepo(Path(tmp)).init()
+            repo.copy_in(REPO_ROOT, "charts", "examples", "deploy/argocd")
+            _point_at(repo)
+            _health_cases(repo)
+            repo.commit("chanscale from this checkout")
+            yield GitOps(cluster, argo, repo)
+        finally:
+            if request.session.testsfailed:
+                for name, tail in {**argo.logs(), **cluster.logs()}.items():
+                    print(f"--- {name} log tail ---\n{tail}")
+            argo.stop()
+            cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def synced(gitops: GitOps) -> GitOps:
+    """The root Application applied as docs/gitops.md says, and all three Applications Synced."""
+    root = gitops.repo.tree / "deploy" / "argocd" / "root.yaml"
+    applied = gitops.cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(root))
+    assert applied.returncode == 0, applied.stderr
+    for app in APPS:
+        wait_until(partial(_exists, gitops, app), 120, f"Application {app}", gitops.argo.procs, interval=0.5)
+        gitops.argo.wait_synced(app)
+    return gitops
+
+
+def _exists(gitops: GitOps, app: str) -> bool:
+    res = gitops.cluster.kubectl("get", "applications.argoproj.io", app, "-n", NAMESPACE)
+    return res.returncode == 0
+
+
+def _deployment(gitops: GitOps, name: str = WORKER) -> dict[str, Any]:
+    obj: dict[str, Any] = gitops.kubectl_json("get", "deployment", name, "-n", DEMO_NS)
+    return obj
+
+
+def _replica_writers(watch: ObjectWatch) -> list[str]:
+    """Who wrote each change of spec.replicas the watch saw: a write that changes a field takes ownership of it,
+    so the new version's managed fields name the writer."""
+    writers, prev = [], None
+    for _, obj in watch.versions:
+        replicas = obj["spec"].get("replicas")
+        if prev is not None and replicas != prev:
+            owners = [
+                m["manager"]
+                for m in obj["metadata"].get("managedFields") or []
+                if "f:replicas" in ((m.get("fieldsV1") or {}).get("f:spec") or {})
+            ]
+            writers.append(",".join(owners))
+        prev = replicas
+    return writers
+
+
+# ------------------------------------------------------------------------------------------------- tests
+def test_root_application_syncs_in_wave_order(synced: GitOps) -> None:
+    """CRD before the operator, the operator before the pools; read from the API server's audit log."""
+    order = [(ev["objectRef"].get("resource"), ev["objectRef"].get("name"), ev["verb"]) for ev in synced.argo_writes()]
+
+    def first(resource: str, name: str) -> int:
+        hits = [i for i, (res, n, verb) in enumerate(order) if res == resource and n == name and verb != "delete"]
+        assert hits, f"Argo CD never wrote {resource}/{name}; its writes: {order}"
+        return hits[0]
+
+    crd = first("customresourcedefinitions", "workerpools.chanscale.dev")
+    operator = first("deployments", "chanscale")
+    chart_app, examples_app = first("applications", "chanscale"), first("applications", "chanscale-examples")
+    pool = first("workerpools", POOL)
+    assert chart_app < examples_app, "wave 0 (chart) must be created before wave 1 (examples)"
+    assert crd < operator < pool, order
+    wp = synced.kubectl_json("get", "workerpools.chanscale.dev", POOL, "-n", DEMO_NS)
+    assert wp["spec"]["maxReplicas"] == 20
+
+
+def test_health_check_in_argocd_matches_the_lua_tests(gitops: GitOps) -> None:
+    """Our argocd-cm health script inside Argo CD's gopher-lua gives the verdicts of health_test.yaml (which
+    tests/unit/test_argocd_health.py checks with lua5.4/5.1), on the same fixture objects."""
+    applied = gitops.cluster.kubectl("apply", "-f", "-", input=json.dumps(_health_app(gitops.repo)))
+    assert applied.returncode == 0, applied.stderr
+    gitops.argo.wait_synced(HEALTH_APP)
+    for name, obj, _ in CASES:
+        _set_status(gitops, name, obj)
+    expected = {name: want for name, _, want in CASES}
+    seen: dict[str, dict[str, str]] = {}
+
+    def verdicts() -> bool:
+        app = gitops.argo.app(HEALTH_APP)
+        seen.clear()
+        for res in app.get("status", {}).get("resources") or []:
+            if res.get("kind") == "WorkerPool":
+                health = res.get("health") or {}
+                seen[res["name"]] = {"status": health.get("status", ""), "message": health.get("message", "")}
+        return seen == expected
+
+    try:
+        wait_until(verdicts, 90, "Argo CD's health verdicts", gitops.argo.procs, interval=1)
+    except Exception:
+        diff = {n: (seen.get(n), want) for n, want in expected.items() if seen.get(n) != want}
+        raise AssertionError(f"Argo CD's verdict != health_test.yaml (seen, expected): {diff}") from None
+
+
+def _set_status(gitops: GitOps, name: str, fixture: dict[str, Any]) -> None:
+    """Write the fixture's status through the status subresource, keeping its generation gap (the API server
+    owns metadata.generation, so a stale fixture becomes observedGeneration = generation - gap)."""
+    status = dict(fixture.get("status") or {})
+    live = gitops.kubectl_json("get", "workerpools.chanscale.dev", name, "-n", HEALTH_NS)
+    if "observedGeneration" in status:
+        gap = int(fixture["metadata"].get("generation", status["observedGeneration"])) - status["observedGeneration"]
+        status["observedGeneration"] = live["metadata"]["generation"] - gap
+    patch = json.dumps({"status": json.loads(json.dumps(status, default=_rfc3339))})
+    res = gitops.cluster.kubectl(
+        "patch", "workerpools.chanscale.dev", name, "-n", HEALTH_NS, "--subresource=status", "--type=merge", "-p", patch
+    )
+    assert res.returncode == 0, f"status of {name}: {res.stderr}"
+
+
+def _rfc3339(value: Any) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _sim(gitops: GitOps, tmp_path: Path, targets: PrometheusTargets) -> SimProcess:
+    """The channel simulator configured like examples/simulator.yaml (read from it), run as a local process."""
+    cm = next(d for d in yaml.safe_load_all((REPO_ROOT / "examples" / "simulator.yaml").read_text()) if d)
+    channels = yaml.safe_load(cm["data"]["channels.yaml"])["channels"]
+    sim = SimProcess("sim-gitops", channels, tmp_path, gitops.cluster.kubeconfig).start()
+    targets.add(sim.address)
+    return sim
+
+
+def test_operator_scales_and_argocd_never_writes_replicas(
+    synced: GitOps, operator_process: OperatorFactory, prometheus_targets: PrometheusTargets, tmp_path: Path
+) -> None:
+    """While chanscale scales the worker up and down, the Application stays Synced and Argo CD writes
+    spec.replicas zero times (managed fields of every version of the Deployment, and its requests)."""
+    writes_before = len(synced.argo_writes())
+    history_before = len(synced.argo.app("chanscale-examples")["status"].get("history") or [])
+    watch = ObjectWatch(synced.cluster.api_client(), "deployment", DEMO_NS, WORKER).start()
+    sim = _sim(synced, tmp_path, prometheus_targets)
+    try:
+        operator_process(namespaces=[DEMO_NS], kubeconfig_path=synced.cluster.kubeconfig)
+        sim.set_arrival_rate(DEMO_NS, "orders", 60)
+        wait_until(lambda: _deployment(synced)["spec"]["replicas"] >= 4, 180, "scale-up under load")
+        peak = _deployment(synced)["spec"]["replicas"]
+        sim.set_arrival_rate(DEMO_NS, "orders", 2)
+        wait_until(lambda: _deployment(synced)["spec"]["replicas"] < peak, 240, "scale-down after the load")
+        app = synced.argo.wait_synced("chanscale-examples")
+    finally:
+        watch.stop()
+        sim.stop()
+    assert app["status"]["sync"]["status"] == "Synced"
+    assert len(app["status"].get("history") or []) == history_before, "Argo CD ran a sync (self-heal) meanwhile"
+    writers = _replica_writers(watch)
+    assert writers and set(writers) == {"chanscale"}, f"writers of spec.replicas: {writers}"
+    new = [ev for ev in synced.argo_writes()[writes_before:] if ev["objectRef"].get("name") == WORKER]
+    assert new == [], f"Argo CD wrote the worker Deployment: {new}"
+    assert len(watch.replicas()) >= 3, f"expected up and down, saw {watch.replicas()}"
+
+
+def test_git_commit_is_synced_and_acted_on_within_two_ticks(
+    synced: GitOps, operator_process: OperatorFactory, prometheus_targets: PrometheusTargets, tmp_path: Path
+) -> None:
+    """A commit lowering maxReplicas under load: Argo CD syncs it (without touching spec.replicas) and the first
+    or second evaluation of the new generation already holds the pool at the new maximum."""
+    sim = _sim(synced, tmp_path, prometheus_targets)
+    deploy_watch = ObjectWatch(synced.cluster.api_client(), "deployment", DEMO_NS, WORKER).start()
+    pool_watch = ObjectWatch(synced.cluster.api_client(), "workerpool", DEMO_NS, POOL).start()
+    try:
+        operator_process(namespaces=[DEMO_NS], kubeconfig_path=synced.cluster.kubeconfig)
+        sim.set_arrival_rate(DEMO_NS, "orders", 60)
+        wait_until(lambda: _deployment(synced)["spec"]["replicas"] >= 5, 180, "scale-up under load")
+        synced.edit("examples/workerpool.yaml", lambda doc: doc["spec"].update(maxReplicas=3))
+        synced.commit_and_sync("orders: maxReplicas 3", "chanscale-examples")
+        wp = synced.kubectl_json("get", "workerpools.chanscale.dev", POOL, "-n", DEMO_NS)
+        assert wp["spec"]["maxReplicas"] == 3
+        wait_until(lambda: _deployment(synced)["spec"]["replicas"] <= 3, 60, "the new maximum applied")
+    finally:
+        deploy_watch.stop()
+        pool_watch.stop()
+        sim.stop()
+    evaluations = _evaluations(pool_watch, wp["metadata"]["generation"])
+    assert any(int(st.get("desiredReplicas", 99)) <= 3 for st in evaluations[:2]), evaluations[:3]
+    assert set(_replica_writers(deploy_watch)) == {"chanscale"}, _replica_writers(deploy_watch)
+
+
+def _evaluations(watch: ObjectWatch, generation: int) -> list[dict[str, Any]]:
+    """The pool's status at each distinct evaluation (status.lastEvaluated) of ``generation``, in order."""
+    out: list[dict[str, Any]] = []
+    for _, obj in watch.versions:
+        st = obj.get("status") or {}
+        if st.get("observedGeneration") == generation and (not out or out[-1]["lastEvaluated"] != st["lastEvaluated"]):
+            out.append(st)
+    return out
+
+
+def _include(doc: dict[str, Any], files: str) -> None:
+    doc["spec"]["source"]["directory"]["include"] = files
+
+
+def test_prune_and_delete_keep_the_crd_and_workloads(synced: GitOps, operator_process: OperatorFactory) -> None:
+    """The safe default of docs/gitops.md: pruning a template pool orphans (keeps) the Deployment chanscale
+    created for it; deleting the root Application removes the Applications and nothing they synced."""
+    operator_process(
+        namespaces=[DEMO_NS], kubeconfig_path=synced.cluster.kubeconfig, extra_args=["--template-namespace", DEMO_NS]
+    )
+    app_file = "deploy/argocd/apps/chanscale-examples.yaml"
+    shipped = yaml.safe_load((synced.repo.tree / app_file).read_text())["spec"]["source"]["directory"]["include"]
+    synced.edit(app_file, lambda doc: _include(doc, shipped.replace("}", ",workerpool-template.yaml}")))
+    synced.commit_and_sync("add the template pool", "chanscale-examples")
+
+    def owned() -> bool:
+        return bool(_deployment(synced, "invoices")["metadata"].get("ownerReferences"))
+
+    wait_until(owned, 60, "chanscale creating the template pool's Deployment")
+    synced.edit(app_file, lambda doc: _include(doc, shipped))
+    synced.commit_and_sync("remove the template pool", "chanscale-examples")
+    gone = synced.cluster.kubectl("get", "workerpools.chanscale.dev", "invoices", "-n", DEMO_NS)
+    assert "NotFound" in gone.stderr, "Argo CD should have pruned the pool"
+    assert not _deployment(synced, "invoices")["metadata"].get("ownerReferences"), "the Deployment is orphaned"
+
+    replicas = _deployment(synced)["spec"]["replicas"]
+    deleted = synced.cluster.kubectl("delete", "applications.argoproj.io", "chanscale-root", "-n", NAMESPACE)
+    assert deleted.returncode == 0, deleted.stderr
+    wait_until(lambda: not any(_exists(synced, a) for a in APPS), 120, "the Applications deleted", synced.argo.procs)
+    for kind, name, ns in [
+        ("crd", "workerpools.chanscale.dev", None),
+        ("deployment", "chanscale", "chanscale-system"),
+        ("workerpools.chanscale.dev", POOL, DEMO_NS),
+        ("deployment", WORKER, DEMO_NS),
+        ("deployment", "invoices", DEMO_NS),
+    ]:
+        res = synced.cluster.kubectl("get", kind, name, *(["-n", ns] if ns else []))
+        assert res.returncode == 0, f"{kind}/{name} was deleted with the Application: {res.stderr}"
+    assert _deployment(synced)["spec"]["replicas"] == replicas
