@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -174,7 +175,7 @@ class LocalArgoCD:
         self._kubectl("apply", "--server-side", "-k", str(manifests / "crds"))
         for crd in ("applications.argoproj.io", "appprojects.argoproj.io"):
             # `kubectl wait` fails at once while a new CRD has no status.conditions yet: ask until it answers.
-            wait_until(lambda crd=crd: self._established(crd), 60, f"CRD {crd} Established", interval=0.3)
+            wait_until(partial(self._established, crd), 60, f"CRD {crd} Established", interval=0.3)
         docs = [d for d in yaml.safe_load_all((manifests / "install.yaml").read_text()) if d]
         objs = [self._configured(d) for d in docs if d.get("kind") in INSTALL_KINDS]
         objs.append(self._default_project())
