@@ -180,7 +180,8 @@ def _external_writers(watch: ObjectWatch) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- tests
 def test_root_application_syncs_in_wave_order(synced: GitOps) -> None:
-    """CRD before the operator, the operator before the pools; read from the API server's audit log."""
+    """The chart's Application before the examples', the CRD before the operator and the pools; read from the
+    API server's audit log of the controller's ServiceAccount."""
     order = [(ev["objectRef"].get("resource"), ev["objectRef"].get("name"), ev["verb"]) for ev in synced.argo_writes()]
 
     def first(resource: str, name: str) -> int:
@@ -193,7 +194,11 @@ def test_root_application_syncs_in_wave_order(synced: GitOps) -> None:
     chart_app, examples_app = first("applications", "chanscale"), first("applications", "chanscale-examples")
     pool = first("workerpools", POOL)
     assert chart_app < examples_app, "wave 0 (chart) must be created before wave 1 (examples)"
-    assert crd < operator < pool, order
+    # Within the chart's sync, Argo CD applies CRDs before other kinds. Between the two Applications the waves
+    # order the syncs but wait for nothing (no Application health check without a customisation): the pool comes
+    # after its CRD because it cannot exist before it (and `retry` covers a race), not because of a health gate.
+    assert crd < operator, order
+    assert crd < pool, order
     wp = synced.kubectl_json("get", "workerpools.chanscale.dev", POOL, "-n", DEMO_NS)
     assert wp["spec"]["maxReplicas"] == 20
 
@@ -261,70 +266,51 @@ def _sim(gitops: GitOps, tmp_path: Path, targets: PrometheusTargets) -> SimProce
     return sim
 
 
-def test_operator_scales_and_argocd_never_writes_replicas(
+def test_operator_scales_through_a_git_commit_and_argocd_never_writes_replicas(
     synced: GitOps, operator_process: OperatorFactory, prometheus_targets: PrometheusTargets, tmp_path: Path
 ) -> None:
-    """While chanscale scales the worker up and down, the Application stays Synced and Argo CD writes
-    spec.replicas zero times (managed fields of every version of the Deployment, and its requests)."""
-    writes_before = len(synced.argo_writes())
-    history_before = len(synced.argo.app("chanscale-examples")["status"].get("history") or [])
-    watch = ObjectWatch(synced.cluster.api_client(), "deployment", DEMO_NS, WORKER).start()
-    sim = _sim(synced, tmp_path, prometheus_targets)
-    try:
-        operator_process(namespaces=[DEMO_NS], kubeconfig_path=synced.cluster.kubeconfig)
-        sim.set_arrival_rate(DEMO_NS, "orders", 60)
-        wait_until(lambda: _deployment(synced)["spec"]["replicas"] >= 4, 180, "scale-up under load")
-        peak = _deployment(synced)["spec"]["replicas"]
-        sim.set_arrival_rate(DEMO_NS, "orders", 2)
-        wait_until(lambda: _deployment(synced)["spec"]["replicas"] < peak, 240, "scale-down after the load")
-        app = synced.argo.wait_synced("chanscale-examples")
-    finally:
-        watch.stop()
-        sim.stop()
-    assert app["status"]["sync"]["status"] == "Synced"
-    assert len(app["status"].get("history") or []) == history_before, "Argo CD ran a sync (self-heal) meanwhile"
-    assert _argocd_owned_replicas(watch) == 0, "Argo CD applied spec.replicas"
-    new = [ev for ev in synced.argo_writes()[writes_before:] if ev["objectRef"].get("name") == WORKER]
-    assert new == [], f"Argo CD wrote the worker Deployment: {new}"
-    assert len(watch.replicas()) >= 3, f"expected up and down, saw {watch.replicas()}"
-
-
-def test_git_commit_is_synced_and_acted_on_within_two_ticks(
-    synced: GitOps, operator_process: OperatorFactory, prometheus_targets: PrometheusTargets, tmp_path: Path
-) -> None:
-    """A commit lowering maxReplicas under load: Argo CD syncs it (without touching spec.replicas) and the first
-    or second evaluation of the new generation already holds the pool at the new maximum."""
-    sim = _sim(synced, tmp_path, prometheus_targets)
+    """One loop, two claims. (1) While chanscale scales the worker up under load, the Application stays Synced
+    with no sync run and no Argo CD request to the Deployment. (2) A commit lowering maxReplicas is synced, the
+    first or second evaluation of the new generation decides for the new maximum, the Deployment comes down to it,
+    and neither that sync nor anything after it has Argo CD own spec.replicas or chanscale see an external write."""
+    app_name, before = "chanscale-examples", len(synced.argo_writes())
+    history = len(synced.argo.app(app_name)["status"].get("history") or [])
     deploy_watch = ObjectWatch(synced.cluster.api_client(), "deployment", DEMO_NS, WORKER).start()
     pool_watch = ObjectWatch(synced.cluster.api_client(), "workerpool", DEMO_NS, POOL).start()
+    sim = _sim(synced, tmp_path, prometheus_targets)
     try:
         operator_process(namespaces=[DEMO_NS], kubeconfig_path=synced.cluster.kubeconfig)
         sim.set_arrival_rate(DEMO_NS, "orders", 60)
-        wait_until(lambda: _deployment(synced)["spec"]["replicas"] >= 5, 180, "scale-up under load")
+        wait_until(lambda: _replicas(synced) >= 5, 180, "scale-up under load")
+        app = synced.argo.wait_synced(app_name)
+        assert len(app["status"].get("history") or []) == history, "Argo CD ran a sync (self-heal) while scaling"
+        to_worker = [ev for ev in synced.argo_writes()[before:] if ev["objectRef"].get("name") == WORKER]
+        assert to_worker == [], f"Argo CD wrote the worker Deployment: {to_worker}"
+
         synced.edit("examples/workerpool.yaml", lambda doc: doc["spec"].update(maxReplicas=3))
-        synced.commit_and_sync("orders: maxReplicas 3", "chanscale-examples")
+        synced.commit_and_sync("orders: maxReplicas 3", app_name)
         wp = synced.kubectl_json("get", "workerpools.chanscale.dev", POOL, "-n", DEMO_NS)
-        assert wp["spec"]["maxReplicas"] == 3
         # The way down follows the pool's scale-down behaviour (stabilisation window and rate policy).
-        try:
-            wait_until(lambda: _deployment(synced)["spec"]["replicas"] <= 3, 180, "the Deployment at the new maximum")
-        except Exception as exc:
-            wp = synced.kubectl_json("get", "workerpools.chanscale.dev", POOL, "-n", DEMO_NS)
-            detail = {k: wp["status"].get(k) for k in ("replicas", "desiredReplicas", "lastDecision", "conditions")}
-            raise AssertionError(
-                f"{exc}\nDeployment {_deployment(synced)['spec']}\npool: {json.dumps(detail)}"
-            ) from None
+        wait_until(lambda: _replicas(synced) <= 3, 180, "the Deployment at the new maximum")
+        app = synced.argo.wait_synced(app_name)
     finally:
         deploy_watch.stop()
         pool_watch.stop()
         sim.stop()
+    assert len(app["status"].get("history") or []) == history + 1, "exactly one sync: the commit's"
     evaluations = _evaluations(pool_watch, wp["metadata"]["generation"])
-    first_two = [
-        {k: st.get(k) for k in ("recommendedReplicas", "desiredReplicas", "lastEvaluated")} for st in evaluations[:2]
-    ]
-    assert any(int(st.get("recommendedReplicas") or 99) <= 3 for st in evaluations[:2]), first_two
-    assert _argocd_owned_replicas(deploy_watch) == 0, "the sync applied spec.replicas"
+    first_two = [{k: st.get(k) for k in ("recommendedReplicas", "desiredReplicas")} for st in evaluations[:2]]
+    # desiredReplicas: the model's recommendation clamped by the pool's bounds (the recommendation itself stays the
+    # model's, e.g. 8 under this load).
+    assert any(int(st.get("desiredReplicas") or 99) <= 3 for st in evaluations[:2]), first_two
+    assert _argocd_owned_replicas(deploy_watch) == 0, "Argo CD applied spec.replicas"
     assert _external_writers(pool_watch) == [], "chanscale saw someone else write spec.replicas"
+    counts = [r for _, r in deploy_watch.replicas()]
+    assert max(counts) >= 5 and counts[-1] <= 3, f"expected up then down, saw {counts}"
+
+
+def _replicas(gitops: GitOps) -> int:
+    return int(_deployment(gitops)["spec"].get("replicas") or 0)
 
 
 def _evaluations(watch: ObjectWatch, generation: int) -> list[dict[str, Any]]:
