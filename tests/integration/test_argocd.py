@@ -29,7 +29,9 @@ from chanscale.local.cluster import LocalControlPlane
 from chanscale.local.harness import ObjectWatch, OperatorFactory, PrometheusTargets, SimProcess
 from chanscale.local.process import wait_until
 
-pytestmark = pytest.mark.integration
+# One worker runs the whole module (make test: pytest -n 3 --dist loadgroup), so Argo CD starts once and the tests
+# run in file order (the last one deletes the Applications).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("argocd")]
 
 DEMO_NS = "chanscale-demo"
 POOL, WORKER = "orders", "orders-worker"
