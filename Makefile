@@ -6,6 +6,7 @@ VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST ?= $(PYTHON) -m pytest
 # pytest-xdist workers for unit + integration: the tests mostly wait on real programs, so 3 fit on 2 cores
+# (--dist loadgroup: a module marked xdist_group, e.g. test_argocd.py, runs on one worker and starts its fixture once)
 TEST_WORKERS ?= 3
 ifeq ($(PYTHON),$(VENV)/bin/python)
 export PATH := $(CURDIR)/bin:$(abspath $(VENV))/bin:$(PATH)
@@ -47,7 +48,7 @@ demo-quick: setup-demo  ## a 60 s demo
 
 test: setup  ## everything CI runs: lint, unit + integration tests, quick benchmarks, the kind e2e suite
 	hack/stage.sh lint $(MAKE) lint
-	hack/stages.sh "unit + integration tests" '$(PYTEST) -m "unit or integration" -n $(TEST_WORKERS) $(PYTEST_ARGS)' \
+	hack/stages.sh "unit + integration tests" '$(PYTEST) -m "unit or integration" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)' \
 		"e2e: cluster up" 'hack/e2e-cluster.sh up'
 	hack/stages.sh "quick benchmarks" '$(MAKE) bench-quick' \
 		"e2e: tests" 'CHANSCALE_E2E_REUSE=1 $(PYTEST) -m e2e tests/e2e -v --durations=0 $(PYTEST_ARGS)'

@@ -4,7 +4,8 @@
 # machine builds once and later runs are instant.
 #
 #   hack/tools.sh                 # the tools the tests need: kube-apiserver, kube-controller-manager, kubectl,
-#                                 # etcd, opa, helm (and prometheus via apt-get when root and missing)
+#                                 # etcd, opa, helm, argocd (hack/argocd.md); prometheus, lua5.4 and
+#                                 # redis-server via apt-get when root and missing
 #   hack/tools.sh all             # also kube-scheduler, kind, kwok, kwokctl
 #   hack/tools.sh node            # what the offline kind images need (hack/images.sh): kind, kubeadm, kubelet,
 #                                 # kubectl, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
@@ -116,13 +117,39 @@ build_go() {  # build_go NAME MODULE VERSION PACKAGE [LDFLAGS]
 }
 queue() { go_jobs+=("$(printf '%q ' "$@")"); }  # queue COMMAND...: run later, in the second build lane
 
+build_argocd() {  # Argo CD's multi-call binary (cmd/main.go picks the role from argv[0]); see hack/argocd.md
+  local v=$ARGOCD_VERSION src d
+  src=$(go mod download -json "github.com/argoproj/argo-cd/v3@$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  # Built as the main module (a copy of the module's folder), so that its own go.mod replaces apply.
+  d="$WORK/argocd-$v"
+  if [ ! -f "$d/go.mod" ]; then rm -rf "$d"; cp -r "$src" "$d"; chmod -R u+w "$d"; fi
+  log "building argocd $v (first build takes several minutes)"
+  (cd "$d" && nice -n 10 go build -trimpath -o "$BIN/argocd" -ldflags "-s -w \
+      -X github.com/argoproj/argo-cd/v3/common.version=${v#v} -X github.com/argoproj/argo-cd/v3/common.gitTag=$v \
+      -X github.com/argoproj/argo-cd/v3/common.gitTreeState=clean -X github.com/argoproj/argo-cd/v3/common.gitCommit=chanscale-tools" ./cmd)
+  for role in argocd-application-controller argocd-repo-server; do ln -sfn argocd "$BIN/$role"; done
+  # The tests apply Argo CD's own CRDs, RBAC, ConfigMaps and Secrets, from the same version.
+  rm -rf "$BIN/argocd-manifests" && mkdir -p "$BIN/argocd-manifests"
+  cp -r "$d/manifests/crds" "$d/manifests/install.yaml" "$BIN/argocd-manifests/"
+  echo "$v" >"$(stamp argocd)"
+}
+
+apt_tool() {  # apt_tool COMMAND [PACKAGE]: install Debian's package when the command is missing (needs root)
+  local cmd=$1 pkg=${2:-$1}
+  command -v "$cmd" >/dev/null || [ -x "$BIN/$cmd" ] && return 0
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || die "$cmd is missing: install Debian's '$pkg' package (apt-get install $pkg) or put a $cmd binary in $BIN"
+  log "installing Debian's $pkg package"
+  (apt-get install -y --no-install-recommends "$pkg" >/dev/null 2>&1 || \
+    { apt-get update -qq && apt-get install -y --no-install-recommends "$pkg" >/dev/null; })
+}
+
 want_tools=("$@")
 if [ ${#want_tools[@]} -eq 0 ]; then
-  want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa helm prometheus lua)
+  want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa helm prometheus lua argocd redis-server)
 elif [ "${want_tools[0]}" = demo ]; then
   want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa prometheus)
 elif [ "${want_tools[0]}" = all ]; then
-  want_tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua kind kwok kwokctl)
+  want_tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua argocd redis-server kind kwok kwokctl)
 elif [ "${want_tools[0]}" = node ]; then
   want_tools=(kind kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd coredns crictl
     local-path-provisioner opa nats-server)
@@ -166,26 +193,14 @@ for t in "${want_tools[@]}"; do
       have "$t" "$KWOK_VERSION" || provided "$t" "$KWOK_VERSION" || \
         queue build_go "$t" sigs.k8s.io/kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$t" ;;
     prometheus)
-      if ! command -v prometheus >/dev/null && [ ! -x "$BIN/prometheus" ]; then
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-          log "installing Debian's prometheus package"
-          (apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
-            { apt-get update -qq && apt-get install -y --no-install-recommends prometheus >/dev/null; })
-        else
-          die "prometheus is missing: install Debian's 'prometheus' package (apt-get install prometheus) or put a prometheus binary in $BIN"
-        fi
-      fi ;;
+      apt_tool prometheus ;;
     lua)  # the Argo CD health-check tests run the Lua script with a real interpreter
-      if ! command -v lua5.4 >/dev/null; then
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-          log "installing Debian's lua5.4 package"
-          (apt-get install -y --no-install-recommends lua5.4 >/dev/null 2>&1 || \
-            { apt-get update -qq && apt-get install -y --no-install-recommends lua5.4 >/dev/null; })
-        else
-          die "lua5.4 is missing: install it (apt-get install lua5.4)"
-        fi
-      fi ;;
-    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl kubeadm kubelet kube-proxy etcd coredns crictl local-path-provisioner opa helm prometheus lua nats-server kind kwok kwokctl)" ;;
+      apt_tool lua5.4 ;;
+    argocd)
+      have argocd "$ARGOCD_VERSION" || queue build_argocd ;;
+    redis-server)  # Argo CD's cache
+      apt_tool redis-server ;;
+    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl kubeadm kubelet kube-proxy etcd coredns crictl local-path-provisioner opa helm prometheus lua argocd redis-server nats-server kind kwok kwokctl)" ;;
   esac
 done
 if [ ${#k8s[@]} -gt 0 ] || [ ${#go_jobs[@]} -gt 0 ]; then

@@ -150,16 +150,19 @@ def test_examples_sync_after_the_operator() -> None:
     assert wave("chanscale-examples") > wave("chanscale")
 
 
-def test_scaled_replicas_are_ignored_and_respected() -> None:
-    """ignoreDifferences only hides the diff; RespectIgnoreDifferences stops a sync re-applying replicas."""
+def test_git_carries_no_replica_count_for_argocd_to_apply() -> None:
+    """Argo CD writes spec.replicas only if its apply names it: the workers in Git carry no count, the examples
+    Application applies server-side, and RespectIgnoreDifferences (which copies the cached live count into the
+    apply, racing the operator; tests/integration/test_argocd.py) is not set. ignoreDifferences stays for UIs."""
     app = _applications()["chanscale-examples"]
-    rules = app["spec"]["ignoreDifferences"]
-    assert any(
-        r.get("group") == "apps" and r.get("kind") == "Deployment" and "/spec/replicas" in r.get("jsonPointers", [])
-        for r in rules
-    ), rules
     options = app["spec"]["syncPolicy"]["syncOptions"]
-    assert "RespectIgnoreDifferences=true" in options
+    assert "ServerSideApply=true" in options
+    assert "RespectIgnoreDifferences=true" not in options
+    rules = app["spec"]["ignoreDifferences"]
+    assert any(r.get("kind") == "Deployment" and "/spec/replicas" in r.get("jsonPointers", []) for r in rules), rules
+    for doc in _docs(ROOT / "examples" / "worker.yaml"):
+        if doc["kind"] == "Deployment":
+            assert "replicas" not in doc["spec"], "examples/worker.yaml must not carry spec.replicas"
 
 
 def test_chart_application_uses_server_side_apply() -> None:

@@ -55,10 +55,12 @@ def test_chart_crds_are_the_source_crds() -> None:
         rendered = yaml.safe_load("\n".join(lines))
         annotations = rendered["metadata"].pop("annotations")
         assert annotations == {"helm.sh/resource-policy": "keep", **_ARGO_CRD_OPTIONS}
-        assert rendered == yaml.safe_load(src.read_text())
+        source = yaml.safe_load(src.read_text())
+        source["metadata"].pop("annotations", None)
+        assert rendered == source
 
 
-_ARGO_CRD_OPTIONS = {"argocd.argoproj.io/sync-options": "Delete=false,ServerSideApply=true"}
+_ARGO_CRD_OPTIONS = {"argocd.argoproj.io/sync-options": "Prune=false,Delete=false,ServerSideApply=true"}
 
 
 def test_schema_is_valid_and_accepts_defaults() -> None:
