@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import tempfile
 import threading
 import time
@@ -137,7 +138,9 @@ def _pool(i: int, channel: str, target: str) -> dict[str, Any]:
     return pool
 
 
-def measure(st: Stack, pools: int, window: float, warmup: float, tick: float) -> dict[str, Any]:
+def measure(
+    st: Stack, pools: int, window: float, warmup: float, tick: float, extra: list[str] | None = None
+) -> dict[str, Any]:
     """Run one pool count in its own namespace and return the measurements."""
     ns = f"scale-{pools}"
     st.namespace = ns
@@ -146,7 +149,7 @@ def measure(st: Stack, pools: int, window: float, warmup: float, tick: float) ->
     names = [(f"c{i}", f"w{i}") for i in range(pools)]
     st.create_pools([], [deployment(w, 1) for _, w in names])
     st.start_sim([_channel(ns, i, c) for i, (c, _) in enumerate(names)], follow_deployments=False)
-    st.start_operator()
+    st.start_operator(extra)
     st.create_pools([_pool(i, c, w) for i, (c, w) in enumerate(names)], [])
     setup_s = time.monotonic() - t_setup
     time.sleep(warmup)
@@ -296,10 +299,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=None, help="seconds before measuring (75; 20 quick)")
     p.add_argument("--tick", type=float, default=10.0)
     p.add_argument("--opa", default="local")
+    p.add_argument("--scheduler", default="ticker", choices=["ticker", "timers"], help="the operator's --scheduler")
+    p.add_argument(
+        "--tracemalloc",
+        metavar="FILE",
+        help="profile the operator's memory (tracemalloc; slows it, so its RSS/CPU rows do not count) into FILE",
+    )
     args = p.parse_args(argv)
     counts = [int(x) for x in (args.pools or ("10" if args.quick else "10,100,1000")).split(",")]
     window = args.window or (30.0 if args.quick else 120.0)
     warmup = args.warmup or (20.0 if args.quick else 75.0)
+    if args.tracemalloc:
+        os.environ["CHANSCALE_TRACEMALLOC"] = str(Path(args.tracemalloc).resolve())  # inherited by the operator
     rows = []
     t_start = time.perf_counter()
     with (
@@ -309,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         st.start_cluster()
         for n in counts:
             print(f"measuring {n} pools ...", flush=True)
-            rows.append(measure(st, n, window, warmup, args.tick))
+            rows.append(measure(st, n, window, warmup, args.tick, ["--scheduler", args.scheduler]))
             print(rows[-1], flush=True)
     cmd = "python -m bench.at_scale" + (" --quick" if args.quick else "")
     meta = {

@@ -14,17 +14,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
 from . import GROUP, PLURAL, VERSION, kube, telemetry, tenancy
 from .health import Health, api_server_answers
+from .leader import Elector
 from .reconcile import Config, Runtime, Target, tick
 from .signals import PrometheusReader
 from .spec import PoolSpec, SpecError
+from .ticker import Ticker, slim_body
 
 log = logging.getLogger("chanscale")
 
@@ -83,12 +86,79 @@ def target_from_indexes(
     )
 
 
-def build_registry(config: Config) -> kopf.OperatorRegistry:
-    """All handlers, registered on a fresh registry with the configured tick."""
+async def evaluate(rt: Runtime, body: Mapping[str, Any], indexes: Mapping[str, Any]) -> None:
+    """One pool's tick with its target seen through kopf's indexes; posts the tick's Events. Never raises: status,
+    labels and the scale are written by :func:`chanscale.reconcile.tick`, which turns every fault into a condition."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+    target_name = (spec.get("template") and name) or (spec.get("scaleTargetRef") or {}).get("name") or name
+    target = target_from_indexes(
+        namespace,
+        target_name,
+        indexes["deployments"],
+        indexes["hpas"],
+        indexes["scaledobjects"],
+        indexes["workerpools"],
+        name,
+    )
+    result = await tick(rt, body, target)
+    for etype, reason, message in result.events:
+        kopf.event(cast(kopf.Body, body), type=etype, reason=reason, message=message[:1024])
+
+
+def start_ticker(memo: kopf.Memo, config: Config, indexes: Mapping[str, Any]) -> None:
+    """One task evaluates every pool (see :mod:`chanscale.ticker`). Called from the first WorkerPool event: kopf
+    runs no event handler before its indexes are filled, and the task inherits the handler's context, where
+    kopf's Event poster lives (``kopf.event`` needs it)."""
+    pools: kopf.Index[Any, Any] = indexes["pools"]
+    owns = getattr(memo, "owns", None)
+
+    def keys() -> list[tuple[str, str]]:
+        return [k for k, store in list(pools.items()) if not _deleting(store) and (owns is None or owns(k))]
+
+    async def run_one(key: tuple[str, str]) -> None:
+        if owns is not None and not owns(key):
+            return  # lost the shard since the round began: the new owner evaluates it
+        store = pools.get(key)
+        for body in list(store or ())[:1]:
+            await evaluate(memo.runtime, body, indexes)
+
+    memo.ticker = Ticker(interval=config.tick, keys=keys, run_one=run_one)
+    memo.ticker_task = asyncio.create_task(memo.ticker.run(), name="chanscale-ticker")
+
+
+def _deleting(store: Any) -> bool:
+    return any((b.get("metadata") or {}).get("deletionTimestamp") for b in list(store or ())[:1])
+
+
+def _template_here(spec: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> bool:
+    """A template pool this replica owns (all of them without leader election)."""
+    owns = getattr(memo, "owns", None)
+    return bool(spec.get("template")) and (owns is None or owns((namespace or "", name)))
+
+
+def start_election(memo: kopf.Memo, elector: Elector) -> None:
+    """Evaluate only the pools whose shard Lease this replica holds (chanscale.leader)."""
+    health: Health = memo.health
+
+    def changed(shards: set[int]) -> None:
+        health.owned_since = health.clock()
+        telemetry.SHARDS_HELD.set(len(shards))
+        log.info("shards held: %s", sorted(shards) or "none (standby)")
+
+    elector.on_change = changed
+    memo.owns = health.owns = elector.owns
+    memo.elector_task = asyncio.create_task(elector.run(), name="chanscale-leader-election")
+
+
+def build_registry(config: Config, scheduler: str = "ticker", elector: Elector | None = None) -> kopf.OperatorRegistry:
+    """All handlers, registered on a fresh registry with the configured tick. ``scheduler``: ``ticker`` (one
+    operator-wide task over the ``pools`` index) or ``timers`` (a kopf timer per pool, the former design).
+    ``elector``: evaluate only the pools whose shard Lease this replica holds (None: all pools)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(id="configure", registry=registry)
-    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
         # Timeouts so a silently dropped watch is re-established (kopf #698).
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
@@ -137,6 +207,9 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
                 await start()
             except PolicyUnavailable as e:
                 logger.warning("policy gate not available yet: %s", e)
+        memo.ticker_task = None
+        if elector is not None:
+            start_election(memo, elector)
         health.started = True
 
     @kopf.on.login(id="login", registry=registry)
@@ -147,6 +220,14 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(id="shutdown", registry=registry)
     async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+        ticker = getattr(memo, "ticker_task", None)
+        if ticker is not None:
+            ticker.cancel()
+        election = getattr(memo, "elector_task", None)
+        if election is not None:  # cancelling releases the Leases: a standby takes over at its next round
+            election.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await election
         watchdog = getattr(memo, "watchdog", None)
         if watchdog is not None:
             watchdog.cancel()
@@ -158,21 +239,24 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             await rt.gate.close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="known", registry=registry)
-    def known(
-        event: Mapping[str, Any], meta: kopf.Meta, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+    async def known(
+        event: Mapping[str, Any], meta: kopf.Meta, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
     ) -> None:
         """Every pool kopf sees must keep being evaluated: liveness checks each against its last tick (a pool being
-        deleted no longer is: kopf stops its timer)."""
+        deleted no longer is). A deleted pool's in-memory state is dropped. The first event starts the ticker."""
+        if scheduler == "ticker" and getattr(memo, "ticker_task", False) is None:
+            start_ticker(memo, config, kwargs)
+        key = (namespace or "", name)
         health: Health | None = getattr(memo, "health", None)
+        gone = event.get("type") == "DELETED" or bool(meta.get("deletionTimestamp"))
         if health is not None:
-            key = (namespace or "", name)
-            if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
-                health.gone(key)
-            else:
-                health.seen(key)
+            (health.gone if gone else health.seen)(key)
+        rt: Runtime | None = getattr(memo, "runtime", None)
+        if rt is not None and event.get("type") == "DELETED":
+            rt.forget(*key)
 
     @kopf.index("apps", "v1", "deployments", id="deployments", registry=registry)
-    def deployments(
+    async def deployments(
         namespace: str | None,
         name: str,
         meta: Mapping[str, Any],
@@ -190,28 +274,43 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         }
 
     @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", id="hpas", registry=registry)
-    def hpas(namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any) -> Any:
+    async def hpas(namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any) -> Any:
         ref = spec.get("scaleTargetRef") or {}
         return {(namespace or "", ref.get("kind", ""), ref.get("name", "")): name}
 
     @kopf.index("keda.sh", "v1alpha1", "scaledobjects", id="scaledobjects", registry=registry)
-    def scaledobjects(namespace: str | None, name: str, spec: Mapping[str, Any], meta: kopf.Meta, **_: Any) -> Any:
+    async def scaledobjects(
+        namespace: str | None, name: str, spec: Mapping[str, Any], meta: kopf.Meta, **_: Any
+    ) -> Any:
         """KEDA ScaledObjects by target, paused ones included (a paused ScaledObject still owns its target)."""
         ref = spec.get("scaleTargetRef") or {}
         paused = any(k.startswith("autoscaling.keda.sh/paused") for k in (meta.get("annotations") or {}))
         return {(namespace or "", ref.get("kind") or "Deployment", ref.get("name", "")): (name, paused)}
 
     @kopf.index(GROUP, VERSION, PLURAL, id="workerpools", registry=registry)
-    def workerpools(
+    async def workerpools(
         namespace: str | None, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], meta: kopf.Meta, **_: Any
     ) -> Any:
         """Every WorkerPool by namespace, from the first tick on: for budgets and for one pool per Deployment."""
         created = str(meta.get("creationTimestamp") or "")
         return {namespace or "": tenancy.pool_index_entry(name, spec, status, created)}
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
+    @kopf.index(GROUP, VERSION, PLURAL, id="pools", registry=registry)
+    async def pools(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+        """Every WorkerPool by key, as the tick reads it (:func:`chanscale.ticker.slim_body`)."""
+        return {(namespace or "", name): slim_body(body)}
+
+    # Only template pools have change-detecting handlers: kopf then stores its last-handled-configuration
+    # annotation (a copy of the spec) and a finalizer on those alone, not on every pool.
+    @kopf.on.resume(
+        GROUP, VERSION, PLURAL, field="spec.template", when=_template_here, id="template", registry=registry
+    )
+    @kopf.on.create(
+        GROUP, VERSION, PLURAL, field="spec.template", when=_template_here, id="template", registry=registry
+    )
+    @kopf.on.update(
+        GROUP, VERSION, PLURAL, field="spec.template", when=_template_here, id="template", registry=registry
+    )
     async def ensure_template(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         """A pool with spec.template owns a Deployment named after it (garbage-collected with the pool)."""
         if not spec.get("template"):
@@ -240,33 +339,13 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         rt.tenancy.template_errors.pop(key, None)
         logger.info("Deployment %s %s from spec.template", body["metadata"]["name"], what)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=config.tick, sharp=False, registry=registry)
-    async def reconcile(
-        body: kopf.Body,
-        meta: kopf.Meta,
-        spec: kopf.Spec,
-        namespace: str | None,
-        name: str,
-        memo: kopf.Memo,
-        **kwargs: Any,
-    ) -> None:
-        """Never raises and leaves kopf's patch empty (see the module docstring): status, labels and the scale
-        are written by :func:`chanscale.reconcile.tick`, which turns every fault into a condition."""
-        rt: Runtime = memo.runtime
-        deployments: kopf.Index[Any, Any] = kwargs["deployments"]
-        hpas: kopf.Index[Any, Any] = kwargs["hpas"]
-        target_name = (spec.get("template") and name) or (spec.get("scaleTargetRef") or {}).get("name") or name
-        target = target_from_indexes(
-            namespace or "", target_name, deployments, hpas, kwargs["scaledobjects"], kwargs["workerpools"], name
-        )
-        result = await tick(rt, body, target)
-        for etype, reason, message in result.events:
-            kopf.event(body, type=etype, reason=reason, message=message[:1024])
+    if scheduler == "timers":  # the former design, kept to measure against (bench.at_scale --scheduler timers)
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True, registry=registry)
-    def forget(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-        rt = getattr(memo, "runtime", None)
-        if rt is not None:
-            rt.forget(namespace or "", name)
+        @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=config.tick, sharp=False, registry=registry)
+        async def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+            """Never raises and leaves kopf's patch empty (see the module docstring)."""
+            owns = getattr(memo, "owns", None)
+            if owns is None or owns((body["metadata"].get("namespace") or "", body["metadata"]["name"])):
+                await evaluate(memo.runtime, body, kwargs)
 
     return registry
