@@ -53,7 +53,9 @@ def _run(args: argparse.Namespace) -> int:
         guardrails=guardrails_from_args(args),
     )
     telemetry.serve(args.metrics_port, args.metrics_addr)
-    registry = build_registry(config, scheduler=args.scheduler, elector=elector_from_args(args))
+    registry = build_registry(
+        config, scheduler=args.scheduler, elector=elector_from_args(args), fast_period=args.fast_path_period
+    )
     namespaces = args.namespace or []
     kopf.run(
         registry=registry,
@@ -299,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rewrite an unchanged status at most this often, seconds",
     )
     _add_election_flags(r)
+    r.add_argument(
+        "--fast-path-period",
+        type=float,
+        default=float(os.environ.get("CHANSCALE_FAST_PATH_PERIOD", "1")),
+        help="seconds between polls of every pool's backlog and arrival rate (two shared queries); a pool whose "
+        "signal moves materially is evaluated at once instead of at its next tick (0 disables)",
+    )
     r.add_argument(
         "--scheduler",
         choices=["ticker", "timers"],

@@ -22,6 +22,7 @@ from typing import Any, cast
 import kopf
 
 from . import GROUP, PLURAL, VERSION, kube, telemetry, tenancy
+from .fastpath import FastPath
 from .health import Health, api_server_answers
 from .leader import Elector
 from .reconcile import Config, Runtime, Target, tick
@@ -86,7 +87,7 @@ def target_from_indexes(
     )
 
 
-async def evaluate(rt: Runtime, body: Mapping[str, Any], indexes: Mapping[str, Any]) -> None:
+async def evaluate(rt: Runtime, body: Mapping[str, Any], indexes: Mapping[str, Any], force: bool = False) -> None:
     """One pool's tick with its target seen through kopf's indexes; posts the tick's Events. Never raises: status,
     labels and the scale are written by :func:`chanscale.reconcile.tick`, which turns every fault into a condition."""
     meta, spec = body.get("metadata") or {}, body.get("spec") or {}
@@ -101,34 +102,51 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any], indexes: Mapping[str, A
         indexes["workerpools"],
         name,
     )
-    result = await tick(rt, body, target)
+    result = await tick(rt, body, target, force=force)
     for etype, reason, message in result.events:
         kopf.event(cast(kopf.Body, body), type=etype, reason=reason, message=message[:1024])
 
 
-def start_ticker(memo: kopf.Memo, config: Config, indexes: Mapping[str, Any]) -> None:
-    """One task evaluates every pool (see :mod:`chanscale.ticker`). Called from the first WorkerPool event: kopf
-    runs no event handler before its indexes are filled, and the task inherits the handler's context, where
-    kopf's Event poster lives (``kopf.event`` needs it)."""
+def start_ticker(memo: kopf.Memo, config: Config, indexes: Mapping[str, Any], fast_period: float) -> None:
+    """One task evaluates every pool (see :mod:`chanscale.ticker`), and, with ``fast_period``, another polls the
+    cheap signals and evaluates a pool at once when they move (:mod:`chanscale.fastpath`). Called from the first
+    WorkerPool event: kopf runs no event handler before its indexes are filled, and the tasks inherit the
+    handler's context, where kopf's Event poster lives (``kopf.event`` needs it)."""
     pools: kopf.Index[Any, Any] = indexes["pools"]
     owns = getattr(memo, "owns", None)
+    rt: Runtime = memo.runtime
 
-    def keys() -> list[tuple[str, str]]:
-        return [k for k, store in list(pools.items()) if not _deleting(store) and (owns is None or owns(k))]
+    def bodies() -> list[tuple[tuple[str, str], Mapping[str, Any]]]:
+        out = []
+        for key, store in list(pools.items()):
+            body = next(iter(list(store or ())[:1]), None)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            if owns is None or owns(key):
+                out.append((key, body))
+        return out
 
-    async def run_one(key: tuple[str, str]) -> None:
+    async def run_one(key: tuple[str, str], forced: bool) -> None:
         if owns is not None and not owns(key):
-            return  # lost the shard since the round began: the new owner evaluates it
-        store = pools.get(key)
-        for body in list(store or ())[:1]:
-            await evaluate(memo.runtime, body, indexes)
+            return  # lost the shard since the step began: the new owner evaluates it
+        for body in list(pools.get(key) or ())[:1]:
+            if fast is not None:
+                fast.note(key)
+            await evaluate(rt, body, indexes, force=forced)
 
-    memo.ticker = Ticker(interval=config.tick, keys=keys, run_one=run_one)
-    memo.ticker_task = asyncio.create_task(memo.ticker.run(), name="chanscale-ticker")
-
-
-def _deleting(store: Any) -> bool:
-    return any((b.get("metadata") or {}).get("deletionTimestamp") for b in list(store or ())[:1])
+    ticker = Ticker(interval=config.tick, keys=lambda: [k for k, _ in bodies()], run_one=run_one)
+    fast = None
+    if fast_period > 0 and config.prometheus_url:
+        fast = FastPath(
+            rt.reader,
+            config.prometheus_url,
+            pools=lambda: [(k, b.get("spec") or {}) for k, b in bodies()],
+            trigger=ticker.trigger,
+            period=fast_period,
+        )
+        memo.scheduler["fast"] = asyncio.create_task(fast.run(), name="chanscale-fast-path")
+    memo.scheduler["ticker"] = ticker
+    memo.scheduler["task"] = asyncio.create_task(ticker.run(), name="chanscale-ticker")
 
 
 def _template_here(spec: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> bool:
@@ -151,10 +169,13 @@ def start_election(memo: kopf.Memo, elector: Elector) -> None:
     memo.elector_task = asyncio.create_task(elector.run(), name="chanscale-leader-election")
 
 
-def build_registry(config: Config, scheduler: str = "ticker", elector: Elector | None = None) -> kopf.OperatorRegistry:
+def build_registry(
+    config: Config, scheduler: str = "ticker", elector: Elector | None = None, fast_period: float = 1.0
+) -> kopf.OperatorRegistry:
     """All handlers, registered on a fresh registry with the configured tick. ``scheduler``: ``ticker`` (one
     operator-wide task over the ``pools`` index) or ``timers`` (a kopf timer per pool, the former design).
-    ``elector``: evaluate only the pools whose shard Lease this replica holds (None: all pools)."""
+    ``elector``: evaluate only the pools whose shard Lease this replica holds (None: all pools).
+    ``fast_period``: seconds between polls of the cheap signals (chanscale.fastpath; 0 disables; ticker only)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(id="configure", registry=registry)
@@ -207,7 +228,9 @@ def build_registry(config: Config, scheduler: str = "ticker", elector: Elector |
                 await start()
             except PolicyUnavailable as e:
                 logger.warning("policy gate not available yet: %s", e)
-        memo.ticker_task = None
+        # kopf gives each object a shallow copy of the memo: state the first event handler sets must live in a
+        # shared container, or every pool would start (and drop) a ticker of its own.
+        memo.scheduler = {"task": None}
         if elector is not None:
             start_election(memo, elector)
         health.started = True
@@ -220,9 +243,9 @@ def build_registry(config: Config, scheduler: str = "ticker", elector: Elector |
 
     @kopf.on.cleanup(id="shutdown", registry=registry)
     async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-        ticker = getattr(memo, "ticker_task", None)
-        if ticker is not None:
-            ticker.cancel()
+        for task in (getattr(memo, "scheduler", {}).get(k) for k in ("task", "fast")):
+            if task is not None:
+                task.cancel()
         election = getattr(memo, "elector_task", None)
         if election is not None:  # cancelling releases the Leases: a standby takes over at its next round
             election.cancel()
@@ -244,8 +267,8 @@ def build_registry(config: Config, scheduler: str = "ticker", elector: Elector |
     ) -> None:
         """Every pool kopf sees must keep being evaluated: liveness checks each against its last tick (a pool being
         deleted no longer is). A deleted pool's in-memory state is dropped. The first event starts the ticker."""
-        if scheduler == "ticker" and getattr(memo, "ticker_task", False) is None:
-            start_ticker(memo, config, kwargs)
+        if scheduler == "ticker" and getattr(memo, "scheduler", {"task": 0})["task"] is None:
+            start_ticker(memo, config, kwargs, fast_period)
         key = (namespace or "", name)
         health: Health | None = getattr(memo, "health", None)
         gone = event.get("type") == "DELETED" or bool(meta.get("deletionTimestamp"))

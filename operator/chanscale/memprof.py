@@ -20,7 +20,14 @@ ENV = "CHANSCALE_TRACEMALLOC"
 def _report(snapshot: tracemalloc.Snapshot, top: int) -> str:
     snapshot = snapshot.filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),))
     total = sum(s.size for s in snapshot.statistics("filename"))
-    lines = [f"traced total {total / 2**20:.1f} MiB", "", "by file:"]
+    current, peak = tracemalloc.get_traced_memory()
+    rss = _rss_mib()
+    lines = [
+        f"traced now {total / 2**20:.1f} MiB (with tracemalloc's own {current / 2**20:.1f}), traced peak "
+        f"{peak / 2**20:.1f} MiB, process RSS {rss:.0f} MiB",
+        "",
+        "by file:",
+    ]
     for stat in snapshot.statistics("filename")[:top]:
         frame = stat.traceback[0]
         lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:9d} blocks  {frame.filename}")
@@ -29,6 +36,17 @@ def _report(snapshot: tracemalloc.Snapshot, top: int) -> str:
         frame = stat.traceback[0]
         lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:9d} blocks  {frame.filename}:{frame.lineno}")
     return "\n".join(lines) + "\n"
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def dump(path: Path, top: int = 40) -> None:

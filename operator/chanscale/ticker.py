@@ -72,13 +72,14 @@ class Ticker:
 
     interval: float
     keys: Callable[[], Iterable[PoolKey]]
-    run_one: Callable[[PoolKey], Awaitable[None]]
+    run_one: Callable[[PoolKey, bool], Awaitable[None]]  # (pool, forced by the fast path)
     concurrency: int = 16
     resolution: float = 0.25
     clock: Callable[[], float] = _loop_time
     next_due: dict[PoolKey, float] = field(default_factory=dict)
     inflight: dict[PoolKey, asyncio.Task[None]] = field(default_factory=dict)
     started: int = 0
+    forced: set[PoolKey] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -105,10 +106,14 @@ class Ticker:
             del self.next_due[key]
         return out
 
-    async def _guarded(self, key: PoolKey) -> None:
+    def trigger(self, key: PoolKey) -> None:
+        """Evaluate this pool at the next step, ahead of its slot (chanscale.fastpath); its slot is kept."""
+        self.forced.add(key)
+
+    async def _guarded(self, key: PoolKey, forced: bool) -> None:
         async with self._slots:
             try:
-                await self.run_one(key)
+                await self.run_one(key, forced)
             except Exception:  # run_one never raises by contract; one pool must not stop the others
                 log.exception("pool %s/%s: evaluation failed", *key)
 
@@ -116,8 +121,11 @@ class Ticker:
         self.inflight.pop(key, None)
 
     def step(self, now: float) -> None:
-        for key in self.due(now):
-            task = asyncio.create_task(self._guarded(key), name=f"chanscale-tick-{key[0]}/{key[1]}")
+        due = self.due(now)
+        forced = [k for k in self.forced if k not in self.inflight and k in self.next_due and k not in due]
+        self.forced.difference_update(forced)
+        for key in due + forced:
+            task = asyncio.create_task(self._guarded(key, key in forced), name=f"chanscale-tick-{key[0]}/{key[1]}")
             self.inflight[key] = task
             task.add_done_callback(functools.partial(self._done, key))
             self.started += 1

@@ -85,8 +85,33 @@ def test_helm_lint_strict(values: Path | None) -> None:
 def test_helm_template_renders(values: Path | None) -> None:
     docs = render(*(["-f", str(values)] if values else []))
     deploy = one(docs, "Deployment")
+    # Two elected replicas by default: a rolling update starts the new pod before the old leader lets go.
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_without_leader_election_one_replica_recreated() -> None:
+    deploy = one(render("--set", "leaderElection.enabled=false"), "Deployment")
     assert deploy["spec"]["replicas"] == 1
     assert deploy["spec"]["strategy"]["type"] == "Recreate"
+    assert "--leader-elect" not in containers(deploy)["operator"]["args"]
+    assert not [
+        d
+        for d in render("--set", "leaderElection.enabled=false")
+        if d["kind"] == "Role" and "leases" in d["metadata"]["name"]
+    ]
+
+
+def test_leader_election_args_and_a_pdb_that_keeps_one_replica() -> None:
+    docs = render("--set", "leaderElection.shards=3")
+    deploy = one(docs, "Deployment")
+    from chanscale.cli import build_parser
+
+    args = build_parser().parse_args(containers(deploy)["operator"]["args"])
+    assert args.leader_elect and args.shards == 3 and args.lease_duration > args.renew_deadline > args.retry_period
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1 and deploy["spec"]["replicas"] == 2  # a drain never takes both
 
 
 @pytest.mark.parametrize("values", [None, *CI_VALUES], ids=["defaults", *(p.name for p in CI_VALUES)])
@@ -254,6 +279,8 @@ def test_schema_rejects_wrong_values_naming_the_key(args: list[str], message: st
     ("args", "message"),
     [
         (["--set", "pdb.minAvailable=1"], "pdb.maxUnavailable or pdb.minAvailable"),
+        (["--set", "leaderElection.enabled=false", "--set", "replicaCount=2"], "leaderElection.enabled=true"),
+        (["--set", "leaderElection.renewDeadlineSeconds=10"], "renewDeadlineSeconds"),
         (["--set", "serviceMonitor.enabled=true", "--set", "operator.metricsPort=0"], "operator.metricsPort"),
         (["--set", "opa.enabled=false", "--set", "opa.extraPolicies.x\\.rego=package x"], "opa.enabled=true"),
     ],
@@ -567,6 +594,11 @@ FORBIDDEN_CLUSTER = [
 
 def test_rbac_allows_the_whole_job(release: Release, namespace: str) -> None:
     missing = [(v, r, s) for v, r, s in ALLOWED_NAMESPACED if not release.can(v, r, namespace, s)]
+    missing += [
+        (v, "leases.coordination.k8s.io", None)
+        for v in ("get", "list", "create", "update")
+        if not release.can(v, "leases.coordination.k8s.io", release.namespace)
+    ]
     missing += [(v, r, None) for v, r in ALLOWED_CLUSTER if not release.can(v, r)]
     assert not missing, f"the operator's ServiceAccount lacks: {missing}"
 
@@ -574,6 +606,9 @@ def test_rbac_allows_the_whole_job(release: Release, namespace: str) -> None:
 def test_rbac_forbids_everything_else(release: Release, namespace: str) -> None:
     extra = [(v, r, s) for v, r, s in FORBIDDEN_NAMESPACED if release.can(v, r, namespace, s)]
     extra += [(v, r, None) for v, r in FORBIDDEN_CLUSTER if release.can(v, r)]
+    extra += [
+        (v, "leases", None) for v in ("update", "delete") if release.can(v, "leases.coordination.k8s.io", namespace)
+    ]
     assert not extra, f"the operator's ServiceAccount may do more than it needs: {extra}"
 
 

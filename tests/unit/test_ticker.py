@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 
 
 def _ticker(keys: list[tuple[str, str]], interval: float = 10.0) -> Ticker:
-    async def nothing(_key: tuple[str, str]) -> None:
+    async def nothing(_key: tuple[str, str], _forced: bool) -> None:
         return None
 
     return Ticker(interval=interval, keys=lambda: keys, run_one=nothing, clock=lambda: 0.0)
@@ -57,7 +57,7 @@ def test_run_evaluates_every_pool_and_bounds_concurrency() -> None:
     seen: list[tuple[str, str]] = []
     running = peak = 0
 
-    async def run_one(key: tuple[str, str]) -> None:
+    async def run_one(key: tuple[str, str], _forced: bool) -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
@@ -109,3 +109,23 @@ def test_slim_body_keeps_what_a_tick_reads_and_drops_the_rest() -> None:
     assert slim["spec"] == body["spec"] and slim["spec"] is not body["spec"]
     assert slim["status"] == {"replicas": 2}
     assert slim["kind"] == "WorkerPool"
+
+
+def test_a_triggered_pool_runs_at_the_next_step_and_keeps_its_slot() -> None:
+    keys = [("ns", "a")]
+    runs: list[bool] = []
+
+    async def run_one(_key: tuple[str, str], forced: bool) -> None:
+        runs.append(forced)
+
+    async def main() -> None:
+        t = Ticker(interval=100.0, keys=lambda: keys, run_one=run_one, clock=lambda: 0.0)
+        t.step(0.0)  # first sight: slot assigned, nothing runs
+        slot = t.next_due[("ns", "a")]
+        t.trigger(("ns", "a"))
+        t.step(0.0)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert runs == [True] and t.next_due[("ns", "a")] == slot
+
+    asyncio.run(main())
