@@ -30,6 +30,8 @@ Reading = tuple[float | None, float | None]  # (backlog, arrival rate)
 
 #: Absolute floors below which a change is noise: messages of backlog, messages/s of arrivals.
 FLOORS = (10.0, 2.0)
+#: A move is material beyond this fraction of the signal's value (and beyond its floor).
+RELATIVE = 0.2
 
 
 def watched(spec: Mapping[str, Any], default_address: str | None) -> tuple[str, str] | None:
@@ -65,7 +67,7 @@ class FastPath:
     pools: Callable[[], Iterable[tuple[PoolKey, Mapping[str, Any]]]]  # (key, spec) of the pools to watch
     trigger: Callable[[PoolKey], None]
     period: float = 1.0
-    relative: float = 0.2
+    relative: float = RELATIVE
     latest: dict[PoolKey, Reading] = field(default_factory=dict)
     baseline: dict[PoolKey, Reading] = field(default_factory=dict)  # at the pool's last evaluation
     triggered: int = 0

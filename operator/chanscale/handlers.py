@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -31,6 +32,10 @@ from .spec import PoolSpec, SpecError
 from .ticker import Ticker, slim_body
 
 log = logging.getLogger("chanscale")
+
+#: Threads for blocking API and Prometheus requests; the ticker runs at most TICK_CONCURRENCY pools at once.
+EXECUTOR_THREADS = 16
+TICK_CONCURRENCY = 64
 
 
 def _deployment_key(namespace: str, name: str) -> tuple[str, str]:
@@ -134,7 +139,9 @@ def start_ticker(memo: kopf.Memo, config: Config, indexes: Mapping[str, Any], fa
                 fast.note(key)
             await evaluate(rt, body, indexes, force=forced)
 
-    ticker = Ticker(interval=config.tick, keys=lambda: [k for k, _ in bodies()], run_one=run_one)
+    ticker = Ticker(
+        interval=config.tick, keys=lambda: [k for k, _ in bodies()], run_one=run_one, concurrency=TICK_CONCURRENCY
+    )
     fast = None
     if fast_period > 0 and config.prometheus_url:
         fast = FastPath(
@@ -190,6 +197,11 @@ def build_registry(
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
         settings.posting.level = logging.WARNING  # our own Events are explicit; warnings from kopf still post
         settings.execution.max_workers = 8
+        # Our blocking clients (kubernetes, prometheus-api-client) run in the loop's default executor: with 1 000
+        # pools its default of cpu+4 threads queued status writes behind each other (docs/scaling.md).
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="chanscale-io")
+        )
         from .policy import PolicyUnavailable, make_gate
 
         memo.runtime = Runtime(
