@@ -166,9 +166,6 @@ Each rule is exercised by the integration tests running under the chart's Servic
 
 {{/* Fail early, with a message naming the value, on combinations the schema cannot express. */}}
 {{- define "chanscale.validate" -}}
-{{- if and (not .Values.leaderElection.enabled) (gt (int .Values.replicaCount) 1) }}
-{{- fail "replicaCount > 1 needs leaderElection.enabled=true (unelected replicas would all scale the same Deployments)" }}
-{{- end }}
 {{- if and .Values.leaderElection.enabled (not (gt (float64 .Values.leaderElection.leaseDurationSeconds) (float64 .Values.leaderElection.renewDeadlineSeconds))) }}
 {{- fail "leaderElection: leaseDurationSeconds must exceed renewDeadlineSeconds (the gap covers a tick in flight)" }}
 {{- end }}
