@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chanscale.decision import Observation, PoolState, decide, record_scale
-from chanscale.fastpath import RELATIVE as FAST_RELATIVE
-from chanscale.fastpath import moved
 from chanscale.queueing import workers_for_latency
 from chanscale.spec import PoolSpec
 
@@ -280,40 +278,20 @@ class Chanscale:
     outcomes: dict[str, int] = field(default_factory=dict)
     limited: dict[str, int] = field(default_factory=dict)
     fast_arrival: bool = True  # arrival rate = max(rate, irate), as the shipped default arrivalRate query
-    # The shipped fast path (chanscale.fastpath): backlog and arrivals are polled every ``fast_period`` seconds and
-    # a full decision runs when they move materially, else at the interval. 0: the interval alone.
-    fast_period: float = 1.0
-    interval: float = field(init=False, default=10.0)
-    last_full: float = field(init=False, default=-1e9)
-    baseline: tuple[float | None, float | None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.spec = PoolSpec.from_dict(self.spec_dict)
         if self.spec.polling_interval:
             self.period = float(self.spec.polling_interval)
-        self.interval = self.period
-        if self.fast_period > 0:
-            self.period = self.fast_period
 
     def observe(self, env: Env) -> None:
         return None
 
-    def _arrival(self, env: Env) -> float | None:
+    def decide(self, env: Env) -> int:
         p, t = env.prom, env.t
         arrival = p.rate("enqueued_total", t)
         if self.fast_arrival and arrival is not None:
             arrival = max(arrival, p.irate("enqueued_total", t) or 0.0)
-        return arrival
-
-    def decide(self, env: Env) -> int:
-        p, t = env.prom, env.t
-        arrival = self._arrival(env)
-        if self.fast_period > 0:
-            now = (p.backlog(t), arrival)
-            due = t - self.last_full >= self.interval - self.fast_period / 2
-            if not due and self.baseline is not None and not moved(self.baseline, now, FAST_RELATIVE):
-                return env.current
-            self.baseline, self.last_full = now, t
         obs = Observation(
             now=t,
             current_replicas=env.current,
@@ -353,10 +331,9 @@ def build(
         spec.update(spec_overrides or {})
         if name == "chanscale-nocorr":  # diagnosis: the latency correction switched off (a documented spec knob)
             spec["model"] = {**spec["model"], "latencyCorrection": False}
-        elif name not in ("chanscale", "chanscale-rateonly", "chanscale-interval"):
+        elif name != "chanscale" and name != "chanscale-rateonly":
             raise ValueError(f"unknown scaler {name!r}")
-        fast = 0.0 if name in ("chanscale-interval", "chanscale-rateonly") else 1.0
-        return Chanscale(spec, name=name, fast_arrival=name != "chanscale-rateonly", fast_period=fast)
+        return Chanscale(spec, name=name, fast_arrival=name != "chanscale-rateonly")
     if name == "keda-default":
         return KEDAQueue("keda-default", limits, lag_threshold=10.0)
     if name == "keda-tuned":
@@ -374,5 +351,4 @@ def build(
 SCALERS = ("chanscale", "keda-default", "keda-tuned", "hpa-p99", "kpa", "oracle")
 #: chanscale variants for diagnosis: the latency correction off; arrivals from rate() alone (the arrivalRate
 #: query before max(rate, irate) became the default).
-#: chanscale-interval: a full decision at the 10 s interval only (before the fast path).
-VARIANTS = ("chanscale-nocorr", "chanscale-rateonly", "chanscale-interval")
+VARIANTS = ("chanscale-nocorr", "chanscale-rateonly")
