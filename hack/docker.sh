@@ -86,6 +86,12 @@ start_daemon() {
 }
 
 start=$(date +%s)
+# An engine that answers but is not ours to manage (a mounted socket, DOCKER_HOST, a container's view of its host:
+# no dockerd here) is used as it is.
+if docker info >/dev/null 2>&1 && ! pgrep -x dockerd >/dev/null; then
+  log "using the Docker engine at ${DOCKER_HOST:-/var/run/docker.sock} (no local dockerd to manage)"
+  exit 0
+fi
 install_engine
 changed=$(install_wrapper)
 start_daemon "$changed"

@@ -14,6 +14,7 @@
 #   hack/images.sh env           # print the resolved image names (KEY=VALUE)
 #   hack/images.sh apps          # print the application images e2e loads into the cluster
 #   hack/images.sh names         # print every image name it tags
+#   hack/images.sh rootfs SUITE TAR  # only a debootstrapped minbase SUITE as TAR (hack/newcomer.sh's machine)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,7 +52,8 @@ case ${1:-build} in
     sed -n 's/^ *sandbox_image = "\(.*\)"/\1/p' "$(kind_dir)/images/base/files/etc/containerd/config.toml"
     exit ;;
   build) shift $(( $# > 0 ? 1 : 0 )) ;;
-  *) die "usage: hack/images.sh [build [--cold] [STAGE...]|env|apps|names]" ;;
+  rootfs) ;;  # defined below
+  *) die "usage: hack/images.sh [build [--cold] [STAGE...]|env|apps|names|rootfs SUITE TAR]" ;;
 esac
 COLD=
 if [ "${1:-}" = --cold ]; then COLD=1; shift; fi
@@ -125,21 +127,25 @@ apt_install() {
 }
 
 # --- the Debian root filesystem ----------------------------------------------------------------------------------
+# debootstrap_tar SUITE TAR: a minbase root filesystem of SUITE as a tarball (also hack/newcomer.sh's machine).
+debootstrap_tar() {
+  local suite=$1 tar=$2 tmp t log=$CACHE/rootfs/debootstrap-$1.log
+  apt_install debootstrap
+  t=$(date +%s)
+  mkdir -p "$(dirname "$tar")" "$CACHE/rootfs"
+  tmp=$(mktemp -d "$CACHE/rootfs/debootstrap.XXXXXX")
+  log "debootstrap --variant=minbase $suite from $MIRROR (log: $log)"
+  debootstrap --variant=minbase --components=main "$suite" "$tmp" "$MIRROR" \
+    >"$log" 2>&1 || { tail -20 "$log" >&2; rm -rf "$tmp"; die "debootstrap failed"; }
+  rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/* "$tmp"/var/log/*
+  tar -C "$tmp" --numeric-owner -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
+  rm -rf "$tmp"
+  log "debian $suite rootfs: debootstrapped in $(( $(date +%s) - t ))s"
+}
+
 debian() {
-  local tar=$CACHE/rootfs/debian-$DEBIAN_SUITE-minbase.tar tmp t hash
-  if [ -n "$COLD" ] || [ ! -f "$tar" ]; then
-    apt_install debootstrap
-    t=$(date +%s)
-    mkdir -p "$CACHE/rootfs"
-    tmp=$(mktemp -d "$CACHE/rootfs/debootstrap.XXXXXX")
-    log "debootstrap --variant=minbase $DEBIAN_SUITE from $MIRROR (log: $STATE/logs/debootstrap.log)"
-    debootstrap --variant=minbase --components=main "$DEBIAN_SUITE" "$tmp" "$MIRROR" \
-      >"$STATE/logs/debootstrap.log" 2>&1 || { tail -20 "$STATE/logs/debootstrap.log" >&2; die "debootstrap failed"; }
-    rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/* "$tmp"/var/log/*
-    tar -C "$tmp" --numeric-owner -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
-    rm -rf "$tmp"
-    log "debian rootfs: debootstrapped in $(( $(date +%s) - t ))s"
-  fi
+  local tar=$CACHE/rootfs/debian-$DEBIAN_SUITE-minbase.tar hash
+  if [ -n "$COLD" ] || [ ! -f "$tar" ]; then debootstrap_tar "$DEBIAN_SUITE" "$tar"; fi
   hash=$(sha256sum "$tar" | cut -c1-16)
   if fresh "$CHANSCALE_DEBIAN_IMAGE" "$hash"; then log "$CHANSCALE_DEBIAN_IMAGE: cached ($hash)"; return; fi
   docker import --change "LABEL $LABEL=$hash" --change 'CMD ["bash"]' \
@@ -304,4 +310,9 @@ main() {
   rm -rf "$STATE/ctx"  # the build contexts (copies of the binaries) are made afresh on every run
   log "images ready in $(( $(date +%s) - t0 ))s (cache: $STATE)"
 }
+if [ "${1:-}" = rootfs ]; then  # rootfs SUITE TAR: debootstrap SUITE into TAR unless it exists
+  [ $# = 3 ] || die "usage: hack/images.sh rootfs SUITE TAR"
+  [ -f "$3" ] || debootstrap_tar "$2" "$3"
+  exit
+fi
 main "$@"

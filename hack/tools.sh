@@ -9,7 +9,13 @@
 #   hack/tools.sh node            # what the offline kind images need (hack/images.sh): kind, kubeadm, kubelet,
 #                                 # kubectl, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
 #                                 # etcd, coredns, crictl, local-path-provisioner, opa
+#   hack/tools.sh demo            # only what `make demo` runs: kube-apiserver, kube-controller-manager, kubectl,
+#                                 # etcd, opa, prometheus
 #   hack/tools.sh opa helm        # just these
+#
+# Go: hack/go.sh makes any installed Go usable (an older one gets the pinned toolchain from the Go module proxy);
+# Go is only looked for when something has to be built. Kubernetes builds in one `go build` (its binaries share
+# most packages and link in parallel) while the other modules build beside it, one at a time: two lanes, two cores.
 #
 # Binaries already provided are honoured and not rebuilt:
 #   - $KUBEBUILDER_ASSETS/{kube-apiserver,etcd,kubectl} (controller-runtime envtest assets);
@@ -23,12 +29,11 @@ BIN=${CHANSCALE_BIN:-$ROOT/bin}
 WORK=${CHANSCALE_TOOLS_CACHE:-$ROOT/.cache/tools}
 mkdir -p "$BIN" "$WORK"
 export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
-export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+# shellcheck source=hack/go.sh
+source "$ROOT/hack/go.sh"
 
 log() { printf '[tools] %s\n' "$*" >&2; }
 die() { printf '[tools] ERROR: %s\n' "$*" >&2; exit 1; }
-
-command -v go >/dev/null || die "Go is required to build the test-cluster tools (https://go.dev/dl); or set KUBEBUILDER_ASSETS to envtest binaries."
 
 # If the checksum database cannot be reached, fall back narrowly for the modules we build, never globally off.
 check_sumdb() {
@@ -93,11 +98,12 @@ build_kubernetes() {  # build_kubernetes NAME...
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date -X $pkg.gitCommit=chanscale-tools"
   done
-  for name in "$@"; do
-    log "building $name $v (first build of Kubernetes takes several minutes)"
-    (cd "$d" && go build -trimpath -ldflags "$ldflags" -o "$BIN/$name" "k8s.io/kubernetes/cmd/$name")
-    echo "$v" >"$(stamp "$name")"
-  done
+  local name pkgs=()
+  for name in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$name"); done
+  log "building $* $v in one go build (a cold first build of Kubernetes takes several minutes)"
+  (cd "$d" && go build -trimpath -ldflags "$ldflags" -o "$BIN/" "${pkgs[@]}")
+  for name in "$@"; do echo "$v" >"$(stamp "$name")"; done
+  log "built $*"
 }
 
 build_go() {  # build_go NAME MODULE VERSION PACKAGE [LDFLAGS]
@@ -106,11 +112,15 @@ build_go() {  # build_go NAME MODULE VERSION PACKAGE [LDFLAGS]
   log "building $name $v from $mod"
   (cd "$d" && go mod edit -require="$mod@$v" && go build -trimpath -ldflags "$ldflags" -o "$BIN/$name" "$pkg")
   echo "$v" >"$(stamp "$name")"
+  log "built $name"
 }
+queue() { go_jobs+=("$(printf '%q ' "$@")"); }  # queue COMMAND...: run later, in the second build lane
 
 want_tools=("$@")
 if [ ${#want_tools[@]} -eq 0 ]; then
   want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa helm prometheus lua)
+elif [ "${want_tools[0]}" = demo ]; then
+  want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa prometheus)
 elif [ "${want_tools[0]}" = all ]; then
   want_tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua kind kwok kwokctl)
 elif [ "${want_tools[0]}" = node ]; then
@@ -118,41 +128,40 @@ elif [ "${want_tools[0]}" = node ]; then
     local-path-provisioner opa)
 fi
 
-check_sumdb
-k8s=()
+k8s=() go_jobs=()
 for t in "${want_tools[@]}"; do
   case $t in
     kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubeadm|kubelet|kube-proxy)
       have "$t" "$KUBERNETES_VERSION" || provided "$t" "$KUBERNETES_VERSION" || k8s+=("$t") ;;
     etcd)
       have etcd "$ETCD_VERSION" || provided etcd "$ETCD_VERSION" || \
-        build_go etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 ;;
+        queue build_go etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 ;;
     opa)
       have opa "$OPA_VERSION" || provided opa "$OPA_VERSION" || \
-        build_go opa github.com/open-policy-agent/opa "$OPA_VERSION" github.com/open-policy-agent/opa \
+        queue build_go opa github.com/open-policy-agent/opa "$OPA_VERSION" github.com/open-policy-agent/opa \
           "-s -w -X github.com/open-policy-agent/opa/v1/version.Version=${OPA_VERSION#v}" ;;
     helm)
       have helm "$HELM_VERSION" || provided helm "$HELM_VERSION" || \
-        build_go helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+        queue build_go helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
           "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
     kind)
       have kind "$KIND_VERSION" || provided kind "$KIND_VERSION" || \
-        build_go kind sigs.k8s.io/kind "$KIND_VERSION" sigs.k8s.io/kind ;;
+        queue build_go kind sigs.k8s.io/kind "$KIND_VERSION" sigs.k8s.io/kind ;;
     coredns)
       have coredns "$COREDNS_VERSION" || \
-        build_go coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns \
+        queue build_go coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns \
           "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" ;;
     crictl)
       have crictl "$CRICTL_VERSION" || \
-        build_go crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl \
+        queue build_go crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl \
           "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" ;;
     local-path-provisioner)
       have "$t" "$LOCAL_PATH_PROVISIONER_VERSION" || \
-        build_go "$t" github.com/rancher/local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" \
+        queue build_go "$t" github.com/rancher/local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" \
           github.com/rancher/local-path-provisioner ;;
     kwok|kwokctl)
       have "$t" "$KWOK_VERSION" || provided "$t" "$KWOK_VERSION" || \
-        build_go "$t" sigs.k8s.io/kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$t" ;;
+        queue build_go "$t" sigs.k8s.io/kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$t" ;;
     prometheus)
       if ! command -v prometheus >/dev/null && [ ! -x "$BIN/prometheus" ]; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -176,5 +185,15 @@ for t in "${want_tools[@]}"; do
     *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl kubeadm kubelet kube-proxy etcd coredns crictl local-path-provisioner opa helm prometheus lua kind kwok kwokctl)" ;;
   esac
 done
-if [ ${#k8s[@]} -gt 0 ]; then build_kubernetes "${k8s[@]}"; fi
+if [ ${#k8s[@]} -gt 0 ] || [ ${#go_jobs[@]} -gt 0 ]; then
+  go_setup || exit 1
+  check_sumdb
+  lane() { local j; for j in "${go_jobs[@]}"; do eval "$j" || return 1; done; }
+  pids=()
+  if [ ${#go_jobs[@]} -gt 0 ]; then lane & pids+=($!); fi
+  if [ ${#k8s[@]} -gt 0 ]; then build_kubernetes "${k8s[@]}" & pids+=($!); fi
+  failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  [ "$failed" = 0 ] || die "a build failed (its output is above)"
+fi
 log "tools ready in $BIN"

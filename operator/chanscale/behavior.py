@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .limits import Limit, LimitKind
 from .spec import ScalingRules
 
 Run = tuple[float, int]  # (start time, recommendation) — valid until the next run starts
@@ -76,9 +77,11 @@ def stabilize(
     limited = None
     if rec != desired:
         if desired > current:
-            limited = f"scaleUp stabilization window {up.stabilization_window_seconds}s"
+            limited = Limit(f"scaleUp stabilization window {up.stabilization_window_seconds}s", LimitKind.STABILIZATION)
         elif desired < current:
-            limited = f"scaleDown stabilization window {down.stabilization_window_seconds}s"
+            limited = Limit(
+                f"scaleDown stabilization window {down.stabilization_window_seconds}s", LimitKind.STABILIZATION
+            )
     return Stabilized(rec, limited)
 
 
@@ -97,8 +100,9 @@ def _policy_limit(
     ``Min`` the smallest; Percent rounds up when scaling up and down when scaling down, as the controller does.
     """
     if rules.select_policy == "Disabled":
-        return current, f"{direction} selectPolicy Disabled"
+        return current, Limit(f"{direction} selectPolicy Disabled", LimitKind.SCALING_DISABLED)
     up = direction == "scaleUp"
+    kind = LimitKind.SCALE_UP_POLICY if up else LimitKind.SCALE_DOWN_POLICY
     best: tuple[int, str | None] | None = None
     for p in rules.policies:
         start = _period_start(current, events, now, p.period_seconds)
@@ -108,7 +112,7 @@ def _policy_limit(
             proposed = math.ceil(start * (1 + p.value / 100.0)) if up else int(start * (1 - p.value / 100.0))
         bigger_change = proposed > best[0] if best is not None and up else best is not None and proposed < best[0]
         if best is None or bigger_change == (rules.select_policy == "Max"):
-            best = (proposed, p.describe(direction))
+            best = (proposed, Limit(p.describe(direction), kind))
     return best if best is not None else (current, None)
 
 
@@ -145,7 +149,7 @@ def apply_rate_limits(
             limit = max(limit, 1)  # activation from zero is always allowed one step (KEDA handles 0->1 itself)
         limit = max(limit, current)
         if max_replicas <= limit:
-            limit, why = max_replicas, "maxReplicas"
+            limit, why = max_replicas, Limit("maxReplicas", LimitKind.MAX_REPLICAS)
         if desired > limit:
             return Limited(limit, why)
         return Limited(desired, None)
@@ -153,12 +157,12 @@ def apply_rate_limits(
         limit, why = scale_down_limit(current, events, now, down)
         limit = min(limit, current)
         if min_replicas >= limit:
-            limit, why = min_replicas, "minReplicas"
+            limit, why = min_replicas, Limit("minReplicas", LimitKind.MIN_REPLICAS)
         if desired < limit:
             return Limited(limit, why)
         return Limited(desired, None)
     if desired > max_replicas:
-        return Limited(max_replicas, "maxReplicas")
+        return Limited(max_replicas, Limit("maxReplicas", LimitKind.MAX_REPLICAS))
     if desired < min_replicas:
-        return Limited(min_replicas, "minReplicas")
+        return Limited(min_replicas, Limit("minReplicas", LimitKind.MIN_REPLICAS))
     return Limited(desired, None)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import GROUP, PLURAL, VERSION, __version__
+from .explain import explain_text
 from .tenancy import Guardrails, parse_duration, parse_profiles
 
 
@@ -200,49 +201,6 @@ def _explain(args: argparse.Namespace) -> int:
         return 0
     print(explain_text(wp))
     return 0
-
-
-def explain_text(wp: dict[str, Any]) -> str:
-    """A human answer to "why did it scale?" from a WorkerPool's status."""
-    meta, spec, st = wp.get("metadata", {}), wp.get("spec", {}), wp.get("status") or {}
-    d = st.get("lastDecision") or {}
-    lines = [
-        f"WorkerPool {meta.get('namespace')}/{meta.get('name')}  channel={spec.get('channel')}  "
-        f"target=Deployment/{st.get('targetName', '?')}  mode={spec.get('mode', 'Active')}"
-    ]
-    if not d:
-        lines.append("  no decision recorded yet")
-    else:
-        lines.append(
-            f"Last decision at {d.get('time')}: {d.get('outcome')}  {d.get('from')} -> {d.get('to')} "
-            f"(model recommended {d.get('recommendation')}, applied={d.get('applied')})"
-        )
-        lines.append(f"  why: {d.get('reason')}")
-        if d.get("limitedBy"):
-            lines.append("  limited by: " + "; ".join(d["limitedBy"]))
-        sizing = d.get("sizing") or {}
-        if sizing.get("terms"):
-            terms = ", ".join(f"{k}={v}" for k, v in sizing["terms"].items())
-            lines.append(
-                f"  sizing: {terms}  (driver: {sizing.get('driver')}, "
-                f"λ={sizing.get('arrivalRate')}/s, μ={sizing.get('serviceRate')}/s per worker)"
-            )
-        inputs = d.get("inputs") or {}
-        if inputs:
-            lines.append("  inputs: " + ", ".join(f"{k}={v}" for k, v in inputs.items()))
-        pol = d.get("policy")
-        if pol:
-            verdict = "allowed" if pol.get("allow") else "denied"
-            if pol.get("replicas") is not None and pol.get("replicas") != pol.get("proposed"):
-                verdict = f"clamped to {pol['replicas']}"
-            lines.append(f"  policy {pol.get('path')}: {verdict} ({pol.get('source')})")
-            for r in pol.get("reasons") or []:
-                lines.append(f"    - {r}")
-        if d.get("lastQuietTick"):
-            lines.append(f"  since then (last tick {d['lastQuietTick']}): {d.get('quietReason')}")
-    for c in st.get("conditions") or []:
-        lines.append(f"  {c.get('type'):<17}{c.get('status'):<8}{c.get('reason', ''):<22}{c.get('message', '')}")
-    return "\n".join(lines)
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import behavior, queueing
+from .limits import Limit, LimitKind, kind_of
 from .spec import PoolSpec
 
 #: Smoothing of the measured service rate (per tick).
@@ -276,9 +277,31 @@ def _slo(spec: PoolSpec, backlog: float | None, p99: float | None, err: float | 
     return True, "within objectives"
 
 
-def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
-    """Compute this tick's decision for one pool. Pure: the returned ``state`` replaces the old one."""
-    now, current = obs.now, obs.current_replicas
+@dataclass(frozen=True)
+class Recommendation:
+    """The model's answer before HPA normalisation (the HPA's ``computeReplicasForMetrics``).
+
+    ``replicas`` is the raw model count; ``held`` is what the stabilisation windows record, after the tolerance and
+    the no-scale-down-on-missing-data rule (as the HPA records ``currentReplicas`` for a change within tolerance or a
+    scale-down on a failed metric). ``state`` carries this tick's learning (μ, the correction, backlog growth, ...).
+    """
+
+    replicas: int
+    held: int
+    current: int
+    sizing: dict[str, Any]
+    signals: dict[str, float | None]
+    metrics_ok: bool
+    missing: list[str]
+    slo_met: bool | None
+    slo_message: str
+    limited_by: list[str]
+    state: PoolState
+    why_missing: str = ""  # why the signals are unusable (query error, stale, missing names)
+
+
+def _signals(spec: PoolSpec, obs: Observation) -> tuple[Observation, dict[str, float | None], list[str], bool]:
+    """Validate this tick's signals: missing, NaN, ±Inf, negative or stale values are missing, never zero."""
     stale = obs.age_seconds is not None and obs.age_seconds > spec.metrics.stale_after_seconds
     backlog = None if stale else _clean(obs.backlog)
     lam = None if stale else _clean(obs.arrival_rate)
@@ -286,10 +309,7 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
     processed = None if stale else _clean(obs.processed_rate)
     failed = None if stale else _clean(obs.failed_rate)
     missing = [n for n, v in (("backlog", backlog), ("arrivalRate", lam)) if v is None]
-    metrics_ok = not missing
-    err_rate = None
-    if processed is not None and failed is not None and processed + failed > 0:
-        err_rate = failed / (processed + failed)
+    err_rate = _err_rate(processed, failed)
     signals = {
         "backlog": backlog,
         "arrivalRate": _round(lam),
@@ -298,8 +318,18 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
         "p99LatencySeconds": _round(p99),
         "ageSeconds": _round(obs.age_seconds, 2),
     }
-    clean_obs = replace(obs, backlog=backlog, processed_rate=processed, failed_rate=failed, p99_latency=p99)
+    clean = replace(
+        obs, backlog=backlog, arrival_rate=lam, processed_rate=processed, failed_rate=failed, p99_latency=p99
+    )
+    return clean, signals, missing, stale
 
+
+def recommend(spec: PoolSpec, state: PoolState, obs: Observation) -> Recommendation:
+    """The model's recommendation for this tick and the learning it updates. Pure."""
+    now, current = obs.now, obs.current_replicas
+    clean, signals, missing, stale = _signals(spec, obs)
+    backlog, lam, processed, failed = clean.backlog, clean.arrival_rate, clean.processed_rate, clean.failed_rate
+    metrics_ok = not missing
     # Arrivals from the flow balance: inflow = completions + backlog growth. rate() over the window lags a step by
     # up to the window; the backlog's growth between two scrapes shows it at once.
     sample, growth = _backlog_growth(state, obs, backlog)
@@ -309,26 +339,22 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
         if inflow > lam:
             lam = inflow
     failures = 0 if metrics_ok else state.consecutive_failures + 1
-    mu = _estimate_service_rate(spec, state, clean_obs, backlog)
+    mu = _estimate_service_rate(spec, state, clean, backlog)
     signals["serviceRate"] = _round(mu)
     active = bool((backlog or 0) > 0 or (lam or 0) > 0 or (processed or 0) > 0)
     last_active = now if active or state.last_active is None else state.last_active
-    correction, calm_since = _update_correction(spec, state, clean_obs, lam or 0.0, mu)
-    slo_met, slo_msg = _slo(spec, backlog, p99, err_rate)
+    correction, calm_since = _update_correction(spec, state, clean, lam or 0.0, mu)
+    slo_met, slo_msg = _slo(spec, backlog, clean.p99_latency, _err_rate(processed, failed))
     limited: list[str] = []
 
-    # --- the model's recommendation ----------------------------------------------------------------------
     sizing: dict[str, Any]
     if backlog is None and lam is None:
         raw, sizing = current, {"driver": "hold", "note": "no usable signals"}
     elif mu is None:
         # Nothing measured yet and no hint: we cannot size; never guess. Activate from zero if work is waiting.
         raw = max(current, 1) if active else current
-        sizing = {
-            "driver": "unknown service rate",
-            "note": "set spec.model.serviceRateHint to size before data",
-        }
-        limited.append("service rate unknown (set spec.model.serviceRateHint)")
+        sizing = {"driver": "unknown service rate", "note": "set spec.model.serviceRateHint to size before data"}
+        limited.append(Limit("service rate unknown (set spec.model.serviceRateHint)", LimitKind.SERVICE_RATE_UNKNOWN))
     else:
         raw, _driver, sizing = _size(spec, lam or 0.0, mu, backlog or 0.0, correction)
         if lam is not None and lam_window is not None and lam > lam_window:
@@ -345,155 +371,14 @@ def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
         elif raw < 1:
             raw = 1
 
-    # HPA tolerance: ignore small relative changes.
-    if current > 0 and raw != current:
-        ratio = raw / current
-        if raw > current and ratio - 1.0 <= spec.scale_up.tolerance:
-            limited.append(f"scaleUp tolerance {spec.scale_up.tolerance:g}")
-            raw_t = current
-        elif raw < current and 1.0 - ratio <= spec.scale_down.tolerance:
-            limited.append(f"scaleDown tolerance {spec.scale_down.tolerance:g}")
-            raw_t = current
-        else:
-            raw_t = raw
-    else:
-        raw_t = raw
-
-    # Missing data: never scale down on it; the fallback after failureThreshold consecutive failures.
-    outcome = None
-    if not metrics_ok:
-        why = obs.error or ("stale samples" if stale else f"missing {', '.join(missing)}")
-        if failures >= spec.fallback.failure_threshold:
-            fb = spec.fallback
-            target = current
-            if fb.behavior == "static" and fb.replicas is not None:
-                target = fb.replicas
-            elif fb.behavior == "currentReplicasIfHigher" and fb.replicas is not None:
-                target = max(current, fb.replicas)
-            target = min(max(target, spec.min_replicas), spec.max_replicas)
-            limited.insert(0, f"fallback {fb.behavior} after {failures} failed reads")
-            new_state = _next_state(
-                state,
-                now,
-                target,
-                failures,
-                mu,
-                correction,
-                last_active,
-                record=False,
-                sample=sample,
-                growth=growth,
-                calm_since=calm_since,
-            )
-            return Decision(
-                desired=target,
-                recommendation=raw,
-                current=current,
-                outcome="Fallback",
-                reason=f"metrics unavailable for {failures} ticks ({why}): fallback {fb.behavior} -> {target}",
-                limited_by=limited,
-                sizing=sizing,
-                signals=signals,
-                metrics_ok=False,
-                missing=missing,
-                slo_met=slo_met,
-                slo_message=slo_msg,
-                state=new_state,
-            )
-        if raw_t < current:
-            limited.append(f"no scale-down on missing data ({', '.join(missing) or 'stale'})")
-            raw_t = current
-        outcome = "Hold" if raw_t == current else None
-
-    # Stabilisation windows, then the scaling policies and min/max.
-    runs = behavior.prune_runs(
-        state.recommendations,
-        now,
-        max(spec.scale_up.stabilization_window_seconds, spec.scale_down.stabilization_window_seconds),
-    )
-    stab = behavior.stabilize(runs, now, current, raw_t, spec.scale_up, spec.scale_down)
-    if stab.limited_by:
-        limited.append(stab.limited_by)
-    events = behavior.prune_events(state.scale_events, now, EVENT_KEEP_SECONDS)
-    lim = behavior.apply_rate_limits(
-        current,
-        stab.replicas,
-        events,
-        now,
-        spec.min_replicas,
-        spec.max_replicas,
-        spec.scale_up,
-        spec.scale_down,
-    )
-    if lim.limited_by:
-        limited.append(lim.limited_by)
-    desired = lim.replicas
-
-    if outcome is None:
-        outcome = "ScaleUp" if desired > current else "ScaleDown" if desired < current else "NoChange"
-    driver = sizing.get("driver", "hold")
-    if desired != current:
-        reason = f"{driver} needs {raw}: {current} -> {desired}"
-    elif raw != current:
-        reason = f"{driver} asks for {raw}, held at {current}"
-    else:
-        reason = f"{current} replicas meet the SLO ({driver})"
-    if limited:
-        reason += f" (limited by {limited[0]})"
-    new_state = replace(
-        _next_state(
-            state,
-            now,
-            raw_t,
-            failures,
-            mu,
-            correction,
-            last_active,
-            record=True,
-            sample=sample,
-            growth=growth,
-            calm_since=calm_since,
-        ),
-        recommendations=tuple(behavior.add_recommendation(runs, now, raw_t)[-MAX_RUNS:]),
-        scale_events=tuple(events),
-    )
-    return Decision(
-        desired=desired,
-        recommendation=raw,
-        current=current,
-        outcome=outcome,
-        reason=reason,
-        limited_by=limited,
-        sizing=sizing,
-        signals=signals,
-        metrics_ok=metrics_ok,
-        missing=missing,
-        slo_met=slo_met,
-        slo_message=slo_msg,
-        state=new_state,
-    )
-
-
-def _next_state(
-    state: PoolState,
-    now: float,
-    recommendation: int,
-    failures: int,
-    mu: float | None,
-    correction: float,
-    last_active: float | None,
-    *,
-    record: bool,
-    sample: tuple[float, float] | None = None,
-    growth: float | None = None,
-    calm_since: float | None = None,
-) -> PoolState:
-    recs = state.recommendations
-    if record:
-        recs = tuple(behavior.add_recommendation(recs, now, recommendation))
-    return replace(
+    held = _tolerance(spec, current, raw, limited)
+    if not metrics_ok and held < current:  # missing data: never scale down on it
+        limited.append(
+            Limit(f"no scale-down on missing data ({', '.join(missing) or 'stale'})", LimitKind.MISSING_DATA)
+        )
+        held = current
+    learned = replace(
         state,
-        recommendations=recs[-MAX_RUNS:],
         backlog_sample=sample,
         backlog_growth=growth,
         calm_since=calm_since,
@@ -502,6 +387,129 @@ def _next_state(
         latency_correction=correction,
         last_active=last_active,
     )
+    return Recommendation(
+        replicas=raw,
+        held=held,
+        current=current,
+        sizing=sizing,
+        signals=signals,
+        metrics_ok=metrics_ok,
+        missing=missing,
+        slo_met=slo_met,
+        slo_message=slo_msg,
+        limited_by=limited,
+        state=learned,
+        why_missing="" if metrics_ok else obs.error or ("stale samples" if stale else f"missing {', '.join(missing)}"),
+    )
+
+
+def _err_rate(processed: float | None, failed: float | None) -> float | None:
+    if processed is not None and failed is not None and processed + failed > 0:
+        return failed / (processed + failed)
+    return None
+
+
+def _tolerance(spec: PoolSpec, current: int, raw: int, limited: list[str]) -> int:
+    """HPA tolerance: ignore small relative changes."""
+    if current > 0 and raw != current:
+        ratio = raw / current
+        if raw > current and ratio - 1.0 <= spec.scale_up.tolerance:
+            limited.append(Limit(f"scaleUp tolerance {spec.scale_up.tolerance:g}", LimitKind.TOLERANCE))
+            return current
+        if raw < current and 1.0 - ratio <= spec.scale_down.tolerance:
+            limited.append(Limit(f"scaleDown tolerance {spec.scale_down.tolerance:g}", LimitKind.TOLERANCE))
+            return current
+    return raw
+
+
+def normalize(spec: PoolSpec, rec: Recommendation, now: float) -> Decision:
+    """The HPA's ``normalizeDesiredReplicasWithBehaviors``: stabilisation windows, scaling policies and min/max —
+    or, after ``failureThreshold`` unusable reads, the fallback (KEDA's semantics). Pure."""
+    if not rec.metrics_ok and rec.state.consecutive_failures >= spec.fallback.failure_threshold:
+        return _fallback(spec, rec)
+    state, current, limited = rec.state, rec.current, list(rec.limited_by)
+    runs = behavior.prune_runs(
+        state.recommendations,
+        now,
+        max(spec.scale_up.stabilization_window_seconds, spec.scale_down.stabilization_window_seconds),
+    )
+    stab = behavior.stabilize(runs, now, current, rec.held, spec.scale_up, spec.scale_down)
+    if stab.limited_by:
+        limited.append(stab.limited_by)
+    events = behavior.prune_events(state.scale_events, now, EVENT_KEEP_SECONDS)
+    lim = behavior.apply_rate_limits(
+        current, stab.replicas, events, now, spec.min_replicas, spec.max_replicas, spec.scale_up, spec.scale_down
+    )
+    if lim.limited_by:
+        limited.append(lim.limited_by)
+    desired = lim.replicas
+    if not rec.metrics_ok and rec.held == current:
+        outcome = "Hold"
+    else:
+        outcome = "ScaleUp" if desired > current else "ScaleDown" if desired < current else "NoChange"
+    driver = rec.sizing.get("driver", "hold")
+    if desired != current:
+        reason = f"{driver} needs {rec.replicas}: {current} -> {desired}"
+    elif rec.replicas != current:
+        reason = f"{driver} asks for {rec.replicas}, held at {current}"
+    else:
+        reason = f"{current} replicas meet the SLO ({driver})"
+    if limited:
+        reason += f" (limited by {limited[0]})"
+    new_state = replace(
+        state,
+        recommendations=tuple(behavior.add_recommendation(runs, now, rec.held)[-MAX_RUNS:]),
+        scale_events=tuple(events),
+    )
+    return _decision(rec, desired, outcome, reason, limited, new_state)
+
+
+def _fallback(spec: PoolSpec, rec: Recommendation) -> Decision:
+    fb, current, failures = spec.fallback, rec.current, rec.state.consecutive_failures
+    target = current
+    if fb.behavior == "static" and fb.replicas is not None:
+        target = fb.replicas
+    elif fb.behavior == "currentReplicasIfHigher" and fb.replicas is not None:
+        target = max(current, fb.replicas)
+    target = min(max(target, spec.min_replicas), spec.max_replicas)
+    limited = [Limit(f"fallback {fb.behavior} after {failures} failed reads", LimitKind.FALLBACK), *rec.limited_by]
+    # The fallback's own tolerance/missing-data notes are not recorded (the HPA path never ran).
+    limited = [x for x in limited if kind_of(x) is not LimitKind.MISSING_DATA]
+    reason = f"metrics unavailable for {failures} ticks ({rec.why_missing}): fallback {fb.behavior} -> {target}"
+    state = replace(rec.state, recommendations=rec.state.recommendations[-MAX_RUNS:])
+    return _decision(rec, target, "Fallback", reason, limited, state, metrics_ok=False)
+
+
+def _decision(
+    rec: Recommendation,
+    desired: int,
+    outcome: str,
+    reason: str,
+    limited: list[str],
+    state: PoolState,
+    metrics_ok: bool | None = None,
+) -> Decision:
+    return Decision(
+        desired=desired,
+        recommendation=rec.replicas,
+        current=rec.current,
+        outcome=outcome,
+        reason=reason,
+        limited_by=limited,
+        sizing=rec.sizing,
+        signals=rec.signals,
+        metrics_ok=rec.metrics_ok if metrics_ok is None else metrics_ok,
+        missing=rec.missing,
+        slo_met=rec.slo_met,
+        slo_message=rec.slo_message,
+        state=state,
+    )
+
+
+def decide(spec: PoolSpec, state: PoolState, obs: Observation) -> Decision:
+    """This tick's decision for one pool: :func:`recommend`, then :func:`normalize`. Pure: the returned ``state``
+    replaces the old one."""
+    return normalize(spec, recommend(spec, state, obs), obs.now)
 
 
 def apply_verdict(
@@ -515,7 +523,8 @@ def apply_verdict(
             desired=decision.current,
             outcome="Blocked",
             reason=f"policy denied {decision.current} -> {decision.desired}: {'; '.join(reasons) or 'no reason given'}",
-            limited_by=[f"policy: {r}" for r in reasons] or ["policy: denied"],
+            limited_by=[Limit(f"policy: {r}", LimitKind.POLICY) for r in reasons]
+            or [Limit("policy: denied", LimitKind.POLICY)],
             policy=policy,
         )
     if replicas is not None and replicas != decision.desired:
@@ -526,7 +535,7 @@ def apply_verdict(
             desired=clamped,
             outcome=outcome,
             reason=f"policy clamped {decision.current} -> {decision.desired} to {clamped}: {'; '.join(reasons)}",
-            limited_by=[f"policy: {r}" for r in reasons] + decision.limited_by,
+            limited_by=[Limit(f"policy: {r}", LimitKind.POLICY) for r in reasons] + decision.limited_by,
             policy=policy,
         )
     return replace(decision, policy=policy)

@@ -733,7 +733,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _explain(stack: DemoStack) -> str | None:
-    from .cli import explain_text
+    from .explain import explain_text
 
     try:
         return explain_text(stack.read_pool())

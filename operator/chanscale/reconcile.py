@@ -19,6 +19,18 @@ from typing import Any
 
 from . import FIELD_MANAGER, PAUSED_ANNOTATION, telemetry
 from .decision import Decision, Observation, PoolState, apply_verdict, decide, record_scale
+from .explain import (
+    Event,
+    Facts,
+    brief,
+    error_status,
+    external_conditions,
+    rfc3339,
+    verdict,
+)
+from .explain import (
+    brief_query_error as brief_query_error,  # re-exported
+)
 from .faults import crash_point
 from .kube import ScaleError, Scaler, template_digest
 from .signals import PrometheusReader, signal_errors_for_required
@@ -26,17 +38,6 @@ from .spec import PoolSpec, SpecError
 from .tenancy import Guardrails, TenancyState, namespace_pools, refusal
 
 log = logging.getLogger("chanscale")
-
-CONDITION_TYPES = (
-    "Ready",
-    "MetricsAvailable",
-    "PolicyAllowed",
-    "SLOMet",
-    "ScalingLimited",
-    "Paused",
-    "Fallback",
-    "ExternalWriter",
-)
 
 
 @dataclass
@@ -125,57 +126,6 @@ class Runtime:
         telemetry.forget_pool(namespace, name)
 
 
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def set_condition(
-    conditions: list[dict[str, Any]],
-    ctype: str,
-    status: str,
-    reason: str,
-    message: str,
-    now: float,
-    generation: int,
-) -> None:
-    """Upsert a condition; ``lastTransitionTime`` moves only when the status changes."""
-    for c in conditions:
-        if c.get("type") == ctype:
-            if c.get("status") != status:
-                c["lastTransitionTime"] = rfc3339(now)
-            c.update(status=status, reason=reason, message=message[:1024], observedGeneration=generation)
-            return
-    conditions.append(
-        {
-            "type": ctype,
-            "status": status,
-            "reason": reason,
-            "message": message[:1024],
-            "lastTransitionTime": rfc3339(now),
-            "observedGeneration": generation,
-        }
-    )
-
-
-def _limit_reason(limited: str) -> str:
-    for key, reason in (
-        ("maxReplicas", "MaxReplicas"),
-        ("minReplicas", "MinReplicas"),
-        ("scaleUp policy", "ScaleUpPolicy"),
-        ("scaleDown policy", "ScaleDownPolicy"),
-        ("stabilization", "StabilizationWindow"),
-        ("tolerance", "Tolerance"),
-        ("policy:", "Policy"),
-        ("fallback", "Fallback"),
-        ("missing data", "MissingData"),
-        ("service rate unknown", "ServiceRateUnknown"),
-        ("selectPolicy Disabled", "ScalingDisabled"),
-    ):
-        if key in limited:
-            return reason
-    return "Limited"
-
-
 def is_paused(meta: Mapping[str, Any], spec: Mapping[str, Any]) -> str | None:
     ann = (meta.get("annotations") or {}).get(PAUSED_ANNOTATION)
     if isinstance(ann, str) and ann.lower() == "true":
@@ -247,8 +197,9 @@ def _carry_counters(mine: Mapping[str, Any], theirs: dict[str, Any]) -> dict[str
     return theirs
 
 
-def _limit_kinds(limited: Any) -> list[str]:
-    return [_limit_reason(str(x)) for x in limited or ()]
+def _masked(limited: Any) -> list[str]:
+    """Limits without their numbers: a fallback's "after 7 failed reads" must not rewrite the status every tick."""
+    return [re.sub(r"[0-9.]+", "#", str(x)) for x in limited or ()]
 
 
 def _degraded(status: Mapping[str, Any]) -> bool:
@@ -276,7 +227,7 @@ def _material(status: Mapping[str, Any]) -> str:
         "desired": status.get("desiredReplicas"),
         "recommended": None if degraded else status.get("recommendedReplicas"),
         "conditions": [(c["type"], c["status"], c.get("reason")) for c in status.get("conditions", [])],
-        "decision": (d.get("outcome"), d.get("from"), d.get("to"), d.get("applied"), _limit_kinds(d.get("limitedBy"))),
+        "decision": (d.get("outcome"), d.get("from"), d.get("to"), d.get("applied"), _masked(d.get("limitedBy"))),
         "verdicts": status.get("verdicts"),
         "history": (None if degraded else h.get("recommendations"), h.get("scaleEvents"), h.get("pending")),
         "external": (ext.get("writer"), ext.get("to"), ext.get("holdUntil")),
@@ -335,64 +286,6 @@ async def _write_labels(rt: Runtime, key: tuple[str, str], labels: Mapping[str, 
         log.warning("pool %s/%s: label write failed (retrying next tick): %s", key[0], key[1], e)
 
 
-# ------------------------------------------------------------------------------------------------ verdicts and Events
-def brief(ns: str, name: str, text: str, limit: int = 200) -> str:
-    """A short human message from an error (a ConnectionError with a URL-encoded query, an API server's
-    validation text): a longer one goes to the log once, referenced by a short id. Policy reasons and limits are
-    human already and are not shortened."""
-    first = text.splitlines()[0] if text else ""
-    if len(first) <= limit and first == text:
-        return text
-    return f"{first[: limit - 20].rstrip()}… (log ref {_log_ref(ns, name, text)})"
-
-
-def _log_ref(ns: str, name: str, text: str) -> str:
-    """Log ``text`` once under a short id and return the id. Keyed without digits: a counter, a port or a latency
-    inside the text must not log (and re-reference) it every tick."""
-    ref = hashlib.sha1(f"{ns}/{name}:{re.sub(r'[0-9.]+', '#', text)}".encode()).hexdigest()[:8]
-    if ref not in _LOGGED_REFS:
-        _LOGGED_REFS[ref] = None
-        if len(_LOGGED_REFS) > 4096:
-            _LOGGED_REFS.pop(next(iter(_LOGGED_REFS)))
-        log.warning("pool %s/%s [ref %s]: %s", ns, name, ref, text)
-    return ref
-
-
-_ERROR_KIND = re.compile(r"\b([A-Z][A-Za-z]*(?:Error|Exception|Timeout))\b|\b(HTTP [0-9]{3})\b")
-
-
-def brief_query_error(ns: str, name: str, text: str) -> str:
-    """ "Prometheus query failed for backlog, arrivalRate: ConnectionError (log ref 1a2b3c4d)" from the reader's
-    "signal: error; signal: error" text (whose errors carry URLs with the URL-encoded query)."""
-    signals = [part.split(":", 1)[0].strip() for part in text.split("; ") if ":" in part]
-    found = _ERROR_KIND.search(text)
-    if found is None:
-        return brief(ns, name, text)
-    kind = found.group(1) or found.group(2)
-    return f"Prometheus query failed for {', '.join(signals) or 'signals'}: {kind} (log ref {_log_ref(ns, name, text)})"
-
-
-_LOGGED_REFS: dict[str, None] = {}
-
-
-def verdict(
-    old: Mapping[str, Any],
-    new: dict[str, Any],
-    slot: str,
-    key: str | None,
-    event: tuple[str, str, str] | None,
-    events: list[tuple[str, str, str]],
-) -> None:
-    """Record ``slot``'s verdict key in ``new`` and post ``event`` only when the key changed (one Event per change
-    of verdict, keyed by kind and guard, never by a message with numbers in it). ``key`` None clears the slot."""
-    if key is None:
-        new.pop(slot, None)
-        return
-    new[slot] = key
-    if old.get(slot) != key and event is not None:
-        events.append(event)
-
-
 # ------------------------------------------------------------------------------------------------------ the tick
 async def tick(rt: Runtime, body: Mapping[str, Any], target: Target | None, *, force: bool = False) -> TickResult:
     """Evaluate one pool. Never raises for a bad pool: problems become conditions and Events."""
@@ -422,18 +315,6 @@ async def tick(rt: Runtime, body: Mapping[str, Any], target: Target | None, *, f
         telemetry.DECISION_SECONDS.observe(time.perf_counter() - started)
 
 
-def _error_status(
-    old: Mapping[str, Any], generation: int, now: float, reason: str, message: str, target: str | None
-) -> dict[str, Any]:
-    conditions = [dict(c) for c in old.get("conditions") or []]
-    set_condition(conditions, "Ready", "False", reason, message, now, generation)
-    status = {k: v for k, v in old.items() if k not in ("kopf",)}
-    status.update(conditions=conditions, observedGeneration=generation, lastEvaluated=rfc3339(now))
-    if target:
-        status["targetName"] = target
-    return status
-
-
 async def _fail(
     rt: Runtime,
     key: tuple[str, str],
@@ -447,7 +328,7 @@ async def _fail(
 ) -> TickResult:
     """Ready=False with ``reason``; one Warning Event per change of reason."""
     telemetry.DECISIONS.labels(key[0], key[1], "Error").inc()
-    status = _error_status(old, gen, now, reason, message, target_name)
+    status = error_status(old, gen, now, reason, message, target_name)
     events: list[tuple[str, str, str]] = []
     verdicts = dict(old.get("verdicts") or {})
     verdict(old.get("verdicts") or {}, verdicts, "ready", reason, ("Warning", reason, message), events)
@@ -503,33 +384,6 @@ def external_change(
     }
 
 
-def _external_conditions(
-    spec: PoolSpec,
-    ext: Mapping[str, Any] | None,
-    target_name: str,
-    now: float,
-    conditions: list[dict[str, Any]],
-    gen: int,
-) -> tuple[bool, str | None, str]:
-    """Set ExternalWriter; returns (hold off now, verdict key, Event message)."""
-    if ext is None:
-        return False, None, ""
-    recent = now < float(ext.get("until") or 0)
-    what = f"Deployment {target_name} spec.replicas {ext.get('from')} -> {ext.get('to')} by {ext.get('writer')!r}"
-    if not recent:
-        set_condition(
-            conditions, "ExternalWriter", "False", "NoRecentWriter", f"last: {what} at {ext.get('time')}", now, gen
-        )
-        return False, None, ""
-    if ext.get("action") == "Reassert" or spec.external_scale.action == "Reassert":
-        msg = f"{what}; reasserting the decision (spec.externalScale.action Reassert)"
-        set_condition(conditions, "ExternalWriter", "True", "Reasserting", msg, now, gen)
-        return False, f"{ext.get('writer')}:Reassert", msg
-    msg = f"{what}; holding off until {ext.get('holdUntil')} (spec.externalScale)"
-    set_condition(conditions, "ExternalWriter", "True", "HoldingOff", msg, now, gen)
-    return True, f"{ext.get('writer')}:HoldOff", msg
-
-
 def _current(rt: Runtime, key: tuple[str, str], target: Target, now: float) -> int:
     """Our own recent write wins over an index that has not caught up with it yet."""
     written = rt.last_scale_write.get(key)
@@ -538,35 +392,56 @@ def _current(rt: Runtime, key: tuple[str, str], target: Target, now: float) -> i
     return target.replicas
 
 
+# ------------------------------------------------------------------------------------------ the tick, stage by stage
+# observe → decide → gate → act → explain. Each stage is a function; only observe, gate and act do I/O.
+
+
+@dataclass
+class Observed:
+    """What the observe stage saw: the status to build on, the current count, the signals."""
+
+    ns: str
+    name: str
+    gen: int
+    target_name: str
+    old: dict[str, Any]  # the status as of the last tick, a crash's pending scale resolved
+    current: int
+    obs: Observation
+    paused: str | None
+    ext: dict[str, Any] | None
+    events: list[Event]
+
+
 async def _tick(
     rt: Runtime, body: Mapping[str, Any], mem: PoolMemory, spec: PoolSpec, target: Target | None, now: float
 ) -> TickResult:
+    seen = await _observe(rt, body, mem, spec, target, now)
+    if isinstance(seen, TickResult):
+        return seen
+    facts = _decide(spec, seen, body, now)
+    # Gate and act under the namespace's lock, so two pools cannot spend the same budget headroom.
+    async with rt.tenancy.locks(seen.ns):
+        await _gate_stage(rt, facts, seen, target)
+        if facts.decision.desired != seen.current and facts.mode == "Active":
+            return await _act(rt, facts, mem, seen)
+    return await _explain(rt, facts, mem, seen, applied=False, state=facts.decision.state)
+
+
+async def _observe(
+    rt: Runtime, body: Mapping[str, Any], mem: PoolMemory, spec: PoolSpec, target: Target | None, now: float
+) -> Observed | TickResult:
+    """Preconditions (guardrails, the target, another autoscaler), the current count, and the signals."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     key = (ns, name)
     gen = int(meta.get("generation") or 0)
     target_name = spec.target_name(name)
     old = mem.status
-
-    refused = refusal(rt.config.guardrails, spec, ns, meta, rt.config.prometheus_url)
-    if refused is not None:  # the admin's guardrails: never scaled, the condition names the field and the fix
-        return await _fail(rt, key, mem, old, gen, now, target_name, refused.reason, refused.message)
-    if target is None or not target.exists:
-        rejected = rt.tenancy.template_errors.get(key)
-        if spec.template is not None and rejected is not None and rejected[0] == template_digest(spec.template):
-            msg = brief(ns, name, f"the API server refused the Deployment from spec.template: {rejected[1]}")
-            return await _fail(rt, key, mem, old, gen, now, target_name, "TemplateRejected", msg)
-        how = "spec.template (being created)" if spec.template is not None else "spec.scaleTargetRef.name"
-        msg = f"Deployment {ns}/{target_name} not found: check {how}"
-        return await _fail(rt, key, mem, old, gen, now, target_name, "TargetNotFound", msg)
-    if target.conflict:
-        msg = (
-            f"Deployment {ns}/{target_name} is already scaled by {target.conflict}; two autoscalers would fight. "
-            "Delete it or point this WorkerPool at another Deployment."
-        )
-        return await _fail(rt, key, mem, old, gen, now, target_name, "TargetConflict", msg)
-
-    events: list[tuple[str, str, str]] = []
+    failed = _precondition(rt, key, meta, spec, target, target_name)
+    if failed is not None:
+        return await _fail(rt, key, mem, old, gen, now, target_name, *failed)
+    assert target is not None  # _precondition fails a missing target
+    events: list[Event] = []
     if (old.get("history") or {}).get("pending"):
         old, recovered = resolve_pending(old, target.replicas)
         events += [recovered] if recovered else []
@@ -574,7 +449,6 @@ async def _tick(
     paused = is_paused(meta, body.get("spec") or {})
     ext = external_change(spec, old, target, current, now) if not paused and spec.mode == "Active" else None
     ext = ext or (dict(old["externalWriter"]) if isinstance(old.get("externalWriter"), Mapping) else None)
-
     sig = await rt.reader.read(ns, spec)
     obs = Observation(
         now=now,
@@ -584,270 +458,137 @@ async def _tick(
         error=signal_errors_for_required(sig),
         **sig.values,
     )
-    decision = decide(spec, PoolState.from_status(old.get("history")), obs)
-
-    conditions = [dict(c) for c in old.get("conditions") or []]
-    hold, ext_key, ext_msg = _external_conditions(spec, ext, target_name, now, conditions, gen)
-    mode = "Paused" if paused else "HoldOff" if hold else spec.mode
-
-    # Check and scale under the namespace's lock, so two pools cannot spend the same budget headroom.
-    async with rt.tenancy.locks(ns):
-        verdict_info: dict[str, Any] | None = None
-        if decision.desired != current and mode != "HoldOff":  # holding off proposes nothing to the gate
-            decision, verdict_info = await _gate(rt, body, spec, decision, current, now, target)
-        ctx = _Ctx(rt, body, spec, decision, verdict_info, obs, old, conditions, ns, name, target_name, gen, now, mode)
-        ctx.paused, ctx.ext = paused, ext
-        verdicts = ctx.verdicts
-        event = ("Warning", "ExternalScale", ext_msg)
-        verdict(old.get("verdicts") or {}, verdicts, "external", ext_key, event, events)
-        if decision.desired != current and mode == "Active":
-            return await _apply(ctx, mem, current, events)
-
-    if decision.desired != current and mode != "HoldOff":
-        would = ("Normal", "WouldScale", f"[{mode}] would scale {current} -> {decision.desired}: {decision.reason}")
-        verdict(old.get("verdicts") or {}, verdicts, "would", f"{mode}:{decision.desired}", would, events)
-    else:
-        verdicts.pop("would", None)
-    status = ctx.status(current, applied=False, state=decision.state, events=events)
-    return await _finish(rt, key, mem, status, now, ctx.result(events, applied=False))
+    return Observed(ns, name, gen, target_name, dict(old), current, obs, paused, ext, events)
 
 
-async def _apply(ctx: _Ctx, mem: PoolMemory, current: int, events: list[tuple[str, str, str]]) -> TickResult:
+def _precondition(
+    rt: Runtime,
+    key: tuple[str, str],
+    meta: Mapping[str, Any],
+    spec: PoolSpec,
+    target: Target | None,
+    target_name: str,
+) -> tuple[str, str] | None:
+    """(reason, message) when the pool must not be scaled at all this tick."""
+    ns, name = key
+    refused = refusal(rt.config.guardrails, spec, ns, meta, rt.config.prometheus_url)
+    if refused is not None:  # the admin's guardrails: never scaled, the condition names the field and the fix
+        return refused.reason, refused.message
+    if target is None or not target.exists:
+        rejected = rt.tenancy.template_errors.get(key)
+        if spec.template is not None and rejected is not None and rejected[0] == template_digest(spec.template):
+            return "TemplateRejected", brief(
+                ns, name, f"the API server refused the Deployment from spec.template: {rejected[1]}"
+            )
+        how = "spec.template (being created)" if spec.template is not None else "spec.scaleTargetRef.name"
+        return "TargetNotFound", f"Deployment {ns}/{target_name} not found: check {how}"
+    if target.conflict:
+        return "TargetConflict", (
+            f"Deployment {ns}/{target_name} is already scaled by {target.conflict}; two autoscalers would fight. "
+            "Delete it or point this WorkerPool at another Deployment."
+        )
+    return None
+
+
+def _decide(spec: PoolSpec, seen: Observed, body: Mapping[str, Any], now: float) -> Facts:
+    """The model's decision (pure), and the mode it is taken in (Active, DryRun, Paused, or HoldOff after another
+    writer moved the Deployment)."""
+    decision = decide(spec, PoolState.from_status(seen.old.get("history")), seen.obs)
+    conditions = [dict(c) for c in seen.old.get("conditions") or []]
+    hold, ext_key, ext_msg = external_conditions(spec, seen.ext, seen.target_name, now, conditions, seen.gen)
+    mode = "Paused" if seen.paused else "HoldOff" if hold else spec.mode
+    facts = Facts(
+        body,
+        spec,
+        decision,
+        None,
+        seen.obs,
+        seen.old,
+        conditions,
+        seen.ns,
+        seen.name,
+        seen.target_name,
+        seen.gen,
+        now,
+        mode,
+        paused=seen.paused,
+        ext=seen.ext,
+    )
+    verdict(
+        seen.old.get("verdicts") or {},
+        facts.verdicts,
+        "external",
+        ext_key,
+        ("Warning", "ExternalScale", ext_msg),
+        seen.events,
+    )
+    return facts
+
+
+async def _gate_stage(rt: Runtime, facts: Facts, seen: Observed, target: Target | None) -> None:
+    """A proposed change goes to the policy gate (holding off proposes nothing)."""
+    if facts.decision.desired != seen.current and facts.mode != "HoldOff":
+        facts.decision, facts.verdict_info = await _gate(
+            rt, facts.body, facts.spec, facts.decision, seen.current, facts.now, target
+        )
+
+
+async def _act(rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed) -> TickResult:
     """Scale, crash-safely: write the intent (the scale event plus ``history.pending``) first, then scale, then
     write the decision and clear the intent. A crash between any two steps leaves a status that
     :func:`resolve_pending` reconciles. The intent write touches ``status.history`` only, so nothing reading the
     status (replicas, conditions, the decision) sees a scale before the Deployment has it."""
-    rt, key, now, d = ctx.rt, (ctx.ns, ctx.name), ctx.now, ctx.decision
+    key, now, d, current = (seen.ns, seen.name), facts.now, facts.decision, seen.current
     state = record_scale(d.state, now=now, from_replicas=current, to_replicas=d.desired)
     pending = {"from": current, "to": d.desired, "time": round(now, 3)}
     ahead = {**mem.server, "history": {**state.to_status(), "pending": pending}}
     crash_point("before-intent")
     if not await _write_status(rt, key, mem, ahead, now):
         msg = "could not record the scale intent in status (API server unreachable); not scaling"
-        return await _fail(rt, key, mem, ctx.old, ctx.gen, now, ctx.target_name, "StatusWriteFailed", msg)
+        return await _fail(rt, key, mem, seen.old, seen.gen, now, seen.target_name, "StatusWriteFailed", msg)
     mem.status = ahead
     crash_point("after-intent")
     try:
-        await rt.scaler.scale(ctx.ns, ctx.target_name, d.desired)
+        await rt.scaler.scale(seen.ns, seen.target_name, d.desired)
     except ScaleError as e:
         reason = e.reason if e.reason != "ApiError" else "ScaleFailed"
-        return await _fail(rt, key, mem, ctx.old, ctx.gen, now, ctx.target_name, reason, brief(*key, str(e)))
+        return await _fail(rt, key, mem, seen.old, seen.gen, now, seen.target_name, reason, brief(*key, str(e)))
     crash_point("after-scale")
     rt.last_scale_write[key] = (d.desired, now)
-    telemetry.SCALES.labels(ctx.ns, ctx.name, "up" if d.desired > current else "down").inc()
-    events.append(("Normal", "Scaled", f"{current} -> {d.desired}: {d.reason}"))
-    status = ctx.status(d.desired, applied=True, state=state, events=events)
-    result = await _finish(rt, key, mem, status, now, ctx.result(events, applied=True))
+    telemetry.SCALES.labels(seen.ns, seen.name, "up" if d.desired > current else "down").inc()
+    seen.events.append(("Normal", "Scaled", f"{current} -> {d.desired}: {d.reason}"))
+    result = await _explain(rt, facts, mem, seen, applied=True, state=state)
     crash_point("after-status")
     return result
 
 
-@dataclass
-class _Ctx:
-    """One tick's inputs and verdict, from which the status (before and after a scale) is built."""
-
-    rt: Runtime
-    body: Mapping[str, Any]
-    spec: PoolSpec
-    decision: Decision
-    verdict_info: dict[str, Any] | None
-    obs: Observation
-    old: Mapping[str, Any]
-    conditions: list[dict[str, Any]]
-    ns: str
-    name: str
-    target_name: str
-    gen: int
-    now: float
-    mode: str
-    paused: str | None = None
-    ext: dict[str, Any] | None = None
-    verdicts: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.verdicts = dict(self.old.get("verdicts") or {})
-        self.verdicts.pop("ready", None)  # a tick that gets this far is Ready
-
-    @property
-    def outcome(self) -> str:
-        d = self.decision
-        return d.outcome if self.mode == "Active" else (self.mode if d.desired != d.current else d.outcome)
-
-    def status(
-        self, replicas: int, *, applied: bool, state: PoolState, events: list[tuple[str, str, str]]
-    ) -> dict[str, Any]:
-        d, now = self.decision, self.now
-        self._conditions(replicas, events)
-        status: dict[str, Any] = {
-            "observedGeneration": self.gen,
-            "targetName": self.target_name,
-            "replicas": replicas,
-            "desiredReplicas": d.desired,
-            "recommendedReplicas": d.recommendation,
-            "lastEvaluated": rfc3339(now),
-            "consecutiveFailures": d.state.consecutive_failures,
-            "signals": {**d.signals, "observedAt": rfc3339(now)},
-            "lastDecision": self._last_decision(applied),
-            "history": state.to_status(),
-            "conditions": [dict(c) for c in self.conditions],
-            "verdicts": dict(self.verdicts),
-        }
-        if self.ext is not None:
-            status["externalWriter"] = self.ext
-        if state.last_scale_time:
-            status["lastScaleTime"] = rfc3339(state.last_scale_time)
-        return status
-
-    def _last_decision(self, applied: bool) -> dict[str, Any]:
-        d = self.decision
-        last = {
-            "time": rfc3339(self.now),
-            "from": d.current,
-            "to": d.desired,
-            "recommendation": d.recommendation,
-            "outcome": self.outcome,
-            "mode": self.mode,
-            "applied": applied,
-            "reason": d.reason,
-            "limitedBy": d.limited_by,
-            "inputs": d.signals,
-            "sizing": d.sizing,
-            "policy": self.verdict_info,
-        }
-        prev = self.old.get("lastDecision")
-        if d.desired == d.current and prev and prev.get("from") != prev.get("to"):
-            # Keep the last change visible: a quiet tick records its verdict in signals/conditions, not over it.
-            return {**prev, "lastQuietTick": rfc3339(self.now), "quietReason": d.reason, "quietLimitedBy": d.limited_by}
-        return last
-
-    def _conditions(self, replicas: int, events: list[tuple[str, str, str]]) -> None:
-        d, c, now, gen = self.decision, self.conditions, self.now, self.gen
-        mode_note = f" ({self.mode})" if self.mode != "Active" else ""
-        set_condition(c, "Ready", "True", "Reconciled", f"scaling Deployment {self.target_name}{mode_note}", now, gen)
-        self._metrics_conditions(replicas, events)
-        self._policy_condition(events)
-        slo = {True: "True", False: "False", None: "Unknown"}[d.slo_met]
-        why = {True: "WithinObjectives", False: "ObjectiveMissed", None: "NoData"}[d.slo_met]
-        set_condition(c, "SLOMet", slo, why, d.slo_message, now, gen)
-        if d.limited_by:
-            limit = _limit_reason(d.limited_by[0])
-            set_condition(c, "ScalingLimited", "True", limit, "; ".join(d.limited_by), now, gen)
+async def _explain(
+    rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed, *, applied: bool, state: PoolState
+) -> TickResult:
+    """Build the status, Events and labels (:mod:`chanscale.explain`, pure), publish the metrics, write."""
+    d, events = facts.decision, seen.events
+    if not applied:
+        if d.desired != seen.current and facts.mode != "HoldOff":
+            would = ("Normal", "WouldScale", f"[{facts.mode}] would scale {seen.current} -> {d.desired}: {d.reason}")
+            verdict(seen.old.get("verdicts") or {}, facts.verdicts, "would", f"{facts.mode}:{d.desired}", would, events)
         else:
-            set_condition(c, "ScalingLimited", "False", "NotLimited", "the recommendation was applied as is", now, gen)
-        if self.paused:
-            set_condition(c, "Paused", "True", "Paused", self.paused, now, gen)
-        else:
-            set_condition(c, "Paused", "False", "NotPaused", f"mode {self.spec.mode}", now, gen)
-        info = self.verdict_info
-        if info and info.get("escalated"):
-            set_condition(c, "Escalated", "True", "BacklogEscalation", "; ".join(info["reasons"]), now, gen)
-        elif any(x.get("type") == "Escalated" for x in c):
-            set_condition(c, "Escalated", "False", "NotEscalated", "", now, gen)
+            facts.verdicts.pop("would", None)
+    replicas = d.desired if applied else d.current
+    status = facts.status(replicas, applied=applied, state=state, events=events)
+    _publish_metrics(facts, replicas)
+    result = TickResult(status=None, events=events, scaled_to=d.desired if applied else None, decision=d)
+    result.labels = facts.labels()
+    return await _finish(rt, (seen.ns, seen.name), mem, status, facts.now, result)
 
-    def _metrics_conditions(self, replicas: int, events: list[tuple[str, str, str]]) -> None:
-        """MetricsAvailable, Fallback, and one Event each when the signals break, the fallback takes over, or a
-        broken signal holds the pool below what the model recommends."""
-        d, c, now, gen, old_v = self.decision, self.conditions, self.now, self.gen, self.old.get("verdicts") or {}
-        pool = f"WorkerPool {self.ns}/{self.name}"
-        if d.metrics_ok:
-            set_condition(c, "MetricsAvailable", "True", "SignalsRead", "backlog and arrival rate read", now, gen)
-            for slot in ("metrics", "fallback", "belowModel"):
-                self.verdicts.pop(slot, None)
-        else:
-            reason = "QueryFailed" if self.obs.error else "MetricsMissing"
-            why = (
-                brief_query_error(self.ns, self.name, self.obs.error)
-                if self.obs.error
-                else f"missing or stale: {', '.join(d.missing)}"
-            )
-            msg = (
-                f"{why}; {d.state.consecutive_failures} consecutive failures "
-                f"(fallback at {self.spec.fallback.failure_threshold})"
-            )
-            set_condition(c, "MetricsAvailable", "False", reason, msg, now, gen)
-            verdict(
-                old_v, self.verdicts, "metrics", reason, ("Warning", "MetricsUnavailable", f"{pool}: {why}"), events
-            )
-            below = d.recommendation > replicas
-            note = (
-                f"{pool} held at {replicas} while the model recommends {d.recommendation}: "
-                f"{', '.join(d.missing) or 'signals'} unavailable"
-            )
-            verdict(
-                old_v,
-                self.verdicts,
-                "belowModel",
-                "BelowModel" if below else None,
-                ("Warning", "HeldBelowModel", note),
-                events,
-            )
-        fb = self.spec.fallback
-        if d.outcome == "Fallback":
-            msg = f"signals unavailable; fallback {fb.behavior} holds {d.desired} replicas"
-            set_condition(c, "Fallback", "True", fb.behavior[0].upper() + fb.behavior[1:], msg, now, gen)
-            verdict(
-                old_v, self.verdicts, "fallback", fb.behavior, ("Warning", "FallbackActive", f"{pool}: {msg}"), events
-            )
-        else:
-            set_condition(c, "Fallback", "False", "NotInForce", "the model's signals are in use", now, gen)
-            self.verdicts.pop("fallback", None)
 
-    def _policy_condition(self, events: list[tuple[str, str, str]]) -> None:
-        info, c, now, gen, old_v = (
-            self.verdict_info,
-            self.conditions,
-            self.now,
-            self.gen,
-            self.old.get("verdicts") or {},
-        )
-        if info is None:
-            if not any(x.get("type") == "PolicyAllowed" for x in c):
-                set_condition(c, "PolicyAllowed", "True", "NotEvaluated", "no change proposed yet", now, gen)
-            return  # no change proposed: the last verdict stands (a guard that holds does not re-post)
-        guards = ",".join(sorted(str(g) for g in info.get("limitedBy") or ())) or "-"
-        reasons = "; ".join(info["reasons"]) or "allowed"
-        if info.get("error") and info.get("source") == "failure-policy":
-            err = brief(self.ns, self.name, str(info["error"]))
-            set_condition(
-                c, "PolicyAllowed", "False" if not info["allow"] else "True", "PolicyUnavailable", err, now, gen
-            )
-            event = ("Warning", "PolicyUnavailable", f"policy gate unavailable, failurePolicy applied: {err}")
-            verdict(old_v, self.verdicts, "policy", "PolicyUnavailable", event, events)
-        elif not info["allow"]:
-            set_condition(c, "PolicyAllowed", "False", "Denied", reasons, now, gen)
-            verdict(
-                old_v,
-                self.verdicts,
-                "policy",
-                f"Denied:{guards}",
-                ("Warning", "PolicyBlocked", self.decision.reason),
-                events,
-            )
-        elif info.get("replicas") is not None and info["replicas"] != info["proposed"]:
-            set_condition(c, "PolicyAllowed", "True", "Clamped", reasons, now, gen)
-            event = ("Warning", "PolicyClamped", self.decision.reason)
-            verdict(old_v, self.verdicts, "policy", f"Clamped:{guards}", event, events)
-        else:
-            set_condition(c, "PolicyAllowed", "True", "Allowed", reasons, now, gen)
-            self.verdicts.pop("policy", None)
-
-    def result(self, events: list[tuple[str, str, str]], *, applied: bool) -> TickResult:
-        d, ns, name = self.decision, self.ns, self.name
-        replicas = d.desired if applied else d.current
-        telemetry.DECISIONS.labels(ns, name, self.outcome).inc()
-        telemetry.REPLICAS.labels(ns, name).set(replicas)
-        telemetry.DESIRED.labels(ns, name).set(d.desired)
-        telemetry.RECOMMENDED.labels(ns, name).set(d.recommendation)
-        telemetry.SLO_MET.labels(ns, name).set({True: 1, False: 0, None: -1}[d.slo_met])
-        telemetry.METRICS_AVAILABLE.labels(ns, name).set(1 if d.metrics_ok else 0)
-        res = TickResult(status=None, events=events, scaled_to=d.desired if applied else None, decision=d)
-        # Labels a policy asks for (e.g. chanscale.dev/escalated) go on the pool, so a priority class or an alert
-        # can select escalated pools; a label of ours that this tick's verdict does not ask for is removed.
-        wanted = {k: str(v) for k, v in ((self.verdict_info or {}).get("labels") or {}).items()}
-        current = (self.body.get("metadata") or {}).get("labels") or {}
-        stale = {k: None for k in current if k.startswith("chanscale.dev/") and k not in wanted}
-        res.labels = {**stale, **{k: v for k, v in wanted.items() if current.get(k) != v}}
-        return res
+def _publish_metrics(facts: Facts, replicas: int) -> None:
+    d, ns, name = facts.decision, facts.ns, facts.name
+    telemetry.DECISIONS.labels(ns, name, facts.outcome).inc()
+    telemetry.REPLICAS.labels(ns, name).set(replicas)
+    telemetry.DESIRED.labels(ns, name).set(d.desired)
+    telemetry.RECOMMENDED.labels(ns, name).set(d.recommendation)
+    telemetry.SLO_MET.labels(ns, name).set({True: 1, False: 0, None: -1}[d.slo_met])
+    telemetry.METRICS_AVAILABLE.labels(ns, name).set(1 if d.metrics_ok else 0)
 
 
 def _peers(rt: Runtime, ns: str, name: str, target: Target | None, now: float) -> list[dict[str, Any]]:
