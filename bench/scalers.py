@@ -27,6 +27,7 @@ from chanscale.decision import Observation, PoolState, decide, record_scale
 from chanscale.queueing import workers_for_latency
 from chanscale.spec import PoolSpec
 
+from .fastgate import FastGated
 from .promsim import PromView
 
 
@@ -331,9 +332,11 @@ def build(
         spec.update(spec_overrides or {})
         if name == "chanscale-nocorr":  # diagnosis: the latency correction switched off (a documented spec knob)
             spec["model"] = {**spec["model"], "latencyCorrection": False}
-        elif name != "chanscale" and name != "chanscale-rateonly":
+        elif name not in ("chanscale", "chanscale-rateonly", "chanscale-interval"):
             raise ValueError(f"unknown scaler {name!r}")
-        return Chanscale(spec, name=name, fast_arrival=name != "chanscale-rateonly")
+        inner = Chanscale(spec, name=name, fast_arrival=name != "chanscale-rateonly")
+        # The shipped default polls backlog and arrivals every second (chanscale.fastpath); -interval is without.
+        return inner if name in ("chanscale-interval", "chanscale-rateonly") else FastGated(inner, name)
     if name == "keda-default":
         return KEDAQueue("keda-default", limits, lag_threshold=10.0)
     if name == "keda-tuned":
@@ -351,4 +354,5 @@ def build(
 SCALERS = ("chanscale", "keda-default", "keda-tuned", "hpa-p99", "kpa", "oracle")
 #: chanscale variants for diagnosis: the latency correction off; arrivals from rate() alone (the arrivalRate
 #: query before max(rate, irate) became the default).
-VARIANTS = ("chanscale-nocorr", "chanscale-rateonly")
+#: chanscale-interval: a full decision at the 10 s interval only (without the fast path).
+VARIANTS = ("chanscale-nocorr", "chanscale-rateonly", "chanscale-interval")
