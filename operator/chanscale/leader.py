@@ -152,18 +152,22 @@ class Elector:
         """One election round: renew our shards up to a fair share, give back the excess, take free ones."""
         before = self.active_shards()
         try:
-            records = {s: await self.store.read(self.lease_name(s)) for s in range(self.shards)}
-            live = await self._members()
+            # Concurrently: on a slow API server, sequential reads would push the renewals past the deadline.
+            members = asyncio.ensure_future(self._members())
+            try:
+                got = await asyncio.gather(*(self.store.read(self.lease_name(s)) for s in range(self.shards)))
+            finally:
+                live = await members
         except Exception as e:  # the API server is unreachable: act on what we hold until the renew deadline
             log.warning("reading the Leases of %s failed: %s", self.name, e)
             return
+        records: dict[int, LeaseRecord | None] = dict(enumerate(got))
         share = math.ceil(self.shards / len(live))
         for shard, rec in records.items():
             if rec is None or rec.holder != self.identity:
                 self.held.pop(shard, None)  # someone else's: not ours to act on
         mine = sorted(s for s, r in records.items() if r is not None and r.holder == self.identity)
-        for shard in mine[:share]:
-            await self._try(shard, records[shard], want=True)
+        await asyncio.gather(*(self._try(shard, records[shard], want=True) for shard in mine[:share]))
         for shard in mine[share:]:
             await self._release(shard, records[shard])
         for shard, rec in records.items():
