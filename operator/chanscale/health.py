@@ -1,6 +1,7 @@
 """Liveness and readiness, served by the operator itself (kopf's own endpoint cannot fail on our criteria).
 
-- ``/healthz`` (liveness) fails when any known WorkerPool has not been evaluated for ``stale_intervals`` ticks
+- ``/healthz`` (liveness) fails when any known WorkerPool this replica owns (all of them without leader election;
+  chanscale.leader) has not been evaluated for ``stale_intervals`` ticks
   (a pool's evaluation has stopped: restart the operator, the one remedy left), or when a supervised child (the
   local OPA) is down.
 - ``/readyz`` (readiness) fails until start-up is done and whenever the API server has not answered for the last
