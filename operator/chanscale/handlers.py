@@ -2,10 +2,14 @@
 
 - Deployments and HPAs are *indexed* in memory (kopf indexes), so a tick reads a pool's target and any
   competing autoscaler without an API request; only real scale changes write.
-- A timer per WorkerPool fires every ``--tick`` seconds; a pool's ``pollingInterval`` is honoured on top.
+- One operator-wide ticker (:mod:`chanscale.ticker`) evaluates every pool of the ``pools`` index once per
+  ``--tick`` at a stable phase; a pool's ``pollingInterval`` is honoured on top. The fast path
+  (:mod:`chanscale.fastpath`) evaluates a pool at once when its backlog or arrivals move. With leader election
+  or shards (:mod:`chanscale.leader`) only the pools whose Lease this replica holds are evaluated.
+  ``--scheduler timers`` keeps the former kopf timer per pool, for comparison.
 - Status is written by :mod:`chanscale.reconcile` itself (merge patch of ``/status``), never through kopf's
   ``patch`` object: kopf retries a timer's failed patch for ~55 s and then the error ends that pool's timer for
-  good (kopf ``_timer``/``_runner``). The timer handler never raises and leaves kopf nothing to patch, so no API
+  good (kopf ``_timer``/``_runner``). Evaluations never raise and leave kopf nothing to patch, so no API
   outage, however long, can stop a pool's evaluation. Writes happen only on material change (or every
   ``status_refresh`` seconds for the observations), so 1 000 quiet pools do not flood the API server.
 - Liveness and readiness are served by :mod:`chanscale.health` (``/healthz``, ``/readyz``).
