@@ -83,3 +83,28 @@ def test_standby_takes_over_a_killed_leader_without_double_writes_or_lost_histor
     after = (pool_status(kubectl, namespace).get("history") or {}).get("scaleEvents") or []
     assert all(e in after for e in before), "the new leader must continue the history, not restart it"
     assert lease_holder(kubectl, namespace) != ""
+
+
+def test_a_gracefully_stopped_leader_hands_over_at_the_next_round(
+    kubectl: Kubectl, namespace: str, channel_sim: SimFactory, operator_process: OperatorFactory
+) -> None:
+    """SIGTERM (a rolling update, a drain): the leader releases its Lease, the standby takes over at its next
+    election round instead of waiting for the Lease to expire."""
+    create_worker(kubectl, namespace, 1)
+    channel_sim([channel(namespace, LOW_RATE)])
+    assert kubectl.apply(fast_pool(), namespace).returncode == 0
+    ha = ["--leader-elect", "--lease-namespace", namespace]
+    ops = [operator_process(namespaces=[namespace], extra_args=ha) for _ in range(2)]
+    alive = [op.proc for op in ops if op.proc]
+    wait_until(lambda: any(decisions_total(op, namespace) >= 3 for op in ops), 120, "the leader's evaluations", alive)
+    leader, standby = sorted(ops, key=lambda op: -decisions_total(op, namespace))
+    assert decisions_total(standby, namespace) == 0 and writes(standby) == 0
+
+    stopped_at = time.monotonic()
+    leader.stop()
+    wait_until(lambda: decisions_total(standby, namespace) >= 1, 60, "the standby's first evaluation", [standby.proc])
+    print(
+        f"\nhandover after SIGTERM of the leader: first evaluation by the standby after "
+        f"{time.monotonic() - stopped_at:.1f} s"
+    )
+    assert "released Lease" in leader.log_text()
