@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
 # chanscale operator image: `chanscale run` (the operator) and `chanscale sim` (the channel simulator used by the
-# e2e tests and demos). Multi-stage: build a wheel with the full toolchain, install it into a clean slim image.
+# e2e tests and demos). Multi-stage: build a wheel with the full toolchain, install it, then copy only the
+# interpreter, the installed packages and the shared libraries they load into an image FROM scratch: no shell, no
+# package manager, no pip (hack/image_rootfs.py). The test harness, the demo and their dependencies (cryptography,
+# matplotlib) are extras (`chanscale[demo]`, `chanscale[dev]`) that the image does not install (docs/install.md).
 #
 #   docker build -t chanscale:dev .
 #
@@ -21,21 +24,25 @@ COPY pyproject.toml README.md ./
 COPY operator/ operator/
 RUN pip wheel --wheel-dir /wheels .
 
-FROM ${PYTHON_IMAGE}
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+FROM ${PYTHON_IMAGE} AS rootfs
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
-# The static OPA binary for `--opa local` (the operator supervises `opa run --server` on loopback).
-COPY --from=opa /opa /usr/local/bin/opa
+COPY hack/image_rootfs.py /image_rootfs.py
 # Install from the wheels only (no index at this stage), byte-compile once at build time (the root filesystem is
-# read-only at run time), then drop the wheels.
+# read-only at run time), then collect what runs into /rootfs.
 RUN pip install --no-index --find-links /wheels chanscale \
     && python -m compileall -q "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-    && rm -rf /wheels \
-    && groupadd --system --gid 65532 chanscale \
-    && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin chanscale
+    && python /image_rootfs.py /rootfs \
+    && chroot /rootfs python -c 'import chanscale.cli, chanscale.handlers, chanscale.policy, chanscale.sim.exporter'
+
+FROM scratch
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/usr/local/bin:/usr/bin:/bin \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+COPY --from=rootfs /rootfs/ /
+# The static OPA binary for `--opa local` (the operator supervises `opa run --server` on loopback).
+COPY --from=opa /opa /usr/local/bin/opa
 USER 65532:65532
 WORKDIR /tmp
 # 8080: the operator's /metrics; 8081: kopf's /healthz.

@@ -38,9 +38,11 @@ tools-all:  ## also kube-scheduler, kind, kwok
 	hack/tools.sh all
 
 demo: setup-demo  ## the local demo: control plane, Prometheus, OPA, operator, a bursty channel; ends with a plot
+	$(if $(findstring --real,$(DEMO_ARGS)),hack/tools.sh nats-server)
 	$(PYTHON) -m chanscale demo $(DEMO_ARGS)
 
 demo-quick: setup-demo  ## a 60 s demo
+	$(if $(findstring --real,$(DEMO_ARGS)),hack/tools.sh nats-server)
 	$(PYTHON) -m chanscale demo --duration 60 $(DEMO_ARGS)
 
 test: setup  ## everything CI runs: lint, unit + integration tests, quick benchmarks, the kind e2e suite
@@ -57,8 +59,8 @@ integration: install tools  ## integration tests against the real local control 
 	$(PYTEST) -m integration $(PYTEST_ARGS)
 
 lint: install generated  ## ruff, mypy, opa fmt/check/test, generated copies in sync
-	$(PYTHON) -m ruff check operator tests bench hack
-	$(PYTHON) -m ruff format --check operator tests bench hack
+	$(PYTHON) -m ruff check operator tests bench hack sdk/python
+	$(PYTHON) -m ruff format --check operator tests bench hack sdk/python
 	$(PYTHON) -m mypy
 	hack/policy-check.sh
 	$(PYTHON) hack/gen_api_docs.py --check

@@ -40,6 +40,7 @@ class Config:
     startup_p99: float = 5.0  # ... with this p99
     warmup: float = 2.0  # plus a fixed warm-up (connections, caches) before the worker is ready
     exclude_first: float = 120.0  # scores ignore the first two minutes (Prometheus has no rate yet)
+    opa: str = "local"  # chanscale's policy gate: the shipped policies in an opa child ("none": allow all)
 
     def startup_delay(self, rng: random.Random) -> float:
         """Pod start-up: lognormal with the configured median and p99, plus the warm-up."""
@@ -103,8 +104,15 @@ def run(
 ) -> RunResult:
     """Simulate ``trace`` under ``scaler_name`` and score it (same seed ⇒ same messages for every scaler)."""
     limits = Limits(cfg.min_replicas, cfg.max_replicas)
+    prom = PromView(list(DEFAULT_BUCKETS), window=cfg.rate_window)
     scaler: Scaler = build(
-        scaler_name, slo=cfg.slo, service_rate=cfg.service_rate, limits=limits, spec_overrides=spec_overrides
+        scaler_name,
+        slo=cfg.slo,
+        service_rate=cfg.service_rate,
+        limits=limits,
+        spec_overrides=spec_overrides,
+        prom=prom,
+        opa=cfg.opa,
     )
     initial = min(
         max(workers_for_latency(trace.rates[0], cfg.service_rate, cfg.slo), cfg.min_replicas), cfg.max_replicas
@@ -119,7 +127,6 @@ def run(
         initial_replicas=initial,
         record_latencies=True,
     )
-    prom = PromView(list(DEFAULT_BUCKETS), window=cfg.rate_window)
     current = initial
     rate = -1.0
     changes: list[tuple[float, int]] = []

@@ -1,7 +1,8 @@
 """The scalers compared in the control-quality benchmark, each fed what it would see in production.
 
-- ``chanscale``: the shipped decision function (:func:`chanscale.decision.decide`), called directly, every 10 s,
-  on the default metrics contract computed by :mod:`bench.promsim`.
+- ``chanscale``: the operator's own tick (:func:`chanscale.reconcile.tick`, :mod:`bench.shipped`) every 10 s:
+  the shipped Prometheus reader against the real default queries, the shipped OPA policies, the status round trip.
+- ``observed-erlang``: a reference — Erlang C from observed λ and μ, up at once, down to the 60 s maximum.
 - ``keda-default`` / ``keda-tuned``: KEDA's queue scalers — desired = ceil(lag / lagThreshold), AverageValue —
   through the HPA controller (15 s sync, 0.1 tolerance, default behaviour). KEDA's own 30 s pollingInterval only
   governs 0↔1 activation; with minReplicas ≥ 1 the metrics adapter is queried at each HPA sync.
@@ -23,12 +24,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from chanscale.decision import Observation, PoolState, decide, record_scale
 from chanscale.queueing import workers_for_latency
-from chanscale.spec import PoolSpec
 
 from .fastgate import FastGated
 from .promsim import PromView
+from .shipped import RATE_ONLY, ShippedTick
 
 
 @dataclass
@@ -267,57 +267,47 @@ class Oracle:
 
 
 @dataclass
-class Chanscale:
-    """The shipped decision function on the default metrics contract (no policy gate in simulation)."""
+class ObservedErlang:
+    """A reference anyone could write: the Erlang-C count from *observed* λ and μ, up at once, down to the highest
+    count of the last 60 s. Same Prometheus view and arrival query as chanscale (``max(rate, irate)``),
+    μ = completions per busy worker-second (the hint until workers report busy time), every 10 s."""
 
-    spec_dict: dict[str, Any]
-    name: str = "chanscale"
+    limits: Limits
+    slo: float
+    service_rate: float
+    name: str = "observed-erlang"
     period: float = 10.0
     offset: float = 3.0
-    spec: PoolSpec = field(init=False)
-    state: PoolState = field(default_factory=PoolState)
-    outcomes: dict[str, int] = field(default_factory=dict)
-    limited: dict[str, int] = field(default_factory=dict)
-    fast_arrival: bool = True  # arrival rate = max(rate, irate), as the shipped default arrivalRate query
-
-    def __post_init__(self) -> None:
-        self.spec = PoolSpec.from_dict(self.spec_dict)
-        if self.spec.polling_interval:
-            self.period = float(self.spec.polling_interval)
+    down_window: float = 60.0
+    recent: deque[tuple[float, int]] = field(default_factory=deque)
 
     def observe(self, env: Env) -> None:
         return None
 
     def decide(self, env: Env) -> int:
         p, t = env.prom, env.t
-        arrival = p.rate("enqueued_total", t)
-        if self.fast_arrival and arrival is not None:
-            arrival = max(arrival, p.irate("enqueued_total", t) or 0.0)
-        obs = Observation(
-            now=t,
-            current_replicas=env.current,
-            ready_replicas=env.ready,
-            backlog=p.backlog(t),
-            arrival_rate=arrival,
-            processed_rate=p.rate("processed_total", t),
-            failed_rate=p.rate("failed_total", t),
-            busy_rate=p.rate("busy_seconds_total", t),
-            p99_latency=p.quantile(0.99, t),
-            age_seconds=p.age(t),
-        )
-        d = decide(self.spec, self.state, obs)
-        self.state = d.state
-        self.outcomes[d.outcome] = self.outcomes.get(d.outcome, 0) + 1
-        for why in d.limited_by:
-            key = why.split("(")[0].strip()
-            self.limited[key] = self.limited.get(key, 0) + 1
-        if d.desired != env.current:
-            self.state = record_scale(self.state, now=t, from_replicas=env.current, to_replicas=d.desired)
-        return d.desired
+        lam = p.rate("enqueued_total", t)
+        if lam is None:
+            return env.current
+        lam = max(lam, p.irate("enqueued_total", t) or 0.0)
+        done, busy = p.rate("processed_total", t), p.rate("busy_seconds_total", t)
+        mu = done / busy if done and busy and busy > 0.05 else self.service_rate
+        c = min(max(workers_for_latency(lam, mu, self.slo), self.limits.min_replicas), self.limits.max_replicas)
+        while self.recent and self.recent[0][0] <= t - self.down_window:
+            self.recent.popleft()
+        self.recent.append((t, c))
+        return c if c >= env.current else max(r for _, r in self.recent)
 
 
 def build(
-    name: str, *, slo: float, service_rate: float, limits: Limits, spec_overrides: dict[str, Any] | None = None
+    name: str,
+    *,
+    slo: float,
+    service_rate: float,
+    limits: Limits,
+    spec_overrides: dict[str, Any] | None = None,
+    prom: PromView | None = None,
+    opa: str = "local",
 ) -> Scaler:
     """Construct scaler ``name`` for a channel with P99 objective ``slo`` and per-worker rate ``service_rate``."""
     if name.startswith("chanscale"):
@@ -332,9 +322,12 @@ def build(
         spec.update(spec_overrides or {})
         if name == "chanscale-nocorr":  # diagnosis: the latency correction switched off (a documented spec knob)
             spec["model"] = {**spec["model"], "latencyCorrection": False}
-        elif name not in ("chanscale", "chanscale-rateonly", "chanscale-interval"):
+        elif name == "chanscale-rateonly":  # diagnosis: arrivals from rate() alone (a custom arrivalRate query)
+            spec["metrics"] = {**spec.get("metrics", {}), "queries": {"arrivalRate": RATE_ONLY}}
+        elif name not in ("chanscale", "chanscale-interval"):
             raise ValueError(f"unknown scaler {name!r}")
-        inner = Chanscale(spec, name=name, fast_arrival=name != "chanscale-rateonly")
+        assert prom is not None, "chanscale runs the shipped tick against the harness's Prometheus view"
+        inner = ShippedTick(spec, prom, name=name, opa=opa)
         # The shipped default polls backlog and arrivals every second (chanscale.fastpath); -interval is without.
         return inner if name in ("chanscale-interval", "chanscale-rateonly") else FastGated(inner, name)
     if name == "keda-default":
@@ -348,10 +341,12 @@ def build(
         return KPA(limits)
     if name == "oracle":
         return Oracle(limits, slo, service_rate)
+    if name == "observed-erlang":
+        return ObservedErlang(limits, slo, service_rate)
     raise ValueError(f"unknown scaler {name!r}")
 
 
-SCALERS = ("chanscale", "keda-default", "keda-tuned", "hpa-p99", "kpa", "oracle")
+SCALERS = ("chanscale", "observed-erlang", "keda-default", "keda-tuned", "hpa-p99", "kpa", "oracle")
 #: chanscale variants for diagnosis: the latency correction off; arrivals from rate() alone (the arrivalRate
 #: query before max(rate, irate) became the default).
 #: chanscale-interval: a full decision at the 10 s interval only (without the fast path).

@@ -37,7 +37,8 @@ die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
 
 env_names() { compgen -v CHANSCALE_ | grep '_IMAGE$' | while read -r v; do echo "$v=${!v}"; done; }
 app_images() {
-  echo "$CHANSCALE_OPERATOR_IMAGE" "$CHANSCALE_OPA_IMAGE" "$CHANSCALE_PROMETHEUS_IMAGE"
+  echo "$CHANSCALE_OPERATOR_IMAGE" "$CHANSCALE_OPA_IMAGE" "$CHANSCALE_PROMETHEUS_IMAGE" \
+    "$CHANSCALE_NATS_IMAGE" "$CHANSCALE_NATS_WORKER_IMAGE"
 }
 kind_dir() {  # the kind module's folder in the Go module cache (its images/base/files)
   (cd /tmp && go mod download -json "$KIND_MODULE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
@@ -169,12 +170,28 @@ debian_image() {
 operator() {
   local d; d=$(ctx "$CHANSCALE_OPERATOR_IMAGE")
   debian_image "$CHANSCALE_PYTHON_IMAGE" "$IMAGES_DIR/python.Dockerfile" /etc/ssl/certs/ca-certificates.crt
-  # The root Dockerfile's context is what .dockerignore lets in: pyproject.toml, README.md, operator/.
+  # The root Dockerfile's context is what .dockerignore lets in: pyproject.toml, README.md, operator/,
+  # hack/image_rootfs.py.
   (cd "$ROOT" && tar --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' -cf - \
-     Dockerfile .dockerignore pyproject.toml README.md operator) | tar -C "$d" -xf -
+     Dockerfile .dockerignore pyproject.toml README.md operator hack/image_rootfs.py) | tar -C "$d" -xf -
   build "$CHANSCALE_OPERATOR_IMAGE" "$d" \
     --build-arg "PYTHON_IMAGE=$CHANSCALE_PYTHON_IMAGE" --build-arg "OPA_IMAGE=$CHANSCALE_OPA_IMAGE" \
     --build-arg "BASE_ID=$(image_id "$CHANSCALE_PYTHON_IMAGE") $(image_id "$CHANSCALE_OPA_IMAGE")"
+}
+
+# The example JetStream worker and load generator, built on the host from examples/nats-worker (static, reproducible:
+# -trimpath, no VCS stamp, so unchanged sources give the same bytes and the image stays cached).
+nats_worker() {
+  local d; d=$(ctx "$CHANSCALE_NATS_WORKER_IMAGE")
+  # shellcheck source=hack/go.sh
+  (source "$ROOT/hack/go.sh" && go_setup && cd "$ROOT/examples/nats-worker" && CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" \
+    go build -trimpath -ldflags "-s -w" -o "$d/" ./cmd/worker ./cmd/loadgen) || die "building examples/nats-worker failed"
+  mv "$d/worker" "$d/nats-worker"; mv "$d/loadgen" "$d/nats-loadgen"
+  { echo "FROM scratch"
+    echo "COPY nats-worker nats-loadgen /usr/local/bin/"
+    echo "USER 65532:65532"
+    echo "ENTRYPOINT [\"/usr/local/bin/nats-worker\"]"; } >"$d/Dockerfile"
+  build "$CHANSCALE_NATS_WORKER_IMAGE" "$d"
 }
 
 # --- Kubernetes component images and the kind images ----------------------------------------------------------
@@ -276,7 +293,9 @@ stage() {  # stage NAME: run one stage, timed
     apps)
       static_image "$CHANSCALE_OPA_IMAGE" "$BIN/opa" /opa 1000:1000
       operator
-      debian_image "$CHANSCALE_PROMETHEUS_IMAGE" "$IMAGES_DIR/prometheus.Dockerfile" ;;
+      debian_image "$CHANSCALE_PROMETHEUS_IMAGE" "$IMAGES_DIR/prometheus.Dockerfile"
+      static_image "$CHANSCALE_NATS_IMAGE" "$BIN/nats-server" /nats-server 65532:65532
+      nats_worker ;;
     components) components >"$STATE/refs"; mapfile -t REFS <"$STATE/refs" ;;
     kind-base) kind_base ;;
     kind-node)

@@ -41,6 +41,10 @@ log() { printf '[newcomer] %s\n' "$*" >&2; }
 # --- the machine ---------------------------------------------------------------------------------------------
 machine() {  # the pristine image: the day's debootstrapped rootfs, plus this network's CA (pre-seeded, as on a server here)
   if docker image inspect "$BASE" >/dev/null 2>&1; then return; fi
+  # another day's machine of this suite (and its tarball) makes way for today's
+  docker images --format '{{.Repository}}:{{.Tag}}' chanscale/newcomer | grep -E ":$SUITE-[0-9]{8}" | \
+    grep -v ":$SUITE-$DAY" | xargs -r docker rmi >/dev/null 2>&1 || true
+  find "$CACHE/rootfs" -maxdepth 1 -name "newcomer-$SUITE-*.tar" ! -name "newcomer-$SUITE-$DAY.tar" -delete 2>/dev/null || true
   "$ROOT/hack/images.sh" rootfs "$SUITE" "$TAR"
   local d; d=$(mktemp -d)
   install -D -m 0644 "$CA" "$d/usr/local/share/ca-certificates/site-network.crt"
@@ -111,6 +115,7 @@ main() {
       docker commit "chanscale-newcomer-prep-$SUITE" "$prepared" >/dev/null
       docker rm "chanscale-newcomer-prep-$SUITE" >/dev/null
     fi
+    [ -z "${NEWCOMER_PREPARE_ONLY:-}" ] || { log "prepared $prepared"; return 0; }
     run "$prepared" cheap-prepared -v "chanscale-newcomer-go-$SUITE:/root/go" \
       -v "chanscale-newcomer-cache-$SUITE:/root/.cache" || rc=$?
   else

@@ -14,7 +14,7 @@ t0=$(date +%s)
 
 "$ROOT/hack/doctor.sh" "$MODE"
 case $MODE in
-  demo) extras=plot tools=(demo) ;;
+  demo) extras=demo tools=(demo) ;;
   test) extras=dev tools=() ;;
   *) echo "usage: hack/setup.sh demo|test" >&2; exit 2 ;;
 esac

@@ -125,7 +125,7 @@ elif [ "${want_tools[0]}" = all ]; then
   want_tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua kind kwok kwokctl)
 elif [ "${want_tools[0]}" = node ]; then
   want_tools=(kind kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd coredns crictl
-    local-path-provisioner opa)
+    local-path-provisioner opa nats-server)
 fi
 
 k8s=() go_jobs=()
@@ -159,6 +159,9 @@ for t in "${want_tools[@]}"; do
       have "$t" "$LOCAL_PATH_PROVISIONER_VERSION" || \
         queue build_go "$t" github.com/rancher/local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" \
           github.com/rancher/local-path-provisioner ;;
+    nats-server)  # the broker of the example JetStream worker (e2e, `chanscale demo --real`)
+      have nats-server "$NATS_SERVER_VERSION" || provided nats-server "$NATS_SERVER_VERSION" || \
+        queue build_go nats-server github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2 ;;
     kwok|kwokctl)
       have "$t" "$KWOK_VERSION" || provided "$t" "$KWOK_VERSION" || \
         queue build_go "$t" sigs.k8s.io/kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/$t" ;;
@@ -182,7 +185,7 @@ for t in "${want_tools[@]}"; do
           die "lua5.4 is missing: install it (apt-get install lua5.4)"
         fi
       fi ;;
-    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl kubeadm kubelet kube-proxy etcd coredns crictl local-path-provisioner opa helm prometheus lua kind kwok kwokctl)" ;;
+    *) die "unknown tool '$t' (known: kube-apiserver kube-controller-manager kube-scheduler kubectl kubeadm kubelet kube-proxy etcd coredns crictl local-path-provisioner opa helm prometheus lua nats-server kind kwok kwokctl)" ;;
   esac
 done
 if [ ${#k8s[@]} -gt 0 ] || [ ${#go_jobs[@]} -gt 0 ]; then

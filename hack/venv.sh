@@ -3,7 +3,7 @@
 # Makefile's default PYTHON), created from any Python >= 3.10 on the machine. The system Python is never modified,
 # so Debian's PEP 668 ("externally-managed-environment") never applies.
 #
-#   hack/venv.sh PYTHON [EXTRAS]   # PYTHON gets chanscale installed editable with EXTRAS (plot: the demo; dev: all)
+#   hack/venv.sh PYTHON [EXTRAS]   # PYTHON gets chanscale installed editable with EXTRAS (demo: the demo; dev: all)
 #   hack/venv.sh --find-python     # print the Python the venv is created from (BASE_PYTHON, python3, python3.X)
 #   hack/venv.sh --check PYTHON    # one status line (make doctor); exit 1 when PYTHON cannot be had
 #
@@ -67,7 +67,7 @@ install() {  # install PYTHON EXTRAS
   local py=$1 extras=$2 stamp=$ROOT/.cache/python-installed want out
   if is_venv_python "$py" && [ ! -x "$py" ]; then create "$(dirname "$(dirname "$py")")"; fi
   want=$(cat "$ROOT/pyproject.toml" <(command -v "$py") | sha256sum | cut -c1-16)
-  # dev includes plot: a dev install also serves the demo.
+  # dev includes demo (cryptography, matplotlib): a dev install also serves the demo.
   if grep -qxE "$want (dev|$extras)" "$stamp" 2>/dev/null && installed "$py"; then return; fi
   log "pip install -e '.[$extras]' into $py"
   local t=$SECONDS

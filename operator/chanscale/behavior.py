@@ -4,8 +4,11 @@ A faithful port of ``stabilizeRecommendationWithBehaviors`` and ``convertDesired
 (kubernetes/pkg/controller/podautoscaler/horizontal.go), pure and with explicit time, so the same semantics
 hold across operator restarts (the history lives in the WorkerPool's status, not in memory).
 
-History is kept compactly: recommendations are stored as *runs* ``(start_time, replicas)`` — a new entry only when
-the value changes — which is equivalent to the controller's per-tick samples for min/max over a window.
+History is kept compactly: the recommendations are stored as *runs* ``(first, last, replicas)`` — the same value
+recommended at every tick from ``first`` to ``last`` — a new entry only when the value changes. A window counts a
+run when its last sample is inside the window, which is exactly the controller's rule for its per-sync samples
+(``timestamp.After(cutoff)``): a value recommended once 540 s ago does not count in a 180 s window however long
+ago the next value arrived.
 """
 
 from __future__ import annotations
@@ -17,25 +20,24 @@ from dataclasses import dataclass
 from .limits import Limit, LimitKind
 from .spec import ScalingRules
 
-Run = tuple[float, int]  # (start time, recommendation) — valid until the next run starts
+Run = tuple[float, float, int]  # (first sample, last sample, recommendation)
 Event = tuple[float, int]  # (time, replica change: + up, - down)
 
 
 def add_recommendation(runs: Sequence[Run], now: float, value: int) -> list[Run]:
-    """Append ``value`` observed at ``now``; extends the last run when unchanged."""
+    """Record ``value`` recommended at ``now``; extends the last run when unchanged."""
     out = list(runs)
-    if not out or out[-1][1] != value:
-        out.append((now, value))
+    if out and out[-1][2] == value:
+        out[-1] = (out[-1][0], now, value)
+    else:
+        out.append((now, now, value))
     return out
 
 
 def prune_runs(runs: Sequence[Run], now: float, keep_seconds: float) -> list[Run]:
-    """Drop runs that ended before ``now - keep_seconds`` (the run in force at the cutoff is kept)."""
+    """Drop runs with no sample inside the longest window (the controller reuses such samples' slots)."""
     cutoff = now - keep_seconds
-    out = list(runs)
-    while len(out) >= 2 and out[1][0] <= cutoff:
-        out.pop(0)
-    return out
+    return [r for r in runs if r[1] > cutoff]
 
 
 def prune_events(events: Sequence[Event], now: float, keep_seconds: float) -> list[Event]:
@@ -43,14 +45,9 @@ def prune_events(events: Sequence[Event], now: float, keep_seconds: float) -> li
 
 
 def _window_values(runs: Sequence[Run], now: float, window: float) -> list[int]:
-    """Values of the runs that overlap ``(now - window, now]``."""
+    """Values recommended at a sample inside ``(now - window, now]``."""
     cutoff = now - window
-    vals = []
-    for i, (_start, value) in enumerate(runs):
-        end = runs[i + 1][0] if i + 1 < len(runs) else now
-        if end > cutoff:
-            vals.append(value)
-    return vals
+    return [value for _first, last, value in runs if last > cutoff]
 
 
 @dataclass(frozen=True)

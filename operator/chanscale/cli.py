@@ -212,8 +212,8 @@ def _sim(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     try:
         from .demo import main as demo_main
-    except ImportError as e:  # pragma: no cover - the demo ships with the package
-        print(f"error: the demo is not available: {e}", file=sys.stderr)
+    except ImportError as e:  # the operator image leaves the demo out (it is the `demo` extra's)
+        print(f"error: the demo is not available here ({e}): pip install 'chanscale[demo]'", file=sys.stderr)
         return 1
     return demo_main(args)
 
@@ -319,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, default=240.0, help="seconds of simulated load")
     d.add_argument("--out", default="out/demo", help="directory for the plot and the summary")
     d.add_argument("--no-tui", action="store_true", help="plain log lines instead of the live view")
+    d.add_argument(
+        "--real",
+        action="store_true",
+        help="the channel on a real broker: nats-server (JetStream), the Go SDK example worker and load generator as "
+        "local processes, one worker per replica (docs/sdk.md); needs Go and `hack/tools.sh nats-server`",
+    )
     d.set_defaults(func=_demo)
     return p
 

@@ -60,6 +60,7 @@ class PoolState:
     scale_events: tuple[behavior.Event, ...] = ()
     consecutive_failures: int = 0
     service_rate: float | None = None
+    service_samples: int = 0  # measurements the service-rate estimate rests on (its start-up weighting)
     latency_correction: float = 1.0
     last_active: float | None = None
     last_scale_time: float | None = None
@@ -67,13 +68,15 @@ class PoolState:
     backlog_sample: tuple[float, float] | None = None  # (sample time, backlog): baseline for backlog growth
     backlog_growth: float | None = None  # msgs/s, from the last two distinct samples
     calm_since: float | None = None  # since when the backlog has been small (the correction learns after a window)
+    at: float | None = None  # the tick this state was learnt at: the newer of memory and status.history wins
 
     def to_status(self) -> dict[str, Any]:
         return {
-            "recommendations": [[round(t, 3), r] for t, r in self.recommendations],
+            "recommendations": [[round(a, 3), round(b, 3), r] for a, b, r in self.recommendations],
             "scaleEvents": [[round(t, 3), d] for t, d in self.scale_events],
             "consecutiveFailures": self.consecutive_failures,
             "serviceRate": _round(self.service_rate),
+            "serviceSamples": self.service_samples,
             "latencyCorrection": round(self.latency_correction, 4),
             "lastActive": self.last_active,
             "lastScaleTime": self.last_scale_time,
@@ -81,6 +84,7 @@ class PoolState:
             "backlogSample": list(self.backlog_sample) if self.backlog_sample else None,
             "backlogGrowth": _round(self.backlog_growth),
             "calmSince": self.calm_since,
+            "at": self.at,
         }
 
     @classmethod
@@ -102,11 +106,22 @@ class PoolState:
             v = h.get(key)
             return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
+        def runs() -> tuple[behavior.Run, ...]:
+            out = []
+            for item in h.get("recommendations") or ():
+                try:  # [first, last, replicas]; a status from before sample-exact windows has [first, replicas]
+                    first, last, r = (item[0], item[1], item[2]) if len(item) == 3 else (item[0], item[0], item[1])
+                    out.append((float(first), float(last), int(r)))
+                except (TypeError, ValueError, IndexError):
+                    continue
+            return tuple(sorted(out))
+
         return cls(
-            recommendations=pairs("recommendations"),
+            recommendations=runs(),
             scale_events=pairs("scaleEvents"),
             consecutive_failures=int(h.get("consecutiveFailures") or 0),
             service_rate=num("serviceRate"),
+            service_samples=int(num("serviceSamples") or 0),
             latency_correction=num("latencyCorrection") or 1.0,
             last_active=num("lastActive"),
             last_scale_time=num("lastScaleTime"),
@@ -114,6 +129,7 @@ class PoolState:
             backlog_sample=_pair(h.get("backlogSample")),
             backlog_growth=num("backlogGrowth"),
             calm_since=num("calmSince"),
+            at=num("at"),
         )
 
 
@@ -179,9 +195,17 @@ def _clean(v: float | None) -> float | None:
     return float(v)
 
 
-def _estimate_service_rate(spec: PoolSpec, state: PoolState, obs: Observation, backlog: float | None) -> float | None:
-    """μ per worker: completions per busy worker-second when workers report busy time; else completions per
-    ready worker while saturated (backlog waiting); else the previous estimate or the configured hint."""
+def _estimate_service_rate(
+    spec: PoolSpec, state: PoolState, obs: Observation, backlog: float | None
+) -> tuple[float | None, int]:
+    """μ per worker and the number of measurements it rests on.
+
+    A measurement is completions per busy worker-second when workers report busy time, else completions per
+    ready worker while saturated (backlog waiting). Measurements are combined by a running mean until there are
+    as many as the smoothing's memory (1/α), then smoothed with gain α: an exponential filter's first estimates
+    are otherwise one noisy or start-up-biased reading. ``spec.model.serviceRateHint`` counts as one measurement,
+    so the first reading moves the estimate half way from the hint, not all the way.
+    """
     done = None
     if obs.processed_rate is not None:
         done = obs.processed_rate + (obs.failed_rate or 0.0)
@@ -191,12 +215,15 @@ def _estimate_service_rate(spec: PoolSpec, state: PoolState, obs: Observation, b
             measured = done / obs.busy_rate
         elif backlog is not None and backlog > 0 and obs.ready_replicas:
             measured = done / obs.ready_replicas
-    prev = state.service_rate
+    prev, n = state.service_rate, state.service_samples
     if measured is None or not math.isfinite(measured) or measured <= 0:
-        return prev if prev is not None else spec.service_rate_hint
-    if prev is None:
-        return measured
-    return prev + MU_ALPHA * (measured - prev)
+        return (prev if prev is not None else spec.service_rate_hint), n
+    base = prev if prev is not None else spec.service_rate_hint
+    if base is None:
+        return measured, 1
+    prior = 1 if spec.service_rate_hint is not None else 0  # the hint's weight, in measurements
+    gain = max(MU_ALPHA, 1.0 / (prior + n + 1))
+    return base + gain * (measured - base), n + 1
 
 
 def _size(spec: PoolSpec, lam: float, mu: float, backlog: float, correction: float) -> tuple[int, str, dict[str, Any]]:
@@ -339,7 +366,7 @@ def recommend(spec: PoolSpec, state: PoolState, obs: Observation) -> Recommendat
         if inflow > lam:
             lam = inflow
     failures = 0 if metrics_ok else state.consecutive_failures + 1
-    mu = _estimate_service_rate(spec, state, clean, backlog)
+    mu, mu_samples = _estimate_service_rate(spec, state, clean, backlog)
     signals["serviceRate"] = _round(mu)
     active = bool((backlog or 0) > 0 or (lam or 0) > 0 or (processed or 0) > 0)
     last_active = now if active or state.last_active is None else state.last_active
@@ -384,8 +411,10 @@ def recommend(spec: PoolSpec, state: PoolState, obs: Observation) -> Recommendat
         calm_since=calm_since,
         consecutive_failures=failures,
         service_rate=mu,
+        service_samples=mu_samples,
         latency_correction=correction,
         last_active=last_active,
+        at=now,
     )
     return Recommendation(
         replicas=raw,

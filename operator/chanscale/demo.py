@@ -180,14 +180,14 @@ def required_binaries(external_cluster: bool) -> list[str]:
     return names
 
 
-def check_binaries(external_cluster: bool) -> None:
+def check_binaries(external_cluster: bool, real: bool = False) -> None:
     """Fail before starting anything when a tool is missing, naming all of them and the fix (`make tools`)."""
     from .local.binaries import BinaryNotFound, find_binaries
     from .local.opa import OpaNotFound, find_opa_binary
 
     problems: list[str] = []
     try:
-        find_binaries(*required_binaries(external_cluster))
+        find_binaries(*required_binaries(external_cluster), *(["nats-server"] if real else []))
     except BinaryNotFound as e:
         problems.append(str(e))
     try:
@@ -195,7 +195,9 @@ def check_binaries(external_cluster: bool) -> None:
     except OpaNotFound as e:
         problems.append(str(e))
     if problems:
-        raise DemoError("missing tools - run `make tools`:\n" + "\n".join(problems))
+        raise DemoError(
+            "missing tools - run `make tools` (and `hack/tools.sh nats-server` for --real):\n" + "\n".join(problems)
+        )
     # The plot is drawn at the end: find out now, not after a four-minute run.
     try:
         import matplotlib  # noqa: F401
@@ -212,6 +214,7 @@ class DemoStack:
     out: Path
     scenario: Scenario
     kubeconfig: Path | None = None  # an existing cluster; None starts the local control plane
+    real: bool = False  # the channel on NATS JetStream with Go SDK workers (demo_real.py) instead of the simulator
     say: Callable[[str], None] = print
     cp: Any = None
     prom: Any = None
@@ -257,7 +260,7 @@ class DemoStack:
         self._timed("WorkerPool CRD", self._ensure_crd)
         self._timed("namespace, worker Deployment and WorkerPool", self._create_objects)
         self.prom = self._timed("Prometheus", lambda: LocalPrometheus(scrape_interval="1s").start())
-        self._timed("channel simulator", self._start_sim)
+        self._timed("NATS JetStream, load generator and workers" if self.real else "channel simulator", self._start_sim)
         self._timed("operator (with a local OPA)", self._start_operator)
 
     # -- Kubernetes objects
@@ -335,6 +338,15 @@ class DemoStack:
 
     # -- processes
     def _start_sim(self) -> None:
+        if self.real:
+            from .demo_real import RealChannel
+
+            sc = self.scenario
+            self.sim = RealChannel(
+                self.logs, self.prom, NAMESPACE, CHANNEL, 1 / sc.service_rate, sc.base_rate, sc.initial_replicas
+            )
+            self.sim.start()
+            return
         from .local.harness import SimProcess
 
         self.sim = SimProcess("chanscale-sim", sim_channels(self.scenario), self.logs, self.active_kubeconfig)
@@ -373,6 +385,8 @@ class DemoStack:
                 raise ProcessFailed(
                     f"the {name} exited; its log ({proc.proc.log_path}) ends with:\n{proc.proc.log_tail(30)}"
                 )
+        if self.real and self.sim is not None:
+            self.sim.check_running()
         if self.prom is not None and self.prom.process is not None:
             self.prom.process.check_running()
         if self.cp is not None:
@@ -390,6 +404,11 @@ class DemoStack:
         return wp
 
     def sim_state(self) -> dict[str, Any]:
+        if self.real:  # the demo is the kubelet here: one worker process per replica of the Deployment
+            from kubernetes import client
+
+            d = client.AppsV1Api(self.api).read_namespaced_deployment(DEPLOYMENT, NAMESPACE)
+            return dict(self.sim.state(d.spec.replicas))
         with urllib.request.urlopen(f"{self.sim.url}/state", timeout=3) as resp:
             data: dict[str, Any] = json.load(resp)
         for ch in data.get("channels", []):
@@ -664,11 +683,19 @@ def main(args: argparse.Namespace) -> int:
             "error: --duration must be at least 20 seconds (the operator needs a few ticks per phase)", file=sys.stderr
         )
         return 2
+    real = bool(getattr(args, "real", False))
+    if real and kubeconfig is not None:
+        print(
+            "error: --real runs the workers as local processes for the local control plane; on a cluster, apply "
+            "examples/nats/jetstream.yaml instead (docs/sdk.md)",
+            file=sys.stderr,
+        )
+        return 2
     if kubeconfig is not None and not kubeconfig.is_file():
         print(f"error: --kubeconfig {kubeconfig} does not exist", file=sys.stderr)
         return 2
     try:
-        check_binaries(external_cluster=kubeconfig is not None)
+        check_binaries(external_cluster=kubeconfig is not None, real=real)
     except DemoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -681,13 +708,14 @@ def main(args: argparse.Namespace) -> int:
         pool=f"{NAMESPACE}/{POOL}",
         policy_parameters=sc.policy_parameters,
     )
-    stack = DemoStack(out=out, scenario=sc, kubeconfig=kubeconfig, say=lambda m: print(m, flush=True))
+    stack = DemoStack(out=out, scenario=sc, kubeconfig=kubeconfig, real=real, say=lambda m: print(m, flush=True))
     view = LiveView(stream, tui, duration, sc.slo_p99)
     code = 0
     explain: str | None = None
     print(
-        f"chanscale demo: {duration:.0f}s of bursty load on {NAMESPACE}/{POOL} "
-        f"(SLO P99 {sc.slo_p99:g}s, policy step limit +{sc.step_up}/-{sc.step_down} per decision)",
+        f"chanscale demo: {duration:.0f}s of bursty load on {NAMESPACE}/{POOL}"
+        + (" (NATS JetStream, Go SDK workers) " if real else " ")
+        + f"(SLO P99 {sc.slo_p99:g}s, policy step limit +{sc.step_up}/-{sc.step_down} per decision)",
         flush=True,
     )
     with _sigterm_as_interrupt():

@@ -92,6 +92,7 @@ class PoolMemory:
     rv: int | None
     written: str | None = None  # digest of the last status written
     written_at: float = 0.0
+    state: PoolState | None = None  # the learning state, kept between ticks (status.history is its restart copy)
 
 
 @dataclass
@@ -182,8 +183,8 @@ def _memory(rt: Runtime, key: tuple[str, str], body: Mapping[str, Any]) -> PoolM
         server = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
         prev = mem
         mem = PoolMemory(status=dict(server), server=server, rv=rv)
-        if prev is not None:  # a newer body: what we wrote is in it; keep the write bookkeeping
-            mem.written, mem.written_at = prev.written, prev.written_at
+        if prev is not None:  # a newer body: what we wrote is in it; keep the write bookkeeping and the learning
+            mem.written, mem.written_at, mem.state = prev.written, prev.written_at, prev.state
             mem.status = _carry_counters(prev.status, mem.status)
         rt.memory[key] = mem
     return mem
@@ -200,6 +201,10 @@ def _carry_counters(mine: Mapping[str, Any], theirs: dict[str, Any]) -> dict[str
 def _masked(limited: Any) -> list[str]:
     """Limits without their numbers: a fallback's "after 7 failed reads" must not rewrite the status every tick."""
     return [re.sub(r"[0-9.]+", "#", str(x)) for x in limited or ()]
+
+
+def _runs_started(history: Mapping[str, Any]) -> list[Any]:
+    return [[r[0], r[-1]] for r in history.get("recommendations") or () if isinstance(r, list) and r]
 
 
 def _degraded(status: Mapping[str, Any]) -> bool:
@@ -229,7 +234,9 @@ def _material(status: Mapping[str, Any]) -> str:
         "conditions": [(c["type"], c["status"], c.get("reason")) for c in status.get("conditions", [])],
         "decision": (d.get("outcome"), d.get("from"), d.get("to"), d.get("applied"), _masked(d.get("limitedBy"))),
         "verdicts": status.get("verdicts"),
-        "history": (None if degraded else h.get("recommendations"), h.get("scaleEvents"), h.get("pending")),
+        # A run's last sample moves every tick: an observation, written with the refresh (its first sample and
+        # value are material).
+        "history": (None if degraded else _runs_started(h), h.get("scaleEvents"), h.get("pending")),
         "external": (ext.get("writer"), ext.get("to"), ext.get("holdUntil")),
         "gen": status.get("observedGeneration"),
         "target": status.get("targetName"),
@@ -418,7 +425,7 @@ async def _tick(
     seen = await _observe(rt, body, mem, spec, target, now)
     if isinstance(seen, TickResult):
         return seen
-    facts = _decide(spec, seen, body, now)
+    facts = _decide(spec, seen, body, now, _learnt(mem, seen.old))
     # Gate and act under the namespace's lock, so two pools cannot spend the same budget headroom.
     async with rt.tenancy.locks(seen.ns):
         await _gate_stage(rt, facts, seen, target)
@@ -490,10 +497,20 @@ def _precondition(
     return None
 
 
-def _decide(spec: PoolSpec, seen: Observed, body: Mapping[str, Any], now: float) -> Facts:
+def _learnt(mem: PoolMemory, old: Mapping[str, Any]) -> PoolState:
+    """The learning state to decide on: the one kept in memory, unless ``status.history`` holds a newer one (after a
+    restart there is none in memory; after a hand-over from another replica the status copy may be newer)."""
+    stored = PoolState.from_status(old.get("history"))
+    mine = mem.state
+    if mine is None or (stored.at is not None and (mine.at is None or stored.at > mine.at)):
+        return stored
+    return mine
+
+
+def _decide(spec: PoolSpec, seen: Observed, body: Mapping[str, Any], now: float, state: PoolState) -> Facts:
     """The model's decision (pure), and the mode it is taken in (Active, DryRun, Paused, or HoldOff after another
     writer moved the Deployment)."""
-    decision = decide(spec, PoolState.from_status(seen.old.get("history")), seen.obs)
+    decision = decide(spec, state, seen.obs)
     conditions = [dict(c) for c in seen.old.get("conditions") or []]
     hold, ext_key, ext_msg = external_conditions(spec, seen.ext, seen.target_name, now, conditions, seen.gen)
     mode = "Paused" if seen.paused else "HoldOff" if hold else spec.mode
@@ -574,6 +591,7 @@ async def _explain(
         else:
             facts.verdicts.pop("would", None)
     replicas = d.desired if applied else d.current
+    mem.state = state
     status = facts.status(replicas, applied=applied, state=state, events=events)
     _publish_metrics(facts, replicas)
     result = TickResult(status=None, events=events, scaled_to=d.desired if applied else None, decision=d)

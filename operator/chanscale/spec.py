@@ -46,15 +46,17 @@ class ScalingRules:
     tolerance: float
 
 
-#: scaleUp defaults: HPA vocabulary, faster limits. The HPA's {100 %, 4 pods}/15 s exists because its
-#: ratio-based recommendation can overshoot on a noisy metric; chanscale's recommendation is a sized count
-#: (arrival rate ÷ service rate, queueing model), so it may move further per step: 1 -> 9 -> 45 -> 225 in three
-#: 10 s periods, where the HPA default needs about five 15 s steps for 1 -> 100. No tolerance: sizing already
-#: has headroom (targetUtilization), an extra 10 % dead band would only delay a needed scale-up.
+#: scaleUp defaults: HPA vocabulary, Knative's limit. The HPA's {100 %, 4 pods}/15 s exists because its
+#: ratio-based recommendation extrapolates a utilisation that saturates, and can overshoot on a noisy metric;
+#: chanscale's recommendation is a sized count (arrivals ÷ service rate, backlog ÷ drain horizon), bounded by
+#: maxReplicas, so a per-step cap only makes a flash crowd's backlog wait: the first step goes straight to the
+#: size the model asks for. The cap is the KPA's max-scale-up-rate (1000× per step, Percent 99 900). An admin's
+#: per-decision cap belongs in the policy gate (the step guard) or in spec.behavior.scaleUp. No tolerance:
+#: sizing already has headroom (targetUtilization), a dead band would only delay a needed scale-up.
 DEFAULT_SCALE_UP = ScalingRules(
     stabilization_window_seconds=0,
     select_policy="Max",
-    policies=(ScalingPolicy("Percent", 400, 10), ScalingPolicy("Pods", 8, 10)),
+    policies=(ScalingPolicy("Percent", 99900, 10),),
     tolerance=0.0,
 )
 #: HPA v2 scaleDown defaults (300 s window, 100 %/15 s, tolerance 0.1).

@@ -61,6 +61,8 @@ class Images:
     operator: str
     opa: str
     prometheus: str
+    nats: str = "chanscale/nats-server:2.15.2"  # the example JetStream broker and worker (examples/nats/)
+    nats_worker: str = "chanscale/nats-worker:e2e"
 
     @staticmethod
     def split(ref: str) -> tuple[str, str]:
@@ -96,6 +98,8 @@ def _env_images() -> Images:
         prometheus=pick(
             "CHANSCALE_E2E_PROMETHEUS_IMAGE", "CHANSCALE_PROMETHEUS_IMAGE", "chanscale/prometheus:bookworm"
         ),
+        nats=pick("CHANSCALE_E2E_NATS_IMAGE", "CHANSCALE_NATS_IMAGE", Images.nats),
+        nats_worker=pick("CHANSCALE_E2E_NATS_WORKER_IMAGE", "CHANSCALE_NATS_WORKER_IMAGE", Images.nats_worker),
     )
 
 

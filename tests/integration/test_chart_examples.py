@@ -17,7 +17,7 @@ from chanscale.local.binaries import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
+EXAMPLES = sorted((REPO_ROOT / "examples").glob("**/*.yaml"))  # examples/nats/ too
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

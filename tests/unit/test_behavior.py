@@ -75,25 +75,32 @@ def test_activation_from_zero_even_with_min_select() -> None:
 
 def test_stabilization_down_uses_highest_in_window() -> None:
     down = rules(("Percent", 100, 15), window=300)
-    runs = [(NOW - 200, 10), (NOW - 100, 8)]
+    runs = [(NOW - 200, NOW - 110, 10), (NOW - 100, NOW - 10, 8)]
     s = b.stabilize(runs, NOW, current=10, desired=5, up=UP, down=down)
     assert s.replicas == 10
     assert s.limited_by == "scaleDown stabilization window 300s"
 
 
-def test_stabilization_run_overlapping_the_window_counts() -> None:
-    # A run that started before the cutoff but lasted into the window is in the window (per-tick sampling).
+def test_stabilization_counts_a_run_by_its_last_sample() -> None:
+    # A run counts while its last sample is in the window (the controller's per-sync samples), not while the
+    # next run has not started yet.
+    runs = [(NOW - 200, NOW - 110, 10), (NOW - 100, NOW - 10, 8)]
     down = rules(("Percent", 100, 15), window=150)
-    s = b.stabilize([(NOW - 200, 10), (NOW - 100, 8)], NOW, current=10, desired=5, up=UP, down=down)
-    assert s.replicas == 10
-    down = rules(("Percent", 100, 15), window=90)
-    s = b.stabilize([(NOW - 200, 10), (NOW - 100, 8)], NOW, current=10, desired=5, up=UP, down=down)
-    assert s.replicas == 8
+    assert b.stabilize(runs, NOW, current=10, desired=5, up=UP, down=down).replicas == 10
+    down = rules(("Percent", 100, 15), window=105)
+    assert b.stabilize(runs, NOW, current=10, desired=5, up=UP, down=down).replicas == 8
+
+
+def test_only_samples_inside_the_window_count() -> None:
+    # Issue 12's example: 10 @ 600 s, 9 @ 540 s, 5 @ 120 s, 4 @ 60 s ago, 180 s window: the HPA answers 5.
+    runs = [(NOW - t, NOW - t, r) for t, r in ((600, 10), (540, 9), (120, 5), (60, 4))]
+    down = rules(("Percent", 100, 15), window=180)
+    assert b.stabilize(runs, NOW, current=10, desired=3, up=UP, down=down).replicas == 5
 
 
 def test_stabilization_up_uses_lowest_in_window() -> None:
     up = rules(("Pods", 100, 15), window=60)
-    s = b.stabilize([(NOW - 30, 4)], NOW, current=2, desired=10, up=up, down=DEFAULT_SCALE_DOWN)
+    s = b.stabilize([(NOW - 30, NOW - 30, 4)], NOW, current=2, desired=10, up=up, down=DEFAULT_SCALE_DOWN)
     assert s.replicas == 4
     assert s.limited_by == "scaleUp stabilization window 60s"
 
@@ -104,9 +111,9 @@ def test_no_stabilization_without_history() -> None:
 
 
 def test_runs_are_compact_and_pruned() -> None:
-    runs: list[tuple[float, int]] = []
+    runs: list[tuple[float, float, int]] = []
     for i, v in enumerate([3, 3, 3, 5, 5, 4]):
         runs = b.add_recommendation(runs, NOW + 10 * i, v)
-    assert runs == [(NOW, 3), (NOW + 30, 5), (NOW + 50, 4)]
-    assert b.prune_runs(runs, NOW + 100, 60) == [(NOW + 30, 5), (NOW + 50, 4)]
-    assert b.prune_runs(runs, NOW + 1000, 60) == [(NOW + 50, 4)]
+    assert runs == [(NOW, NOW + 20, 3), (NOW + 30, NOW + 40, 5), (NOW + 50, NOW + 50, 4)]
+    assert b.prune_runs(runs, NOW + 90, 60) == [(NOW + 30, NOW + 40, 5), (NOW + 50, NOW + 50, 4)]
+    assert b.prune_runs(runs, NOW + 1000, 60) == []

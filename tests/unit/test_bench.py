@@ -220,3 +220,32 @@ def test_reaction_analysis_measures_visible_patched_and_drained() -> None:
     assert r["end_to_end_s"] == pytest.approx(12.5)
     assert r["replicas_first_patch"] == 5
     assert r["drained_s"] == pytest.approx(50.0)
+
+
+def test_chanscale_in_the_bench_is_the_shipped_tick_with_its_status_round_trip() -> None:
+    """The fake Prometheus answers the reader's real default queries (an unknown query would fail the read), the
+    status goes through the fake API server's merge patches, and the shipped policies gate each change."""
+    from bench.promsim import PromView
+    from bench.scalers import build
+    from bench.shipped import ShippedTick
+
+    from chanscale.sim.model import DEFAULT_BUCKETS as BUCKETS
+
+    prom = PromView(list(BUCKETS), window=60.0)
+    s = build("chanscale", slo=1.0, service_rate=20.0, limits=Limits(1, 50), prom=prom)
+    assert isinstance(s, ShippedTick)
+    m = ChannelModel(service_rate=20.0, seed=1, initial_replicas=2)
+    m.set_arrival_rate(200.0)
+    current = 2
+    for t in range(0, 120):
+        m.advance(float(t))
+        if t % 15 == 0:
+            prom.scrape(m)
+        if t >= 30 and t % 10 == 3:
+            current = s.decide(Env(float(t), current, m.ready_workers, prom, 200.0, float(m.backlog), 0.0))
+            m.set_replicas(current)
+    status = s.api.body["status"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["MetricsAvailable"] == "True"
+    assert status["lastDecision"]["policy"]["source"] != "failure-policy"  # OPA answered
+    assert current > 2 and status["history"]["scaleEvents"]
+    assert s.api.writes >= 2 and s.api.body["metadata"]["resourceVersion"] == str(s.api.rv)

@@ -56,16 +56,35 @@ def test_drain_term_sizes_for_backlog() -> None:
     assert d.sizing["driver"] == "drain"
 
 
-def test_measured_service_rate_replaces_the_hint() -> None:
-    d = decide(spec(), PoolState(), obs(processed_rate=100.0, busy_rate=10.0))  # μ = 10/s measured
-    assert d.state.service_rate == pytest.approx(10.0)
-    d2 = decide(spec(), d.state, obs(processed_rate=100.0, busy_rate=5.0))  # 20/s measured, smoothed
-    assert 10.0 < d2.state.service_rate < 20.0
+def test_measured_service_rate_replaces_the_hint_by_its_weight() -> None:
+    # The hint (20/s) counts as one measurement: a running mean until 1/α measurements, then smoothing.
+    st = PoolState()
+    third = 40.0 / 3 + 0.3 * (10 - 40.0 / 3)  # 1/(1+2+1) < α: smoothing from the third measurement on
+    for expected in (15.0, 40.0 / 3, third, third + 0.3 * (10 - third)):
+        st = decide(spec(), st, obs(processed_rate=100.0, busy_rate=10.0)).state  # μ = 10/s measured
+        assert st.service_rate == pytest.approx(expected)
+    assert st.service_samples == 4
+    # Without a hint, the first measurement is all there is.
+    no_hint = spec(model={})
+    assert decide(no_hint, PoolState(), obs(processed_rate=100.0, busy_rate=10.0)).state.service_rate == 10.0
 
 
-def test_faster_than_keda_style_steps_from_one() -> None:
-    # 1 -> 9 -> 45 (Pods 8 then Percent 400 per 10 s) where the HPA default would take many more steps.
-    s = spec(maxReplicas=100)
+def test_first_step_goes_to_the_size_asked_for() -> None:
+    # 1 -> the recommendation in one step (the default allows 1000x per step, Knative's rate) where the HPA
+    # default would take five; the policy that once capped it (Percent 400 / Pods 8 per 10 s) still does when set.
+    d = decide(spec(maxReplicas=1000), PoolState(), obs(now=1000, current=1, arrival_rate=1500.0, processed_rate=20.0))
+    assert d.desired == d.recommendation > 45
+    s = spec(
+        maxReplicas=100,
+        behavior={
+            "scaleUp": {
+                "policies": [
+                    {"type": "Percent", "value": 400, "periodSeconds": 10},
+                    {"type": "Pods", "value": 8, "periodSeconds": 10},
+                ]
+            }
+        },
+    )
     steps = [
         obs(now=1000 + 10 * i, current=c, arrival_rate=1500.0, processed_rate=20.0) for i, c in enumerate([1, 9, 45])
     ]
@@ -159,16 +178,17 @@ def test_scale_down_waits_for_the_stabilization_window_across_restart() -> None:
     d = decide(s, restored, obs(now=1100, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
     assert d.desired == 13
     assert any("stabilization" in x for x in d.limited_by)
-    # Recommendations are kept as runs: 13 was in force until t=1100, so the window clears at 1400.
-    d = decide(s, d.state, obs(now=1390, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
+    # Only samples inside the window count (as in the HPA): 13 was recommended at t=1000, so the window clears
+    # after 1300.
+    d = decide(s, d.state, obs(now=1290, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
     assert d.desired == 13
-    d = decide(s, d.state, obs(now=1401, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
+    d = decide(s, d.state, obs(now=1301, current=13, arrival_rate=20.0, processed_rate=20.0, busy_rate=1.0))
     assert d.desired < 13
 
 
 def test_damaged_history_is_ignored_not_fatal() -> None:
     st = PoolState.from_status({"recommendations": [["x", 1], [5, 2]], "scaleEvents": "bad", "serviceRate": "?"})
-    assert st.recommendations == ((5.0, 2),)
+    assert st.recommendations == ((5.0, 5.0, 2),)  # a [time, replicas] pair (older status) is one sample
     assert st.service_rate is None
 
 

@@ -301,3 +301,30 @@ async def test_escalation_labels_are_set_and_removed() -> None:
     rt.clock[0] += 10  # type: ignore[attr-defined]
     res = await tick(rt, body, TARGET)
     assert res.labels == {"chanscale.dev/escalated": None}
+
+
+async def test_learning_is_kept_in_memory_and_status_history_is_its_restart_copy() -> None:
+    """Quiet ticks do not write the learnt service rate, yet the next tick builds on it even when a newer body
+    (someone else's write) carries an older history; a restarted runtime starts from the status copy."""
+    prom = Prom()
+    prom.values.update(busy=5.0)  # μ̂ = 200 / 5 = 40 msgs/s against the hint of 20
+    rt = runtime(prom=prom)
+    body = pool()
+    body["metadata"]["resourceVersion"] = "10"
+    target = Target(name="worker", exists=True, replicas=8, ready=8)
+    mus = []
+    for i in range(4):
+        res = await tick(rt, body, target, force=True)
+        mus.append(res.decision.state.service_rate)  # type: ignore[union-attr]
+        rt.clock[0] += 10  # type: ignore[attr-defined]
+        if i == 0:  # another writer (labels, a user) bumps the object; its status is what we wrote first
+            body = {**body, "metadata": {**body["metadata"], "resourceVersion": "99"}, "status": dict(res.status or {})}
+            prom.values.update(busy=10.0)  # μ̂ = 20 from now on: the estimate moves down tick by tick
+        body["metadata"]["resourceVersion"] = str(100 + i)  # and again on every tick
+    assert mus == sorted(mus, reverse=True) and len(set(mus)) == 4  # each tick moves on from the last, none restarts
+    # A restart: nothing in memory, the status copy (written at most one refresh period ago) is the start.
+    restarted = runtime(prom=prom)
+    server = rt.memory[("ns", "orders")].server  # what the API server holds after our last write
+    assert server["history"]["serviceRate"] > 20.0
+    res = await tick(restarted, {**body, "status": server}, target, force=True)
+    assert res.decision is not None and res.decision.state.service_rate > 20.0

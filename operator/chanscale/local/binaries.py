@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 #: The repository root (``operator/chanscale/local/binaries.py`` -> four levels up).
@@ -30,6 +31,7 @@ _SYSTEM_FALLBACKS: dict[str, tuple[str, ...]] = {
 _HOW_TO_GET: dict[str, str] = {
     "prometheus": "run `make tools` (it installs Debian's `prometheus` package when root), "
     "or `apt-get install -y --no-install-recommends prometheus`",
+    "nats-server": "run `hack/tools.sh nats-server` (it builds the pinned release into ./bin)",
 }
 _DEFAULT_HOW = (
     "run `make tools` (hack/tools.sh builds it into ./bin), or set KUBEBUILDER_ASSETS to a directory holding it"
@@ -86,3 +88,24 @@ def find_binaries(*names: str) -> dict[str, Path]:
     if missing:
         raise BinaryNotFound("\n".join(missing))
     return paths
+
+
+def run_go(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """``go ARGS`` in ``cwd`` with the toolchain hack/go.sh provides (any installed Go; an older one gets the pinned
+    toolchain from the Go module proxy). No Go at all fails with the message naming the install line."""
+    script = 'source "$0/hack/go.sh" && go_setup && exec go "$@"'
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
+    return subprocess.run(
+        ["bash", "-c", script, str(REPO_ROOT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def go_build(module: Path, package: str, name: str) -> Path:
+    """Build ``package`` of the Go module in ``module`` (e.g. sdk/go, ``./examples/channel``) into
+    ``<repo>/.cache/go-bin/<name>``; Go's build cache makes a rebuild of unchanged sources take a second."""
+    out = REPO_ROOT / ".cache" / "go-bin" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = run_go(["build", "-trimpath", "-o", str(out), package], module)
+    if done.returncode != 0:
+        raise RuntimeError(f"go build {package} in {module} failed:\n{done.stderr[-3000:]}")
+    return out
