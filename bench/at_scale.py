@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import sys
 import tempfile
 import threading
 import time
@@ -33,7 +35,7 @@ from kubernetes import client
 
 from .common import add_common_args, fig_dir, machine, machine_line, publish, pyplot
 from .promsim import bucket_quantile
-from .realloop import Stack, deployment, metric_sum, process_usage, worker_pool
+from .realloop import Stack, deployment, metric_sum, parse_metrics, process_usage, worker_pool
 
 Samples = list[tuple[str, dict[str, str], float]]
 
@@ -137,8 +139,17 @@ def _pool(i: int, channel: str, target: str) -> dict[str, Any]:
     return pool
 
 
-def measure(st: Stack, pools: int, window: float, warmup: float, tick: float) -> dict[str, Any]:
-    """Run one pool count in its own namespace and return the measurements."""
+def measure(
+    st: Stack,
+    pools: int,
+    window: float,
+    warmup: float,
+    tick: float,
+    extra: list[str] | None = None,
+    replicas: int = 1,
+) -> dict[str, Any]:
+    """Run one pool count in its own namespace and return the measurements. With ``replicas`` > 1, that many
+    operators run (``extra`` carries --shards/--leader-elect); their metrics are summed, their usage too."""
     ns = f"scale-{pools}"
     st.namespace = ns
     client.CoreV1Api(st.api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
@@ -146,23 +157,36 @@ def measure(st: Stack, pools: int, window: float, warmup: float, tick: float) ->
     names = [(f"c{i}", f"w{i}") for i in range(pools)]
     st.create_pools([], [deployment(w, 1) for _, w in names])
     st.start_sim([_channel(ns, i, c) for i, (c, _) in enumerate(names)], follow_deployments=False)
-    st.start_operator()
+    ops = []
+    for _ in range(replicas):
+        st.start_operator([*(extra or []), *(["--lease-namespace", ns] if replicas > 1 else [])])
+        assert st.operator is not None and st.operator.proc is not None and st.operator.proc.pid is not None
+        ops.append(st.operator)
+    pids = [op.proc.pid for op in ops if op.proc and op.proc.pid]
+
+    def metrics() -> Samples:
+        return [s for op in ops for s in parse_metrics(op.metrics_text())]
+
+    def usage() -> dict[str, float]:
+        each = [_tree_usage(pid) for pid in pids]
+        out = {k: sum(u[k] for u in each) for k in each[0]}
+        out["max_rss_mib"] = max(u["rss_mib"] for u in each)
+        return out
+
     st.create_pools([_pool(i, c, w) for i, (c, w) in enumerate(names)], [])
     setup_s = time.monotonic() - t_setup
     time.sleep(warmup)
-    assert st.operator is not None and st.operator.proc is not None and st.operator.proc.pid is not None
-    pid = st.operator.proc.pid
     series: list[tuple[float, dict[str, float]]] = []
-    before = st.operator_metrics()
+    before = metrics()
     api_before = _apiserver_requests(st.apiserver_metrics())
-    use_before = _tree_usage(pid)
+    use_before = usage()
     t0 = time.monotonic()
     stop = threading.Event()
 
     def sampler() -> None:
         while not stop.is_set():
             with contextlib.suppress(OSError):
-                series.append((time.monotonic(), _decisions_by_pool(st.operator_metrics())))
+                series.append((time.monotonic(), _decisions_by_pool(metrics())))
             stop.wait(2.0)
 
     th = threading.Thread(target=sampler, daemon=True)
@@ -171,9 +195,9 @@ def measure(st: Stack, pools: int, window: float, warmup: float, tick: float) ->
     stop.set()
     th.join(timeout=30)
     elapsed = time.monotonic() - t0
-    after = st.operator_metrics()
+    after = metrics()
     api_after = _apiserver_requests(st.apiserver_metrics())
-    use_after = _tree_usage(pid)
+    use_after = usage()
     ticks = elapsed / tick
     gaps = pool_gaps(series)
     all_gaps = sorted(g for gs in gaps.values() for g in gs)
@@ -199,6 +223,9 @@ def measure(st: Stack, pools: int, window: float, warmup: float, tick: float) ->
         "prometheus_queries_per_tick": delta("chanscale_prometheus_queries_total") / ticks,
         "operator_kube_requests_per_tick": delta("chanscale_kubernetes_requests_total") / ticks,
         "status_writes_per_tick": delta("chanscale_status_writes_total") / ticks,
+        "status_writes_per_pool_per_minute": delta("chanscale_status_writes_total") / max(pools, 1) / elapsed * 60,
+        "replicas": replicas,
+        "max_replica_rss_mib": use_after["max_rss_mib"],
         "apiserver_requests_per_tick": sum(api_delta.values()) / ticks,
         "apiserver_requests_per_tick_by_resource": {k: v / ticks for k, v in sorted(api_delta.items()) if v > 0},
         "decision_p50_s": hist_quantile(before, after, "chanscale_decision_duration_seconds", 0.5),
@@ -210,9 +237,9 @@ def measure(st: Stack, pools: int, window: float, warmup: float, tick: float) ->
         "opa_rss_mib": use_after["child_rss_mib"],
         "opa_cpu_percent": 100.0 * (use_after["child_cpu_s"] - use_before["child_cpu_s"]) / elapsed,
     }
-    if st.operator:
-        st.operator.stop()
-        st.operator = None
+    for op in ops:
+        op.stop()
+    st.operator = None
     if st.sim:
         st.sim.stop()
         st.sim = None
@@ -296,10 +323,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=None, help="seconds before measuring (75; 20 quick)")
     p.add_argument("--tick", type=float, default=10.0)
     p.add_argument("--opa", default="local")
+    p.add_argument("--scheduler", default="ticker", choices=["ticker", "timers"], help="the operator's --scheduler")
+    p.add_argument("--replicas", type=int, default=1, help="operator replicas (with --shards: each takes a share)")
+    p.add_argument("--shards", type=int, default=1, help="the operators' --shards (Lease-owned; chanscale.leader)")
+    p.add_argument("--operator-arg", action="append", default=[], help="extra `chanscale run` argument (repeatable)")
+    p.add_argument(
+        "--tracemalloc",
+        metavar="FILE",
+        help="profile the operator's memory (tracemalloc; slows it, so its RSS/CPU rows do not count) into FILE",
+    )
     args = p.parse_args(argv)
     counts = [int(x) for x in (args.pools or ("10" if args.quick else "10,100,1000")).split(",")]
     window = args.window or (30.0 if args.quick else 120.0)
     warmup = args.warmup or (20.0 if args.quick else 75.0)
+    if args.tracemalloc:
+        os.environ["CHANSCALE_TRACEMALLOC"] = str(Path(args.tracemalloc).resolve())  # inherited by the operator
     rows = []
     t_start = time.perf_counter()
     with (
@@ -309,9 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         st.start_cluster()
         for n in counts:
             print(f"measuring {n} pools ...", flush=True)
-            rows.append(measure(st, n, window, warmup, args.tick))
+            extra = ["--scheduler", args.scheduler, "--shards", str(args.shards), *args.operator_arg]
+            rows.append(measure(st, n, window, warmup, args.tick, extra, replicas=args.replicas))
             print(rows[-1], flush=True)
-    cmd = "python -m bench.at_scale" + (" --quick" if args.quick else "")
+    cmd = "python -m bench.at_scale " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "command": cmd,
         "machine": machine(),

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from chanscale.queueing import workers_for_latency
 
+from .fastgate import FastGated
 from .promsim import PromView
 from .shipped import RATE_ONLY, ShippedTick
 
@@ -323,10 +324,12 @@ def build(
             spec["model"] = {**spec["model"], "latencyCorrection": False}
         elif name == "chanscale-rateonly":  # diagnosis: arrivals from rate() alone (a custom arrivalRate query)
             spec["metrics"] = {**spec.get("metrics", {}), "queries": {"arrivalRate": RATE_ONLY}}
-        elif name != "chanscale":
+        elif name not in ("chanscale", "chanscale-interval"):
             raise ValueError(f"unknown scaler {name!r}")
         assert prom is not None, "chanscale runs the shipped tick against the harness's Prometheus view"
-        return ShippedTick(spec, prom, name=name, opa=opa)
+        inner = ShippedTick(spec, prom, name=name, opa=opa)
+        # The shipped default polls backlog and arrivals every second (chanscale.fastpath); -interval is without.
+        return inner if name in ("chanscale-interval", "chanscale-rateonly") else FastGated(inner, name)
     if name == "keda-default":
         return KEDAQueue("keda-default", limits, lag_threshold=10.0)
     if name == "keda-tuned":
@@ -346,4 +349,5 @@ def build(
 SCALERS = ("chanscale", "observed-erlang", "keda-default", "keda-tuned", "hpa-p99", "kpa", "oracle")
 #: chanscale variants for diagnosis: the latency correction off; arrivals from rate() alone (the arrivalRate
 #: query before max(rate, irate) became the default).
-VARIANTS = ("chanscale-nocorr", "chanscale-rateonly")
+#: chanscale-interval: a full decision at the 10 s interval only (without the fast path).
+VARIANTS = ("chanscale-nocorr", "chanscale-rateonly", "chanscale-interval")

@@ -18,6 +18,9 @@ from .tenancy import Guardrails, parse_duration, parse_profiles
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .memprof import start_from_env
+
+    start_from_env()  # before kopf is imported, so its allocations are traced too (opt-in, for benchmarks)
     if args.kubeconfig:
         # Before kopf (and the kubernetes client it imports) read it: the client fixes its default kubeconfig
         # path at import time, and kopf's login handler loads that default.
@@ -53,7 +56,9 @@ def _run(args: argparse.Namespace) -> int:
         prometheus_auth=prometheus_auth_from_args(args),
     )
     telemetry.serve(args.metrics_port, args.metrics_addr)
-    registry = build_registry(config)
+    registry = build_registry(
+        config, scheduler=args.scheduler, elector=elector_from_args(args), fast_period=args.fast_path_period
+    )
     namespaces = args.namespace or []
     kopf.run(
         registry=registry,
@@ -65,6 +70,58 @@ def _run(args: argparse.Namespace) -> int:
         liveness_endpoint=None,  # chanscale serves /healthz and /readyz itself (chanscale.health)
     )
     return 0
+
+
+def elector_from_args(args: argparse.Namespace) -> Any:
+    """A Lease elector with --leader-elect or --shards > 1 (docs/scaling.md), else None."""
+    if not args.leader_elect and args.shards <= 1:
+        return None
+    if not args.lease_duration > args.renew_deadline > args.retry_period > 0:
+        raise SystemExit("chanscale run: need --lease-duration > --renew-deadline > --retry-period > 0")
+    from .leader import Elector, KubeLeaseStore
+
+    return Elector(
+        KubeLeaseStore(args.lease_namespace or _own_namespace()),
+        name=args.lease_name,
+        shards=max(1, args.shards),
+        lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
+    )
+
+
+def _own_namespace() -> str:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip()
+    except OSError:
+        return "default"
+
+
+def _add_election_flags(r: argparse.ArgumentParser) -> None:
+    g = r.add_argument_group("high availability (coordination.k8s.io Leases; docs/scaling.md)")
+    g.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=os.environ.get("CHANSCALE_LEADER_ELECT", "") == "true",
+        help="run several replicas: only the holder of the Lease evaluates pools, the others are hot standbys",
+    )
+    g.add_argument(
+        "--shards",
+        type=int,
+        default=int(os.environ.get("CHANSCALE_SHARDS", "1")),
+        help="spread pools over replicas: pool -> crc32(namespace/name) %% N, one Lease per shard (implies "
+        "--leader-elect)",
+    )
+    g.add_argument("--lease-name", default="chanscale", help="the Lease (with --shards: the Leases' prefix)")
+    g.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", ""),
+        help="namespace of the Leases (default: $POD_NAMESPACE, else the service account's namespace)",
+    )
+    g.add_argument("--lease-duration", type=float, default=10.0, help="seconds a Lease lasts without renewal")
+    g.add_argument("--renew-deadline", type=float, default=7.0, help="stop acting this long after the last renewal")
+    g.add_argument("--retry-period", type=float, default=2.0, help="seconds between election rounds")
 
 
 def guardrails_from_args(args: argparse.Namespace) -> Guardrails:
@@ -291,6 +348,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="rewrite an unchanged status at most this often, seconds",
+    )
+    _add_election_flags(r)
+    r.add_argument(
+        "--fast-path-period",
+        type=float,
+        default=float(os.environ.get("CHANSCALE_FAST_PATH_PERIOD", "1")),
+        help="seconds between polls of every pool's backlog and arrival rate (two shared queries); a pool whose "
+        "signal moves materially is evaluated at once instead of at its next tick (0 disables)",
+    )
+    r.add_argument(
+        "--scheduler",
+        choices=["ticker", "timers"],
+        default="ticker",
+        help="ticker: one task evaluates all pools, each at a stable phase of the tick (default); timers: a kopf "
+        "timer per pool (the former design, kept for comparison; docs/scaling.md)",
     )
     r.add_argument("--policy-timeout", type=float, default=2.0, help="seconds per policy evaluation")
     r.add_argument("--metrics-port", type=int, default=8080, help="port of the operator's /metrics (0 disables)")

@@ -2,10 +2,14 @@
 
 - Deployments and HPAs are *indexed* in memory (kopf indexes), so a tick reads a pool's target and any
   competing autoscaler without an API request; only real scale changes write.
-- A timer per WorkerPool fires every ``--tick`` seconds; a pool's ``pollingInterval`` is honoured on top.
+- One operator-wide ticker (:mod:`chanscale.ticker`) evaluates every pool of the ``pools`` index once per
+  ``--tick`` at a stable phase; a pool's ``pollingInterval`` is honoured on top. The fast path
+  (:mod:`chanscale.fastpath`) evaluates a pool at once when its backlog or arrivals move. With leader election
+  or shards (:mod:`chanscale.leader`) only the pools whose Lease this replica holds are evaluated.
+  ``--scheduler timers`` keeps the former kopf timer per pool, for comparison.
 - Status is written by :mod:`chanscale.reconcile` itself (merge patch of ``/status``), never through kopf's
   ``patch`` object: kopf retries a timer's failed patch for ~55 s and then the error ends that pool's timer for
-  good (kopf ``_timer``/``_runner``). The timer handler never raises and leaves kopf nothing to patch, so no API
+  good (kopf ``_timer``/``_runner``). Evaluations never raise and leave kopf nothing to patch, so no API
   outage, however long, can stop a pool's evaluation. Writes happen only on material change (or every
   ``status_refresh`` seconds for the observations), so 1 000 quiet pools do not flood the API server.
 - Liveness and readiness are served by :mod:`chanscale.health` (``/healthz``, ``/readyz``).
@@ -14,20 +18,29 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
 from . import GROUP, PLURAL, VERSION, kube, telemetry, tenancy
+from .fastpath import FastPath
 from .health import Health, api_server_answers
+from .leader import Elector
 from .reconcile import Config, Runtime, Target, tick
 from .scaletarget import ScaleSubresource
 from .signals import PrometheusReader
 from .spec import PoolSpec, SpecError
+from .ticker import Ticker, slim_body
 
 log = logging.getLogger("chanscale")
+
+#: Threads for blocking API and Prometheus requests; the ticker runs at most TICK_CONCURRENCY pools at once.
+EXECUTOR_THREADS = 16
+TICK_CONCURRENCY = 64
 
 
 def _deployment_key(namespace: str, name: str) -> tuple[str, str]:
@@ -117,12 +130,108 @@ async def target_from_scale(
     return Target(name=name, exists=True, replicas=reading.replicas, ready=reading.observed, conflict=conflict)
 
 
-def build_registry(config: Config) -> kopf.OperatorRegistry:
-    """All handlers, registered on a fresh registry with the configured tick."""
+async def evaluate(rt: Runtime, body: Mapping[str, Any], indexes: Mapping[str, Any], force: bool = False) -> None:
+    """One pool's tick with its target seen through kopf's indexes; posts the tick's Events. Never raises: status,
+    labels and the scale are written by :func:`chanscale.reconcile.tick`, which turns every fault into a condition."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+    target_name = (spec.get("template") and name) or (spec.get("scaleTargetRef") or {}).get("name") or name
+    target = await _target(rt, namespace, name, target_name, spec, indexes)
+    result = await tick(rt, body, target, force=force)
+    for etype, reason, message in result.events:
+        kopf.event(cast(kopf.Body, body), type=etype, reason=reason, message=message[:1024])
+
+
+async def _target(
+    rt: Runtime, namespace: str, name: str, target_name: str, spec: Mapping[str, Any], indexes: Mapping[str, Any]
+) -> Target | None:
+    """A Deployment (or a template pool's own) from kopf's indexes; any other kind through its /scale subresource."""
+    hpas, scaledobjects, workerpools = indexes["hpas"], indexes["scaledobjects"], indexes["workerpools"]
+    if (spec.get("scaleTargetRef") or {}).get("kind") in (None, "Deployment") or spec.get("template"):
+        return target_from_indexes(
+            namespace, target_name, indexes["deployments"], hpas, scaledobjects, workerpools, name
+        )
+    try:
+        return await target_from_scale(rt, namespace, name, spec, hpas, scaledobjects, workerpools)
+    except kube.ScaleError as e:  # discovery or RBAC: the pool reports it, others carry on
+        return Target(name=target_name, exists=False, error=f"{e.reason}: {e}")
+
+
+def start_ticker(memo: kopf.Memo, config: Config, indexes: Mapping[str, Any], fast_period: float) -> None:
+    """One task evaluates every pool (see :mod:`chanscale.ticker`), and, with ``fast_period``, another polls the
+    cheap signals and evaluates a pool at once when they move (:mod:`chanscale.fastpath`). Called from the first
+    WorkerPool event: kopf runs no event handler before its indexes are filled, and the tasks inherit the
+    handler's context, where kopf's Event poster lives (``kopf.event`` needs it)."""
+    pools: kopf.Index[Any, Any] = indexes["pools"]
+    owns = getattr(memo, "owns", None)
+    rt: Runtime = memo.runtime
+
+    def bodies() -> list[tuple[tuple[str, str], Mapping[str, Any]]]:
+        out = []
+        for key, store in list(pools.items()):
+            body = next(iter(list(store or ())[:1]), None)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            if owns is None or owns(key):
+                out.append((key, body))
+        return out
+
+    async def run_one(key: tuple[str, str], forced: bool) -> None:
+        if owns is not None and not owns(key):
+            return  # lost the shard since the step began: the new owner evaluates it
+        for body in list(pools.get(key) or ())[:1]:
+            if fast is not None:
+                fast.note(key)
+            await evaluate(rt, body, indexes, force=forced)
+
+    ticker = Ticker(
+        interval=config.tick, keys=lambda: [k for k, _ in bodies()], run_one=run_one, concurrency=TICK_CONCURRENCY
+    )
+    fast = None
+    if fast_period > 0 and config.prometheus_url:
+        fast = FastPath(
+            rt.reader,
+            config.prometheus_url,
+            pools=lambda: [(k, b.get("spec") or {}) for k, b in bodies()],
+            trigger=ticker.trigger,
+            period=fast_period,
+        )
+        memo.scheduler["fast"] = asyncio.create_task(fast.run(), name="chanscale-fast-path")
+    memo.scheduler["ticker"] = ticker
+    memo.scheduler["task"] = asyncio.create_task(ticker.run(), name="chanscale-ticker")
+
+
+def _template_here(spec: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> bool:
+    """A template pool this replica owns (all of them without leader election)."""
+    owns = getattr(memo, "owns", None)
+    return bool(spec.get("template")) and (owns is None or owns((namespace or "", name)))
+
+
+def start_election(memo: kopf.Memo, elector: Elector) -> None:
+    """Evaluate only the pools whose shard Lease this replica holds (chanscale.leader)."""
+    health: Health = memo.health
+
+    def changed(shards: set[int]) -> None:
+        health.owned_since = health.clock()
+        telemetry.SHARDS_HELD.set(len(shards))
+        log.info("shards held: %s", sorted(shards) or "none (standby)")
+
+    elector.on_change = changed
+    memo.owns = health.owns = elector.owns
+    memo.elector_task = asyncio.create_task(elector.run(), name="chanscale-leader-election")
+
+
+def build_registry(
+    config: Config, scheduler: str = "ticker", elector: Elector | None = None, fast_period: float = 1.0
+) -> kopf.OperatorRegistry:
+    """All handlers, registered on a fresh registry with the configured tick. ``scheduler``: ``ticker`` (one
+    operator-wide task over the ``pools`` index) or ``timers`` (a kopf timer per pool, the former design).
+    ``elector``: evaluate only the pools whose shard Lease this replica holds (None: all pools).
+    ``fast_period``: seconds between polls of the cheap signals (chanscale.fastpath; 0 disables; ticker only)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(id="configure", registry=registry)
-    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
         # Timeouts so a silently dropped watch is re-established (kopf #698).
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
@@ -133,6 +242,11 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
         settings.posting.level = logging.WARNING  # our own Events are explicit; warnings from kopf still post
         settings.execution.max_workers = 8
+        # Our blocking clients (kubernetes, prometheus-api-client) run in the loop's default executor: with 1 000
+        # pools its default of cpu+4 threads queued status writes behind each other (docs/scaling.md).
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="chanscale-io")
+        )
         from .policy import PolicyUnavailable, make_gate
 
         memo.runtime = Runtime(
@@ -175,6 +289,11 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
                 await start()
             except PolicyUnavailable as e:
                 logger.warning("policy gate not available yet: %s", e)
+        # kopf gives each object a shallow copy of the memo: state the first event handler sets must live in a
+        # shared container, or every pool would start (and drop) a ticker of its own.
+        memo.scheduler = {"task": None}
+        if elector is not None:
+            start_election(memo, elector)
         health.started = True
 
     @kopf.on.login(id="login", registry=registry)
@@ -185,6 +304,14 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(id="shutdown", registry=registry)
     async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+        for task in (getattr(memo, "scheduler", {}).get(k) for k in ("task", "fast")):
+            if task is not None:
+                task.cancel()
+        election = getattr(memo, "elector_task", None)
+        if election is not None:  # cancelling releases the Leases: a standby takes over at its next round
+            election.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await election
         watchdog = getattr(memo, "watchdog", None)
         if watchdog is not None:
             watchdog.cancel()
@@ -196,21 +323,24 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
             await rt.gate.close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="known", registry=registry)
-    def known(
-        event: Mapping[str, Any], meta: kopf.Meta, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+    async def known(
+        event: Mapping[str, Any], meta: kopf.Meta, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
     ) -> None:
         """Every pool kopf sees must keep being evaluated: liveness checks each against its last tick (a pool being
-        deleted no longer is: kopf stops its timer)."""
+        deleted no longer is). A deleted pool's in-memory state is dropped. The first event starts the ticker."""
+        if scheduler == "ticker" and getattr(memo, "scheduler", {"task": 0})["task"] is None:
+            start_ticker(memo, config, kwargs, fast_period)
+        key = (namespace or "", name)
         health: Health | None = getattr(memo, "health", None)
+        gone = event.get("type") == "DELETED" or bool(meta.get("deletionTimestamp"))
         if health is not None:
-            key = (namespace or "", name)
-            if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
-                health.gone(key)
-            else:
-                health.seen(key)
+            (health.gone if gone else health.seen)(key)
+        rt: Runtime | None = getattr(memo, "runtime", None)
+        if rt is not None and event.get("type") == "DELETED":
+            rt.forget(*key)
 
     @kopf.index("apps", "v1", "deployments", id="deployments", registry=registry)
-    def deployments(
+    async def deployments(
         namespace: str | None,
         name: str,
         meta: Mapping[str, Any],
@@ -228,28 +358,43 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         }
 
     @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", id="hpas", registry=registry)
-    def hpas(namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any) -> Any:
+    async def hpas(namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any) -> Any:
         ref = spec.get("scaleTargetRef") or {}
         return {(namespace or "", ref.get("kind", ""), ref.get("name", "")): name}
 
     @kopf.index("keda.sh", "v1alpha1", "scaledobjects", id="scaledobjects", registry=registry)
-    def scaledobjects(namespace: str | None, name: str, spec: Mapping[str, Any], meta: kopf.Meta, **_: Any) -> Any:
+    async def scaledobjects(
+        namespace: str | None, name: str, spec: Mapping[str, Any], meta: kopf.Meta, **_: Any
+    ) -> Any:
         """KEDA ScaledObjects by target, paused ones included (a paused ScaledObject still owns its target)."""
         ref = spec.get("scaleTargetRef") or {}
         paused = any(k.startswith("autoscaling.keda.sh/paused") for k in (meta.get("annotations") or {}))
         return {(namespace or "", ref.get("kind") or "Deployment", ref.get("name", "")): (name, paused)}
 
     @kopf.index(GROUP, VERSION, PLURAL, id="workerpools", registry=registry)
-    def workerpools(
+    async def workerpools(
         namespace: str | None, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], meta: kopf.Meta, **_: Any
     ) -> Any:
         """Every WorkerPool by namespace, from the first tick on: for budgets and for one pool per Deployment."""
         created = str(meta.get("creationTimestamp") or "")
         return {namespace or "": tenancy.pool_index_entry(name, spec, status, created)}
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec.template", id="template", registry=registry)
+    @kopf.index(GROUP, VERSION, PLURAL, id="pools", registry=registry)
+    async def pools(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+        """Every WorkerPool by key, as the tick reads it (:func:`chanscale.ticker.slim_body`)."""
+        return {(namespace or "", name): slim_body(body)}
+
+    # Only template pools have change-detecting handlers: kopf then stores its last-handled-configuration
+    # annotation (a copy of the spec) and a finalizer on those alone, not on every pool.
+    @kopf.on.resume(
+        GROUP, VERSION, PLURAL, field="spec.template", when=_template_here, id="template", registry=registry
+    )
+    @kopf.on.create(
+        GROUP, VERSION, PLURAL, field="spec.template", when=_template_here, id="template", registry=registry
+    )
+    @kopf.on.update(
+        GROUP, VERSION, PLURAL, field="spec.template", when=_template_here, id="template", registry=registry
+    )
     async def ensure_template(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         """A pool with spec.template owns a Deployment named after it (garbage-collected with the pool)."""
         if not spec.get("template"):
@@ -278,43 +423,13 @@ def build_registry(config: Config) -> kopf.OperatorRegistry:
         rt.tenancy.template_errors.pop(key, None)
         logger.info("Deployment %s %s from spec.template", body["metadata"]["name"], what)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=config.tick, sharp=False, registry=registry)
-    async def reconcile(
-        body: kopf.Body,
-        meta: kopf.Meta,
-        spec: kopf.Spec,
-        namespace: str | None,
-        name: str,
-        memo: kopf.Memo,
-        **kwargs: Any,
-    ) -> None:
-        """Never raises and leaves kopf's patch empty (see the module docstring): status, labels and the scale
-        are written by :func:`chanscale.reconcile.tick`, which turns every fault into a condition."""
-        rt: Runtime = memo.runtime
-        deployments: kopf.Index[Any, Any] = kwargs["deployments"]
-        hpas: kopf.Index[Any, Any] = kwargs["hpas"]
-        target_name = (spec.get("template") and name) or (spec.get("scaleTargetRef") or {}).get("name") or name
-        ref = spec.get("scaleTargetRef") or {}
-        target: Target | None
-        if ref.get("kind") in (None, "Deployment") or spec.get("template"):
-            target = target_from_indexes(
-                namespace or "", target_name, deployments, hpas, kwargs["scaledobjects"], kwargs["workerpools"], name
-            )
-        else:
-            try:
-                target = await target_from_scale(
-                    rt, namespace or "", name, spec, hpas, kwargs["scaledobjects"], kwargs["workerpools"]
-                )
-            except kube.ScaleError as e:  # discovery or RBAC: the pool reports it, others carry on
-                target = Target(name=target_name, exists=False, error=f"{e.reason}: {e}")
-        result = await tick(rt, body, target)
-        for etype, reason, message in result.events:
-            kopf.event(body, type=etype, reason=reason, message=message[:1024])
+    if scheduler == "timers":  # the former design, kept to measure against (bench.at_scale --scheduler timers)
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True, registry=registry)
-    def forget(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-        rt = getattr(memo, "runtime", None)
-        if rt is not None:
-            rt.forget(namespace or "", name)
+        @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=config.tick, sharp=False, registry=registry)
+        async def reconcile(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+            """Never raises and leaves kopf's patch empty (see the module docstring)."""
+            owns = getattr(memo, "owns", None)
+            if owns is None or owns((body["metadata"].get("namespace") or "", body["metadata"]["name"])):
+                await evaluate(memo.runtime, body, kwargs)
 
     return registry

@@ -1,6 +1,7 @@
 """Liveness and readiness, served by the operator itself (kopf's own endpoint cannot fail on our criteria).
 
-- ``/healthz`` (liveness) fails when any known WorkerPool has not been evaluated for ``stale_intervals`` ticks
+- ``/healthz`` (liveness) fails when any known WorkerPool this replica owns (all of them without leader election;
+  chanscale.leader) has not been evaluated for ``stale_intervals`` ticks
   (a pool's evaluation has stopped: restart the operator, the one remedy left), or when a supervised child (the
   local OPA) is down.
 - ``/readyz`` (readiness) fails until start-up is done and whenever the API server has not answered for the last
@@ -34,6 +35,10 @@ class Health:
     evaluated: dict[tuple[str, str], float] = field(default_factory=dict)  # shared with Runtime.evaluated
     started: bool = False
     api_ok_at: float | None = None
+    # With leader election or shards (chanscale.leader): only the pools this replica owns must be evaluated, and
+    # a pool it has just taken over counts from the takeover.
+    owns: Callable[[tuple[str, str]], bool] | None = None
+    owned_since: float = 0.0
 
     def seen(self, key: tuple[str, str]) -> None:
         self.known.setdefault(key, self.clock())
@@ -45,7 +50,9 @@ class Health:
         now, limit = self.clock(), self.stale_intervals * self.tick
         out = []
         for key, first in list(self.known.items()):
-            last = max(self.evaluated.get(key, 0.0), first)
+            if self.owns is not None and not self.owns(key):
+                continue
+            last = max(self.evaluated.get(key, 0.0), first, self.owned_since)
             if now - last > limit:
                 out.append(f"{key[0]}/{key[1]} not evaluated for {now - last:.0f}s")
         return out

@@ -146,12 +146,15 @@ class PrometheusReader:
         result: list[Any] = await asyncio.to_thread(client.custom_query, query)
         return result
 
-    async def query(self, address: str, query: str) -> Result:
-        """One instant query, served from the cache within ``ttl``; concurrent callers share one request."""
+    async def query(self, address: str, query: str, max_age: float | None = None) -> Result:
+        """One instant query, served from the cache within ``ttl`` (or ``max_age``, if shorter); concurrent
+        callers share one request. The fast path (chanscale.fastpath) refreshes the cheap signals every second
+        with a short ``max_age``, so a decision it triggers reads them fresh."""
         key = (address, query)
         now = self._clock()
         hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < self.ttl:
+        ttl = self.ttl if max_age is None else min(self.ttl, max_age)
+        if hit is not None and now - hit[0] < ttl:
             if isinstance(hit[1], QueryError):
                 raise hit[1]
             return hit[1]

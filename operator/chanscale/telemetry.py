@@ -28,6 +28,11 @@ POLICY_SECONDS = Histogram(
     buckets=_LAT,
     registry=REGISTRY,
 )
+SHARDS_HELD = Gauge(
+    "chanscale_shards_held",
+    "Shards whose Lease this replica holds (1 on the leader, 0 on a standby; chanscale.leader).",
+    registry=REGISTRY,
+)
 QUERY_SECONDS = Histogram(
     "chanscale_prometheus_query_duration_seconds",
     "Latency of one Prometheus instant query.",

@@ -71,6 +71,11 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def job_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Roles of the operator's job (not the Lease Role of leader election, in the release namespace)."""
+    return [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leases")]
+
+
 def containers(deploy: dict[str, Any]) -> dict[str, dict[str, Any]]:
     spec = deploy["spec"]["template"]["spec"]
     return {c["name"]: c for c in spec.get("initContainers", []) + spec["containers"]}
@@ -87,8 +92,34 @@ def test_helm_lint_strict(values: Path | None) -> None:
 def test_helm_template_renders(values: Path | None) -> None:
     docs = render(*(["-f", str(values)] if values else []))
     deploy = one(docs, "Deployment")
+    # Two elected replicas by default: a rolling update starts the new pod before the old leader lets go.
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_without_leader_election_one_replica_recreated() -> None:
+    """Unelected replicas would all scale the same Deployments: one, whatever replicaCount says."""
+    deploy = one(render("--set", "leaderElection.enabled=false", "--set", "replicaCount=3"), "Deployment")
     assert deploy["spec"]["replicas"] == 1
     assert deploy["spec"]["strategy"]["type"] == "Recreate"
+    assert "--leader-elect" not in containers(deploy)["operator"]["args"]
+    assert not [
+        d
+        for d in render("--set", "leaderElection.enabled=false")
+        if d["kind"] == "Role" and "leases" in d["metadata"]["name"]
+    ]
+
+
+def test_leader_election_args_and_a_pdb_that_keeps_one_replica() -> None:
+    docs = render("--set", "leaderElection.shards=3")
+    deploy = one(docs, "Deployment")
+    from chanscale.cli import build_parser
+
+    args = build_parser().parse_args(containers(deploy)["operator"]["args"])
+    assert args.leader_elect and args.shards == 3 and args.lease_duration > args.renew_deadline > args.retry_period
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1 and deploy["spec"]["replicas"] == 2  # a drain never takes both
 
 
 @pytest.mark.parametrize("values", [None, *CI_VALUES], ids=["defaults", *(p.name for p in CI_VALUES)])
@@ -180,7 +211,7 @@ def containers_volume(deploy: dict[str, Any], name: str) -> dict[str, Any]:
 
 def test_namespaced_mode_grants_roles_only_in_watched_namespaces() -> None:
     docs = render("--set", "operator.watchNamespaces={team-a,team-b}")
-    roles = by_kind(docs, "Role")
+    roles = job_roles(docs)
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     cluster_roles = {r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")}
     assert "cs-chanscale-operator" not in cluster_roles
@@ -193,7 +224,7 @@ def test_template_mode_is_opt_in_and_namespaced() -> None:
     role = next(r for r in by_kind(render(), "ClusterRole") if r["metadata"]["name"].endswith("-operator"))
     deployment_verbs = {v for r in role["rules"] if "deployments" in r["resources"] for v in r["verbs"]}
     assert deployment_verbs == {"list", "watch"}, "by default the operator cannot create or change a Deployment"
-    assert not by_kind(render(), "Role")
+    assert not job_roles(render())
     docs = render("--set", "rbac.templateNamespaces={team-a}")
     roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-templates")]
     assert [(r["metadata"]["namespace"], r["rules"][0]["verbs"]) for r in roles] == [
@@ -256,6 +287,7 @@ def test_schema_rejects_wrong_values_naming_the_key(args: list[str], message: st
     ("args", "message"),
     [
         (["--set", "pdb.minAvailable=1"], "pdb.maxUnavailable or pdb.minAvailable"),
+        (["--set", "leaderElection.renewDeadlineSeconds=10"], "renewDeadlineSeconds"),
         (["--set", "serviceMonitor.enabled=true", "--set", "operator.metricsPort=0"], "operator.metricsPort"),
         (["--set", "opa.enabled=false", "--set", "opa.extraPolicies.x\\.rego=package x"], "opa.enabled=true"),
         (
@@ -652,6 +684,11 @@ FORBIDDEN_CLUSTER = [
 
 def test_rbac_allows_the_whole_job(release: Release, namespace: str) -> None:
     missing = [(v, r, s) for v, r, s in ALLOWED_NAMESPACED if not release.can(v, r, namespace, s)]
+    missing += [
+        (v, "leases.coordination.k8s.io", None)
+        for v in ("get", "create", "update")
+        if not release.can(v, "leases.coordination.k8s.io", release.namespace)
+    ]
     missing += [(v, r, None) for v, r in ALLOWED_CLUSTER if not release.can(v, r)]
     assert not missing, f"the operator's ServiceAccount lacks: {missing}"
 
@@ -659,6 +696,9 @@ def test_rbac_allows_the_whole_job(release: Release, namespace: str) -> None:
 def test_rbac_forbids_everything_else(release: Release, namespace: str) -> None:
     extra = [(v, r, s) for v, r, s in FORBIDDEN_NAMESPACED if release.can(v, r, namespace, s)]
     extra += [(v, r, None) for v, r in FORBIDDEN_CLUSTER if release.can(v, r)]
+    extra += [
+        (v, "leases", None) for v in ("update", "delete") if release.can(v, "leases.coordination.k8s.io", namespace)
+    ]
     assert not extra, f"the operator's ServiceAccount may do more than it needs: {extra}"
 
 

@@ -53,6 +53,13 @@ GUARDRAIL_FLAGS = {
     "--scrape-interval": True,
     "--template-namespace": True,
     "--allow-custom-queries": False,
+    # Leader election as the chart runs it (its Lease lives in the release namespace: POD_NAMESPACE below).
+    "--leader-elect": False,
+    "--lease-name": True,
+    "--lease-duration": True,
+    "--renew-deadline": True,
+    "--retry-period": True,
+    "--shards": True,
 }
 
 #: A minimal copy of KEDA's ScaledObject CRD: enough for the API server to serve the resource.
@@ -118,6 +125,7 @@ class Platform:
             opa=self.opa_url,
             kubeconfig_path=self.sa_kubeconfig,
             extra_args=self.guardrail_args(),
+            env={"POD_NAMESPACE": self.system_namespace},
             **kw,
         )
 

@@ -176,6 +176,9 @@ Each rule is exercised by the integration tests running under the chart's Servic
 
 {{/* Fail early, with a message naming the value, on combinations the schema cannot express. */}}
 {{- define "chanscale.validate" -}}
+{{- if and .Values.leaderElection.enabled (not (gt (float64 .Values.leaderElection.leaseDurationSeconds) (float64 .Values.leaderElection.renewDeadlineSeconds))) }}
+{{- fail "leaderElection: leaseDurationSeconds must exceed renewDeadlineSeconds (the gap covers a tick in flight)" }}
+{{- end }}
 {{- if and .Values.pdb.enabled .Values.pdb.minAvailable (ne (toString .Values.pdb.maxUnavailable) "") }}
 {{- fail "pdb: set either pdb.maxUnavailable or pdb.minAvailable, not both (set the other to \"\")" }}
 {{- end }}
@@ -283,5 +286,24 @@ Each rule is exercised by the integration tests running under the chart's Servic
   secret:
     secretName: {{ . | quote }}
     items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]
+{{- end }}
+{{- end }}
+
+{{/* Leader election and shards of `chanscale run` (chanscale.leader; docs/scaling.md). */}}
+{{- define "chanscale.electionArgs" -}}
+{{- if .Values.leaderElection.enabled }}
+- --leader-elect
+- --lease-name
+- {{ include "chanscale.fullname" . | quote }}
+- --lease-duration
+- {{ .Values.leaderElection.leaseDurationSeconds | quote }}
+- --renew-deadline
+- {{ .Values.leaderElection.renewDeadlineSeconds | quote }}
+- --retry-period
+- {{ .Values.leaderElection.retryPeriodSeconds | quote }}
+{{- if gt (int .Values.leaderElection.shards) 1 }}
+- --shards
+- {{ .Values.leaderElection.shards | quote }}
+{{- end }}
 {{- end }}
 {{- end }}

@@ -1,0 +1,125 @@
+"""Reaction faster than the tick: poll the cheap signals of every pool at once, every second.
+
+The metrics contract's aggregated queries answer for every pool in one request, so polling backlog and arrival
+rate each ``period`` costs two Prometheus queries per second whatever the number of pools (per distinct rate
+window). When a pool's signal has moved materially since its last evaluation — by more than ``relative`` of its
+value and more than an absolute floor — the pool is evaluated at once (the ticker's next step) instead of at its
+next slot. That evaluation is the full one: every signal, the decision model with the HPA behavior (stabilisation
+windows, rate-limit policies) and the policy gate; only its timing changes. The polled answers stay in the
+reader's cache, so the decision reads them as fresh as the poll.
+
+Pools on another Prometheus or with custom backlog/arrival queries are left to their interval (their queries are
+per pool, not shared).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .signals import PrometheusReader, QueryError, default_queries
+
+log = logging.getLogger("chanscale")
+
+PoolKey = tuple[str, str]
+Reading = tuple[float | None, float | None]  # (backlog, arrival rate)
+
+#: Absolute floors below which a change is noise: messages of backlog, messages/s of arrivals.
+FLOORS = (10.0, 2.0)
+#: A move is material beyond this fraction of the signal's value (and beyond its floor).
+RELATIVE = 0.2
+
+
+def watched(spec: Mapping[str, Any], default_address: str | None) -> tuple[str, str] | None:
+    """(channel, rate window) of a pool the fast path can serve from the shared queries, else None."""
+    metrics = spec.get("metrics") or {}
+    custom = metrics.get("queries") or {}
+    address = metrics.get("prometheusAddress")
+    channel = spec.get("channel")
+    if not channel or custom.get("backlog") or custom.get("arrivalRate"):
+        return None
+    if address and address != default_address:
+        return None
+    return str(channel), str(metrics.get("rateWindow") or "1m")
+
+
+def moved(before: Reading, now: Reading, relative: float, floors: tuple[float, float] = FLOORS) -> bool:
+    """Whether either signal changed by more than ``relative`` of its value and more than its floor. A signal
+    that appears or disappears counts as a move (a decision explains it)."""
+    for old, new, floor in zip(before, now, floors, strict=True):
+        if (old is None) != (new is None):
+            return True
+        if old is not None and new is not None and abs(new - old) > max(relative * abs(old), floor):
+            return True
+    return False
+
+
+@dataclass
+class FastPath:
+    """Polls the shared backlog and arrival queries; calls ``trigger`` for each pool whose signal moved."""
+
+    reader: PrometheusReader
+    address: str
+    pools: Callable[[], Iterable[tuple[PoolKey, Mapping[str, Any]]]]  # (key, spec) of the pools to watch
+    trigger: Callable[[PoolKey], None]
+    period: float = 1.0
+    relative: float = RELATIVE
+    latest: dict[PoolKey, Reading] = field(default_factory=dict)
+    baseline: dict[PoolKey, Reading] = field(default_factory=dict)  # at the pool's last evaluation
+    triggered: int = 0
+
+    def note(self, key: PoolKey) -> None:
+        """The pool was just evaluated: measure movement from what it saw."""
+        if key in self.latest:
+            self.baseline[key] = self.latest[key]
+
+    async def _read(self, window: str) -> tuple[Mapping[Any, float], Mapping[Any, float]]:
+        q = default_queries(window)
+        age = self.period * 0.9
+        backlog, arrivals = await asyncio.gather(
+            self.reader.query(self.address, q["backlog"], max_age=age),
+            self.reader.query(self.address, q["arrivalRate"], max_age=age),
+        )
+        return backlog, arrivals
+
+    async def poll_once(self) -> None:
+        groups: dict[str, list[tuple[PoolKey, str]]] = {}
+        for key, spec in self.pools():
+            w = watched(spec, self.address)
+            if w is not None:
+                groups.setdefault(w[1], []).append((key, w[0]))
+        seen: set[PoolKey] = set()
+        for window, members in groups.items():
+            try:
+                backlog, arrivals = await self._read(window)
+            except QueryError as e:  # the interval's decision reports it; nothing to trigger on
+                log.debug("fast path: %s", e)
+                continue
+            for key, channel in members:
+                seen.add(key)
+                now = (_finite(backlog.get((key[0], channel))), _finite(arrivals.get((key[0], channel))))
+                self.latest[key] = now
+                before = self.baseline.setdefault(key, now)
+                if moved(before, now, self.relative):
+                    self.baseline[key] = now
+                    self.triggered += 1
+                    self.trigger(key)
+        for gone in [k for k in self.latest if k not in seen]:
+            self.latest.pop(gone, None)
+            self.baseline.pop(gone, None)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:  # never stop polling: the interval path is unaffected anyway
+                log.exception("fast path poll failed")
+            await asyncio.sleep(self.period)
+
+
+def _finite(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None

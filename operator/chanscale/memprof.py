@@ -1,0 +1,72 @@
+"""Opt-in memory profile of the running operator (tracemalloc), for ``bench.at_scale --tracemalloc``.
+
+With ``CHANSCALE_TRACEMALLOC=<path>`` in the environment, ``chanscale run`` starts tracemalloc before it imports
+kopf and rewrites ``<path>`` every ``CHANSCALE_TRACEMALLOC_EVERY`` seconds (default 20) with the top allocators,
+grouped by file and by line. tracemalloc slows the operator and roughly doubles its memory: never enable it
+in production, and never compare RSS or CPU figures of a profiled run with an unprofiled one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+ENV = "CHANSCALE_TRACEMALLOC"
+
+
+def _report(snapshot: tracemalloc.Snapshot, top: int) -> str:
+    snapshot = snapshot.filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),))
+    total = sum(s.size for s in snapshot.statistics("filename"))
+    current, peak = tracemalloc.get_traced_memory()
+    rss = _rss_mib()
+    lines = [
+        f"traced now {total / 2**20:.1f} MiB (with tracemalloc's own {current / 2**20:.1f}), traced peak "
+        f"{peak / 2**20:.1f} MiB, process RSS {rss:.0f} MiB",
+        "",
+        "by file:",
+    ]
+    for stat in snapshot.statistics("filename")[:top]:
+        frame = stat.traceback[0]
+        lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:9d} blocks  {frame.filename}")
+    lines += ["", "by line:"]
+    for stat in snapshot.statistics("lineno")[:top]:
+        frame = stat.traceback[0]
+        lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:9d} blocks  {frame.filename}:{frame.lineno}")
+    return "\n".join(lines) + "\n"
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def dump(path: Path, top: int = 40) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(_report(tracemalloc.take_snapshot(), top))
+    tmp.replace(path)
+
+
+def start_from_env() -> None:
+    """Start tracemalloc and a daemon thread that rewrites the report, if ``CHANSCALE_TRACEMALLOC`` is set."""
+    target = os.environ.get(ENV)
+    if not target:
+        return
+    every = float(os.environ.get(f"{ENV}_EVERY", "20"))
+    tracemalloc.start(int(os.environ.get(f"{ENV}_FRAMES", "1")))
+    path = Path(target)
+
+    def loop() -> None:
+        while True:
+            time.sleep(every)
+            dump(path)
+
+    threading.Thread(target=loop, name="chanscale-tracemalloc", daemon=True).start()

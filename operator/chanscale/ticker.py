@@ -1,0 +1,143 @@
+"""One operator-wide ticker over kopf's index of WorkerPools, in place of a kopf timer per pool.
+
+A kopf timer is an asyncio task per pool that holds the pool's last full body (managedFields included) for its
+whole life, plus kopf's per-object daemon bookkeeping and a finalizer on every pool. The ticker keeps one task
+for all pools: every ``resolution`` seconds it starts the pools that are due, each at a stable phase inside the
+interval (a hash of its key), so 1 000 pools spread evenly over the tick instead of arriving at once, and at
+most ``concurrency`` evaluations run at the same time. A pool whose previous evaluation is still running is not
+started again (no overlap, as with kopf timers). What a pool is evaluated with comes from :func:`slim_body` — the
+fields the tick reads, without managedFields or kopf's own annotations.
+
+Pure scheduling, no kopf: ``keys`` lists the pools (the index), ``run_one`` evaluates one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("chanscale")
+
+PoolKey = tuple[str, str]
+
+_META = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp", "deletionTimestamp")
+
+
+def plain(value: Any) -> Any:
+    """A deep copy as plain dicts and lists (kopf's mapping views would keep the whole raw body alive)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def slim_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a tick reads of a WorkerPool: identity, labels, our annotations, spec and status — not managedFields,
+    not kopf's last-handled-configuration or progress annotations, not ``status.kopf``."""
+    meta = body.get("metadata") or {}
+    slim: dict[str, Any] = {k: plain(meta[k]) for k in _META if meta.get(k) is not None}
+    if meta.get("labels"):
+        slim["labels"] = plain(meta["labels"])
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if "last-handled-configuration" not in k}
+    if annotations:
+        slim["annotations"] = plain(annotations)
+    status = {k: plain(v) for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": slim,
+        "spec": plain(body.get("spec") or {}),
+        "status": status,
+    }
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def phase(key: PoolKey, interval: float) -> float:
+    """A stable offset in [0, interval) for a pool: the same after a restart and on every replica."""
+    return (zlib.crc32(f"{key[0]}/{key[1]}".encode()) / 2**32) * interval
+
+
+@dataclass
+class Ticker:
+    """Starts every known pool once per ``interval`` at its phase; see the module docstring."""
+
+    interval: float
+    keys: Callable[[], Iterable[PoolKey]]
+    run_one: Callable[[PoolKey, bool], Awaitable[None]]  # (pool, forced by the fast path)
+    concurrency: int = 16
+    resolution: float = 0.25
+    clock: Callable[[], float] = _loop_time
+    next_due: dict[PoolKey, float] = field(default_factory=dict)
+    inflight: dict[PoolKey, asyncio.Task[None]] = field(default_factory=dict)
+    started: int = 0
+    forced: set[PoolKey] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.concurrency)
+
+    def _slot_after(self, key: PoolKey, now: float) -> float:
+        """The first time after ``now`` at this pool's phase."""
+        off = phase(key, self.interval)
+        cycles = (now - off) // self.interval + 1
+        return off + cycles * self.interval
+
+    def due(self, now: float) -> list[PoolKey]:
+        """The pools to start now; advances their next slot. New pools get their first slot (never a burst)."""
+        out: list[PoolKey] = []
+        seen: set[PoolKey] = set()
+        for key in self.keys():
+            seen.add(key)
+            when = self.next_due.get(key)
+            if when is None:
+                self.next_due[key] = self._slot_after(key, now)
+            elif when <= now and key not in self.inflight:
+                out.append(key)
+                self.next_due[key] = self._slot_after(key, now)
+        for key in [k for k in self.next_due if k not in seen]:
+            del self.next_due[key]
+        return out
+
+    def trigger(self, key: PoolKey) -> None:
+        """Evaluate this pool at the next step, ahead of its slot (chanscale.fastpath); its slot is kept."""
+        self.forced.add(key)
+
+    async def _guarded(self, key: PoolKey, forced: bool) -> None:
+        async with self._slots:
+            try:
+                await self.run_one(key, forced)
+            except Exception:  # run_one never raises by contract; one pool must not stop the others
+                log.exception("pool %s/%s: evaluation failed", *key)
+
+    def _done(self, key: PoolKey, _task: asyncio.Task[None]) -> None:
+        self.inflight.pop(key, None)
+
+    def step(self, now: float) -> None:
+        due = self.due(now)
+        forced = [k for k in self.forced if k not in self.inflight and k in self.next_due and k not in due]
+        self.forced.difference_update(forced)
+        for key in due + forced:
+            task = asyncio.create_task(self._guarded(key, key in forced), name=f"chanscale-tick-{key[0]}/{key[1]}")
+            self.inflight[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+            self.started += 1
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        """Forever: wait for ``ready`` (kopf's indexes are filled), then start due pools every ``resolution``."""
+        if ready is not None:
+            await ready.wait()
+        try:
+            while True:
+                self.step(self.clock())
+                await asyncio.sleep(self.resolution)
+        finally:
+            for task in list(self.inflight.values()):
+                task.cancel()

@@ -1,0 +1,131 @@
+"""The operator-wide ticker: every pool once per interval at a stable phase, no overlap, no burst."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chanscale.ticker import Ticker, phase, slim_body
+
+pytestmark = pytest.mark.unit
+
+
+def _ticker(keys: list[tuple[str, str]], interval: float = 10.0) -> Ticker:
+    async def nothing(_key: tuple[str, str], _forced: bool) -> None:
+        return None
+
+    return Ticker(interval=interval, keys=lambda: keys, run_one=nothing, clock=lambda: 0.0)
+
+
+def test_phase_is_stable_and_inside_the_interval() -> None:
+    keys = [("ns", f"p{i}") for i in range(1000)]
+    phases = [phase(k, 10.0) for k in keys]
+    assert phases == [phase(k, 10.0) for k in keys]
+    assert all(0.0 <= p < 10.0 for p in phases)
+    # spread: every tenth of the interval holds some pools, none holds a quarter of them
+    buckets = [sum(1 for p in phases if b <= p < b + 1) for b in range(10)]
+    assert min(buckets) > 0 and max(buckets) < 250
+
+
+def test_each_pool_is_due_once_per_interval_and_new_pools_wait_for_their_slot() -> None:
+    keys = [("ns", f"p{i}") for i in range(200)]
+    t = _ticker(keys)
+    assert t.due(0.0) == []  # first sight: a slot is assigned, nothing bursts
+    started: list[tuple[str, str]] = []
+    now = 0.0
+    while now < 30.0:
+        now += 0.25
+        started += t.due(now)
+    counts = {k: started.count(k) for k in keys}
+    assert set(counts.values()) <= {2, 3} and sum(counts.values()) >= 2 * len(keys)
+
+
+def test_a_running_pool_is_not_started_again_and_a_gone_pool_is_forgotten() -> None:
+    keys = [("ns", "a"), ("ns", "b")]
+    t = _ticker(keys)
+    t.due(0.0)
+    t.inflight[("ns", "a")] = None  # type: ignore[assignment]
+    assert t.due(10.0) == [("ns", "b")]
+    keys.remove(("ns", "b"))
+    t.due(20.0)
+    assert ("ns", "b") not in t.next_due
+
+
+def test_run_evaluates_every_pool_and_bounds_concurrency() -> None:
+    keys = [("ns", f"p{i}") for i in range(20)]
+    seen: list[tuple[str, str]] = []
+    running = peak = 0
+
+    async def run_one(key: tuple[str, str], _forced: bool) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        seen.append(key)
+        running -= 1
+
+    async def main() -> None:
+        t = Ticker(interval=0.5, keys=lambda: keys, run_one=run_one, concurrency=3, resolution=0.01)
+        task = asyncio.create_task(t.run())
+        while len(set(seen)) < len(keys):
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert set(seen) == set(keys) and peak <= 3
+
+
+def test_slim_body_keeps_what_a_tick_reads_and_drops_the_rest() -> None:
+    body = {
+        "apiVersion": "chanscale.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {
+            "name": "p",
+            "namespace": "ns",
+            "uid": "u",
+            "generation": 3,
+            "resourceVersion": "42",
+            "labels": {"a": "b"},
+            "annotations": {
+                "chanscale.dev/paused": "true",
+                "chanscale.dev/last-handled-configuration": "{...}",
+            },
+            "managedFields": [{"manager": "kubectl"}],
+        },
+        "spec": {"channel": "c", "scaleTargetRef": {"name": "w"}},
+        "status": {"replicas": 2, "kopf": {"progress": {}}},
+    }
+    slim = slim_body(body)
+    assert slim["metadata"] == {
+        "name": "p",
+        "namespace": "ns",
+        "uid": "u",
+        "generation": 3,
+        "resourceVersion": "42",
+        "labels": {"a": "b"},
+        "annotations": {"chanscale.dev/paused": "true"},
+    }
+    assert slim["spec"] == body["spec"] and slim["spec"] is not body["spec"]
+    assert slim["status"] == {"replicas": 2}
+    assert slim["kind"] == "WorkerPool"
+
+
+def test_a_triggered_pool_runs_at_the_next_step_and_keeps_its_slot() -> None:
+    keys = [("ns", "a")]
+    runs: list[bool] = []
+
+    async def run_one(_key: tuple[str, str], forced: bool) -> None:
+        runs.append(forced)
+
+    async def main() -> None:
+        t = Ticker(interval=100.0, keys=lambda: keys, run_one=run_one, clock=lambda: 0.0)
+        t.step(0.0)  # first sight: slot assigned, nothing runs
+        slot = t.next_due[("ns", "a")]
+        t.trigger(("ns", "a"))
+        t.step(0.0)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert runs == [True] and t.next_due[("ns", "a")] == slot
+
+    asyncio.run(main())
