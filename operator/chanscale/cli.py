@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--status-refresh",
         type=float,
-        default=30.0,
-        help="rewrite an unchanged status at most this often, seconds",
+        default=60.0,
+        help="rewrite an unchanged status at most this often, seconds (a restart forgets at most this much learning)",
     )
     _add_election_flags(r)
     r.add_argument(

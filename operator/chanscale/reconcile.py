@@ -47,7 +47,7 @@ class Config:
     prometheus_url: str | None = None
     opa: str | None = "none"
     tick: float = 10.0  # the operator's timer; a pool's pollingInterval is rounded up to a multiple of it
-    status_refresh: float = 30.0  # rewrite an unchanged status at most this often (observations only)
+    status_refresh: float = 60.0  # rewrite an unchanged status at most this often (observations only)
     policy_timeout: float = 2.0
     query_timeout: float = 5.0
     health_url: str | None = None  # serve /healthz (this URL's path) and /readyz on its host:port

@@ -136,7 +136,7 @@ async def test_prometheus_outage_writes_status_once_then_only_on_refresh() -> No
     await tick(rt, body, t)
     prom.down = True
     writes, events = [], []
-    for _ in range(2):  # 20 s < status_refresh (30 s)
+    for _ in range(2):  # 20 s < status_refresh (60 s)
         rt.clock[0] += 10  # type: ignore[attr-defined]
         res = await tick(rt, body, t)
         writes.append(res.status is not None)
