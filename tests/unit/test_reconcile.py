@@ -125,7 +125,7 @@ async def test_quiet_ticks_do_not_rewrite_status() -> None:
     rt.clock[0] += 10  # type: ignore[attr-defined]
     second = await tick(rt, body, t)
     assert second.status is None and not second.skipped
-    rt.clock[0] += 30  # type: ignore[attr-defined]
+    rt.clock[0] += rt.config.status_refresh  # type: ignore[attr-defined]
     third = await tick(rt, body, t)
     assert third.status is not None  # refreshed observations every status_refresh seconds
 
