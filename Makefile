@@ -5,9 +5,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST ?= $(PYTHON) -m pytest
-# pytest-xdist workers for unit + integration: the tests mostly wait on real programs, so 3 fit on 2 cores
+# pytest-xdist workers for unit + integration: the tests mostly wait on real programs, so 2 fit on 2 cores (3,
+# beside the kind bring-up, starved the control planes into timeouts)
 # (--dist loadgroup: a module marked xdist_group, e.g. test_argocd.py, runs on one worker and starts its fixture once)
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 ifeq ($(PYTHON),$(VENV)/bin/python)
 export PATH := $(CURDIR)/bin:$(abspath $(VENV))/bin:$(PATH)
 else
@@ -48,10 +49,9 @@ demo-quick: setup-demo  ## a 60 s demo
 
 test: setup  ## everything CI runs: lint, unit + integration tests, quick benchmarks, the kind e2e suite
 	hack/stage.sh lint $(MAKE) lint
-	hack/stages.sh "unit + integration tests" '$(PYTEST) -m "unit or integration" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)' \
-		"e2e: cluster up" 'hack/e2e-cluster.sh up'
+	hack/stage.sh "unit + integration tests" $(PYTEST) -m "unit or integration" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 	hack/stages.sh "quick benchmarks" '$(MAKE) bench-quick' \
-		"e2e: tests" 'CHANSCALE_E2E_REUSE=1 $(PYTEST) -m e2e tests/e2e -v --durations=0 $(PYTEST_ARGS)'
+		"e2e (kind)" 'hack/e2e-cluster.sh up && CHANSCALE_E2E_REUSE=1 $(PYTEST) -m e2e tests/e2e -v --durations=0 $(PYTEST_ARGS)'
 
 unit: install  ## unit tests only (no binaries needed)
 	$(PYTEST) -m unit $(PYTEST_ARGS)
