@@ -227,9 +227,9 @@ def _material(status: Mapping[str, Any]) -> str:
     """A digest of what makes a status write worth it: not the ever-moving observations, not failure counters,
     not numbers inside reasons (a fallback's "after 7 failed reads" would otherwise rewrite every tick).
 
-    While a dependency is down, the model's recommendation (and its stabilisation runs) is an observation too:
-    it moves with a growing backlog every tick but changes nothing the operator does, so it is written with the
-    next refresh (a crash in an outage forgets at most ``status_refresh`` seconds of it).
+    While a dependency is down, the model's recommendation (its stabilisation runs, the count it proposes) is
+    an observation too: it moves with a growing backlog every tick but changes nothing the operator does, so it is
+    written with the next refresh (a crash in an outage forgets at most ``status_refresh`` seconds of it).
     """
     d = status.get("lastDecision") or {}
     h = status.get("history") or {}
@@ -237,10 +237,17 @@ def _material(status: Mapping[str, Any]) -> str:
     degraded = _degraded(status)
     keep = {
         "replicas": status.get("replicas"),
-        "desired": status.get("desiredReplicas"),
+        # ...and so is the count it proposes: what is applied shows in replicas, outcome and applied
+        "desired": None if degraded else status.get("desiredReplicas"),
         "recommended": None if degraded else status.get("recommendedReplicas"),
         "conditions": [(c["type"], c["status"], c.get("reason")) for c in status.get("conditions", [])],
-        "decision": (d.get("outcome"), d.get("from"), d.get("to"), d.get("applied"), _masked(d.get("limitedBy"))),
+        "decision": (
+            d.get("outcome"),
+            d.get("from"),
+            None if degraded else d.get("to"),
+            d.get("applied"),
+            _masked(d.get("limitedBy")),
+        ),
         "verdicts": status.get("verdicts"),
         # A run's last sample moves every tick: an observation, written with the refresh (its first sample and
         # value are material).

@@ -249,7 +249,8 @@ def test_opa_outage_posts_one_event_and_bounded_status_writes(
     tmp_path: Path,
 ) -> None:
     """Bound (failurePolicy Hold, a burst proposing a change every tick): at most one PolicyUnavailable Event for
-    the whole outage, and at most 2 + outage/status-refresh status writes while OPA is down."""
+    the whole outage, and at most the condition transitions + outage/status-refresh status writes while OPA is
+    down."""
     create_worker(kubectl, namespace, 2)
     sim = channel_sim([channel(namespace, LOW_RATE)])
     port = free_port()
@@ -278,7 +279,9 @@ def test_opa_outage_posts_one_event_and_bounded_status_writes(
         wait_until(lambda: decisions_total(op, namespace) >= ticks + 25, 90, "25 ticks during the outage", procs(op))
         outage = time.monotonic() - down_at
         writes = watch_pool.status_writes(since=down_at)
-        assert writes <= 2 + outage / 10 + 1, f"{writes} status writes in {outage:.0f}s"
+        # material transitions: PolicyAllowed=False and, as the burst outgrows the held pool, SLOMet=False (2 + 1);
+        # then only the refreshes (--status-refresh 10), one more for a refresh due as the window opens
+        assert writes <= 3 + outage / 10 + 1, f"{writes} status writes in {outage:.0f}s"
         print(f"MEASURED OPA outage: {writes} status writes in {outage:.0f}s")
         assert event_count(kubectl, namespace, "PolicyUnavailable") == before["PolicyUnavailable"] + 1, event_log(
             kubectl, namespace
