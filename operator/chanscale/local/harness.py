@@ -289,6 +289,12 @@ class ObjectWatch:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def __enter__(self) -> ObjectWatch:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def status_writes(self, since: float = 0.0) -> int:
         """Versions whose ``status`` differs from the version before (received at or after ``since``)."""
         count, prev = 0, None
