@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -29,9 +30,9 @@ from pathlib import Path
 
 import aiohttp
 
-from chanscale.local.process import LOOPBACK, free_port
-
 log = logging.getLogger("chanscale.opa")
+
+LOOPBACK = "127.0.0.1"
 
 #: operator/chanscale/local/opa.py -> the repository root (where ``make tools`` puts ``bin/opa``).
 _REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -69,6 +70,15 @@ def find_opa_binary() -> Path:
             return candidate
     looked = ", ".join(str(c) for c in candidates) or "nowhere"
     raise OpaNotFound(f"opa binary not found (looked in: {looked}, PATH); to get it: {HOW_TO_GET}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the kernel picks it). Not process.free_port: the operator
+    image leaves the test harness (process.py) out, see hack/image_rootfs.py."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
