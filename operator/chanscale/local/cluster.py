@@ -129,7 +129,13 @@ class LocalControlPlane:
         return list(self._procs)
 
     def binary(self, name: str) -> Path:
-        """Path of a tool found at start-up (kubectl, etcd, kube-apiserver, kube-controller-manager)."""
+        """Path of a tool: the three programs found at start-up, or any other (kubectl) looked up on first use.
+
+        kubectl is not needed to run the control plane (`make demo` never builds it); tests that call it find it
+        here, and a missing one raises :class:`~chanscale.local.binaries.BinaryNotFound` with the fix.
+        """
+        if name not in self._bins:
+            self._bins.update(find_binaries(name))
         return self._bins[name]
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -138,7 +144,7 @@ class LocalControlPlane:
 
         Missing binaries raise :class:`~chanscale.local.binaries.BinaryNotFound` before anything is started.
         """
-        self._bins = find_binaries("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+        self._bins = find_binaries("etcd", "kube-apiserver", "kube-controller-manager")
         began = time.monotonic()
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="chanscale-cp-", dir=_scratch_root()))
@@ -382,7 +388,7 @@ class LocalControlPlane:
         kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this cluster; returns the CompletedProcess (text mode)."""
-        argv = [str(self._bins["kubectl"]), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
+        argv = [str(self.binary("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
         return subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout, check=check)
 
     def kubectl_json(self, *args: str) -> Any:
