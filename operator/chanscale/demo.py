@@ -176,7 +176,7 @@ class DemoError(RuntimeError):
 def required_binaries(external_cluster: bool) -> list[str]:
     names = ["prometheus"]
     if not external_cluster:
-        names = ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl", *names]
+        names = ["etcd", "kube-apiserver", "kube-controller-manager", *names]
     return names
 
 

@@ -120,7 +120,13 @@ class LocalControlPlane(ManagedGroup):
         return self._pki
 
     def binary(self, name: str) -> Path:
-        """Path of a tool found at start-up (kubectl, etcd, kube-apiserver, kube-controller-manager)."""
+        """Path of a tool: the three programs found at start-up, or any other (kubectl) looked up on first use.
+
+        kubectl is not needed to run the control plane (`make demo` never builds it); tests that call it find it
+        here, and a missing one raises :class:`~chanscale.local.binaries.BinaryNotFound` with the fix.
+        """
+        if name not in self._bins:
+            self._bins.update(find_binaries(name))
         return self._bins[name]
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -135,7 +141,7 @@ class LocalControlPlane(ManagedGroup):
         return self
 
     def _start(self) -> None:
-        self._bins = find_binaries("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+        self._bins = find_binaries("etcd", "kube-apiserver", "kube-controller-manager")
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="chanscale-cp-", dir=_scratch_root()))
         t = time.monotonic()
@@ -353,7 +359,7 @@ class LocalControlPlane(ManagedGroup):
         kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this cluster; returns the CompletedProcess (text mode)."""
-        argv = [str(self._bins["kubectl"]), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
+        argv = [str(self.binary("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
         return subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout, check=check)
 
     def kubectl_json(self, *args: str) -> Any:
