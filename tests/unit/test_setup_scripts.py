@@ -4,6 +4,7 @@ Fake `go` commands on PATH stand in for the installed Go; nothing is downloaded.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +14,33 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE_PATH = "/usr/bin:/bin"
+SYSTEM_DIRS = ("/usr/bin", "/bin")
+INSTALLED_GO = {"go", "gofmt"}
 
 
-def fake_go(tmp_path: Path, version: str | None) -> str:
-    """A PATH whose `go` reports `version` (no `go` at all when None)."""
+def system_bin(tmp_path: Path) -> Path:
+    """/usr/bin and /bin as links in one folder, minus an installed Go: Debian's golang-go puts `go` in /usr/bin
+    (the newcomer container has it), and each test decides which `go`, if any, is on PATH."""
+    d = tmp_path / "sysbin"
+    if not d.exists():
+        d.mkdir()
+        for src in SYSTEM_DIRS:
+            for entry in os.scandir(src):
+                if entry.name not in INSTALLED_GO and not os.path.lexists(d / entry.name):
+                    (d / entry.name).symlink_to(entry.path)
+    return d
+
+
+def fake_go(tmp_path: Path, version: str | None, *before_system: str) -> str:
+    """A PATH whose `go` reports `version` (no `go` at all when None); `before_system` folders come before the
+    system's."""
     d = tmp_path / "fakebin"
     d.mkdir(exist_ok=True)
     if version:
         go = d / "go"
         go.write_text(f'#!/bin/sh\n[ "$1 $2" = "env GOVERSION" ] && echo go{version} && exit 0\nexit 1\n')
         go.chmod(0o755)
-    return f"{d}:{BASE_PATH}"
+    return ":".join([str(d), *before_system, str(system_bin(tmp_path))])
 
 
 def go_sh(path: str, *script: str) -> subprocess.CompletedProcess[str]:
@@ -80,7 +96,7 @@ def test_venv_check_plans_the_project_venv(tmp_path: Path) -> None:
 
 def test_doctor_prints_one_line_per_check_and_the_fix(tmp_path: Path) -> None:
     """Without Go and with tools still to build, doctor fails with a MISSING line that carries the fix."""
-    path = f"{fake_go(tmp_path, None)}".replace(BASE_PATH, f"{Path(sys.executable).parent}:{BASE_PATH}")
+    path = fake_go(tmp_path, None, str(Path(sys.executable).parent))
     env = {
         "PATH": path,
         "HOME": str(tmp_path),
