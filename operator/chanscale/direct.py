@@ -35,6 +35,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from . import telemetry
+
 LABEL = "chanscale.dev/direct-metrics"
 LABEL_SELECTOR = f"{LABEL}=true"
 PORT_NAME = "chanscale-metrics"
@@ -254,6 +256,7 @@ class DirectPath:
             results = await asyncio.gather(*(self._one(p, channel) for p in chosen), return_exceptions=True)
             r = _reading(now, chosen, results, len(pods))
         self.readings[key] = r
+        telemetry.DIRECT_READINGS.labels(r.reason).inc()
         return r
 
     async def _one(self, pod: Mapping[str, Any], channel: str) -> float:
@@ -261,6 +264,7 @@ class DirectPath:
             self._slots = asyncio.Semaphore(CONCURRENCY)
         async with self._slots:
             self.requests += 1
+            telemetry.DIRECT_REQUESTS.inc()
             text = await (self.fetch or self._http)(str(pod["ip"]), int(pod["port"]))
         return parse_backlog(text, channel)
 

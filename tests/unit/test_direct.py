@@ -213,3 +213,47 @@ async def test_opting_in_without_the_operator_flag_is_explained() -> None:
     assert res.status is not None and cond(res.status, "DirectMetrics")["reason"] == direct.DISABLED
     plain = await tick(runtime(), pool(), TARGET)
     assert plain.status is not None and all(c["type"] != "DirectMetrics" for c in plain.status["conditions"])
+
+
+async def test_the_http_edge_follows_no_redirect_and_bounds_the_answer() -> None:
+    """A real HTTP server on loopback: a redirect is not followed (it could point anywhere), an answer beyond
+    MAX_BYTES is refused, a good one is parsed."""
+    from aiohttp import web
+
+    async def good(_: web.Request) -> web.Response:
+        return web.Response(text=FOUR)
+
+    async def redirect(_: web.Request) -> web.Response:
+        raise web.HTTPFound("http://127.0.0.1:9/metrics")
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        chunk = b"# " + b"x" * 65_533 + b"\n"
+        for _i in range(direct.MAX_BYTES // len(chunk) + 2):
+            await resp.write(chunk)
+        return resp
+
+    ports = {}
+    runners = []
+    for name, handler in (("good", good), ("redirect", redirect), ("huge", huge)):
+        app = web.Application()
+        app.router.add_get(direct.PATH, handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        ports[name] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    dp = DirectPath(pods=lambda ns, d: [], timeout=5.0)
+    try:
+        assert parse_backlog(await dp._http("127.0.0.1", ports["good"]), "orders") == 4.0
+        with pytest.raises(DirectError, match="HTTP 302"):
+            await dp._http("127.0.0.1", ports["redirect"])
+        with pytest.raises(DirectError, match="larger than") as err:
+            await dp._http("127.0.0.1", ports["huge"])
+        assert err.value.reason == direct.BAD_DATA
+    finally:
+        await dp.close()
+        for runner in runners:
+            await runner.cleanup()
