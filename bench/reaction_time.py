@@ -122,6 +122,9 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], meta: dict[str
             f"First sample ignored: in {sum(ignored)} of {len(ignored)} steps the scale-up was decided on a later "
             "sample than the first visible one (backlog ≥ 20 that the model did not yet scale for).",
         ]
+    if meta.get("direct"):
+        counts = ", ".join(f"{k} {v:g}" for k, v in sorted(meta.get("direct_readings", {}).items())) or "none"
+        lines += ["", f"Direct readings by reason (operator metric chanscale_direct_readings_total): {counts}."]
     firsts = [r["replicas_first_patch"] for r in rows if r["replicas_first_patch"] is not None]
     if firsts:
         lines += [
@@ -228,7 +231,11 @@ def run_bench(
             th.join(timeout=duration + 60)
         samples = st.prom_raw(f'chanscale_channel_backlog{{namespace="{st.namespace}"}}', f"{int(duration) + 120}s")
         rows = analyse(steps, pre, events, samples, states)
-        return {"rows": rows, "timings": dict(st.timings)}
+        readings: dict[str, float] = {}
+        for name, labels, value in st.operator_metrics():
+            if name == "chanscale_direct_readings_total":
+                readings[labels.get("reason", "")] = value
+        return {"rows": rows, "timings": dict(st.timings), "direct_readings": readings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tick": args.tick,
         "opa": args.opa,
         "direct": args.direct,
+        "direct_readings": res["direct_readings"],
         "timings": res["timings"],
         "wall_seconds": time.perf_counter() - t_start,
     }
