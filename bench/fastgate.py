@@ -24,6 +24,8 @@ class FastGated:
     last_full: float = field(init=False, default=-1e9)
     baseline: tuple[float | None, float | None] | None = field(init=False, default=None)
     full_decisions: int = 0
+    direct_period: float | None = None  # the direct path: the pods' backlog every this many seconds (chanscale.direct)
+    last_direct: float = field(init=False, default=-1e9)
 
     def __post_init__(self) -> None:
         self.interval = float(self.inner.period)
@@ -42,7 +44,14 @@ class FastGated:
         arrival = p.rate("enqueued_total", t)
         if arrival is not None:
             arrival = max(arrival, p.irate("enqueued_total", t) or 0.0)
-        now = (p.backlog(t), arrival)
+        backlog = p.backlog(t)
+        if self.direct_period is not None:
+            if t - self.last_direct >= self.direct_period - self.period / 2:
+                self.inner.read_direct(t, env.true_backlog)  # the workers' own gauge, no scrape in between
+                self.last_direct = t
+            fresh = self.inner.direct_backlog(t)
+            backlog = backlog if fresh is None else fresh
+        now = (backlog, arrival)
         due = t - self.last_full >= self.interval - self.period / 2
         if not due and self.baseline is not None and not moved(self.baseline, now, RELATIVE):
             return int(env.current)

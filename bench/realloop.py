@@ -268,6 +268,37 @@ class Stack:
         for p in pools:
             co.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, p)
 
+    def pretend_one_ready_pod_each(self, deployments: list[str], port: int, timeout: float = 120) -> None:
+        """For the direct path without a kubelet: one pod of each Deployment reported Ready at 127.0.0.1, its
+        metrics port annotated (chanscale.direct); the others stay Pending and are never read."""
+        from chanscale.direct import PORT_ANNOTATION
+
+        core = client.CoreV1Api(self.api)
+        left = set(deployments)
+        deadline = time.time() + timeout
+        while left and time.time() < deadline:
+            for pod in core.list_namespaced_pod(self.namespace).items:
+                meta = pod.metadata
+                dep = str((meta.labels or {}).get("app", "")) if meta is not None else ""
+                if meta is None or dep not in left:
+                    continue
+                name = str(meta.name)
+                ann = {"metadata": {"annotations": {PORT_ANNOTATION: str(port)}}}
+                core.patch_namespaced_pod(name, self.namespace, ann)
+                status = {
+                    "status": {
+                        "phase": "Running",
+                        "podIP": LOOPBACK,
+                        "podIPs": [{"ip": LOOPBACK}],
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    }
+                }
+                core.patch_namespaced_pod_status(name, self.namespace, status)
+                left.discard(dep)
+            time.sleep(0.5)
+        if left:
+            raise RuntimeError(f"no pod appeared for {sorted(left)} within {timeout:.0f} s")
+
     def deployment_replicas(self) -> dict[str, int]:
         apps = client.AppsV1Api(self.api)
         out: dict[str, int] = {}

@@ -324,12 +324,16 @@ def build(
             spec["model"] = {**spec["model"], "latencyCorrection": False}
         elif name == "chanscale-rateonly":  # diagnosis: arrivals from rate() alone (a custom arrivalRate query)
             spec["metrics"] = {**spec.get("metrics", {}), "queries": {"arrivalRate": RATE_ONLY}}
+        elif name == "chanscale-direct":  # the opt-in direct path: the backlog from the worker pods every 2 s
+            spec["metrics"] = {**spec.get("metrics", {}), "direct": {"enabled": True}}
         elif name not in ("chanscale", "chanscale-interval"):
             raise ValueError(f"unknown scaler {name!r}")
         assert prom is not None, "chanscale runs the shipped tick against the harness's Prometheus view"
         inner = ShippedTick(spec, prom, name=name, opa=opa)
         # The shipped default polls backlog and arrivals every second (chanscale.fastpath); -interval is without.
-        return inner if name in ("chanscale-interval", "chanscale-rateonly") else FastGated(inner, name)
+        if name in ("chanscale-interval", "chanscale-rateonly"):
+            return inner
+        return FastGated(inner, name, direct_period=2.0 if name == "chanscale-direct" else None)
     if name == "keda-default":
         return KEDAQueue("keda-default", limits, lag_threshold=10.0)
     if name == "keda-tuned":
@@ -350,4 +354,5 @@ SCALERS = ("chanscale", "observed-erlang", "keda-default", "keda-tuned", "hpa-p9
 #: chanscale variants for diagnosis: the latency correction off; arrivals from rate() alone (the arrivalRate
 #: query before max(rate, irate) became the default).
 #: chanscale-interval: a full decision at the 10 s interval only (without the fast path).
-VARIANTS = ("chanscale-nocorr", "chanscale-rateonly", "chanscale-interval")
+#: chanscale-direct: the fast path plus the opt-in direct path (the pods' backlog every 2 s, as the KPA reads).
+VARIANTS = ("chanscale-nocorr", "chanscale-rateonly", "chanscale-interval", "chanscale-direct")

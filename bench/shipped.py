@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chanscale import FIELD_MANAGER
+from chanscale.direct import DirectPath, Reading, opted_in
 from chanscale.policy import AllowAllGate, LocalOpaGate, PolicyGate
 from chanscale.reconcile import Config, Runtime, Target, tick
 from chanscale.signals import PrometheusReader, default_queries
@@ -153,9 +154,25 @@ class ShippedTick:
             reader=PrometheusReader(PROMETHEUS, ttl=0.0, query_fn=self.fake),
             gate=gate(self.opa),
             scaler=self,  # scale() below
-            wall=lambda: self.clock[0],
+            wall=self._now,
             writer=self.api,
         )
+        if opted_in(self.spec_dict):
+            self.rt.direct = DirectPath(pods=lambda ns, d: [], wall=self._now)
+
+    def _now(self) -> float:
+        return self.clock[0]
+
+    def read_direct(self, t: float, backlog: float) -> None:
+        """The direct path's reading at ``t`` (chanscale.direct): the pods' backlog, as the operator's fast path
+        stores it for the decision it triggers. Exact here, as the KPA's concurrency is (no sampling error)."""
+        if self.rt.direct is not None:
+            key = (NAMESPACE, "pool")
+            self.rt.direct.readings[key] = Reading(at=t, backlog=backlog, sampled=1, population=1)
+
+    def direct_backlog(self, t: float) -> float | None:
+        r = self.rt.direct.fresh((NAMESPACE, "pool")) if self.rt.direct is not None else None
+        return None if r is None else r.backlog
 
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
         self.replicas = replicas

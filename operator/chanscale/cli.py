@@ -57,7 +57,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     telemetry.serve(args.metrics_port, args.metrics_addr)
     registry = build_registry(
-        config, scheduler=args.scheduler, elector=elector_from_args(args), fast_period=args.fast_path_period
+        config,
+        scheduler=args.scheduler,
+        elector=elector_from_args(args),
+        fast_period=args.fast_path_period,
+        direct_settings=direct_from_args(args),
     )
     namespaces = args.namespace or []
     kopf.run(
@@ -70,6 +74,19 @@ def _run(args: argparse.Namespace) -> int:
         liveness_endpoint=None,  # chanscale serves /healthz and /readyz itself (chanscale.health)
     )
     return 0
+
+
+def direct_from_args(args: argparse.Namespace) -> Any:
+    """The direct path's settings with --direct-metrics (docs/direct-metrics.md), else None."""
+    if not args.direct_metrics:
+        return None
+    if args.fast_path_period <= 0 or args.scheduler != "ticker":
+        raise SystemExit("chanscale run: --direct-metrics needs the fast path (--fast-path-period > 0, the ticker)")
+    if not 0 < args.direct_metrics_timeout < args.direct_metrics_period:
+        raise SystemExit("chanscale run: need 0 < --direct-metrics-timeout < --direct-metrics-period")
+    from .handlers import DirectSettings
+
+    return DirectSettings(period=args.direct_metrics_period, timeout=args.direct_metrics_timeout)
 
 
 def elector_from_args(args: argparse.Namespace) -> Any:
@@ -357,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between polls of every pool's backlog and arrival rate (two shared queries); a pool whose "
         "signal moves materially is evaluated at once instead of at its next tick (0 disables)",
     )
+    r.add_argument(
+        "--direct-metrics",
+        action="store_true",
+        default=os.environ.get("CHANSCALE_DIRECT_METRICS") == "1",
+        help="the opt-in direct path: watch pods labelled chanscale.dev/direct-metrics=true and read the backlog "
+        "of pools with spec.metrics.direct.enabled from a sample of their pods' /metrics (docs/direct-metrics.md)",
+    )
+    r.add_argument("--direct-metrics-period", type=float, default=2.0, help="seconds between direct readings of a pool")
+    r.add_argument("--direct-metrics-timeout", type=float, default=0.5, help="seconds per pod /metrics request")
     r.add_argument(
         "--scheduler",
         choices=["ticker", "timers"],

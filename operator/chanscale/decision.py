@@ -50,6 +50,9 @@ class Observation:
     p99_latency: float | None = None
     age_seconds: float | None = None
     error: str | None = None  # why the signals could not be read at all (query failure)
+    # The backlog sample's own age when the backlog came from elsewhere than Prometheus (chanscale.direct); the
+    # staleness rule stays on ``age_seconds``, Prometheus' sample, which the other signals come from.
+    backlog_age_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,8 @@ def _backlog_growth(
     sample twice or two samples close together never inflates it. Returns the new baseline and growth."""
     if backlog is None:
         return state.backlog_sample, None
-    ts = obs.now - (obs.age_seconds or 0.0)
+    age = obs.backlog_age_seconds if obs.backlog_age_seconds is not None else obs.age_seconds
+    ts = obs.now - (age or 0.0)
     prev = state.backlog_sample
     if prev is None or ts - prev[0] > GROWTH_MAX_SECONDS or ts < prev[0]:
         return (ts, backlog), None

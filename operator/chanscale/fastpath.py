@@ -10,6 +10,11 @@ reader's cache, so the decision reads them as fresh as the poll.
 
 Pools on another Prometheus or with custom backlog/arrival queries are left to their interval (their queries are
 per pool, not shared).
+
+With the opt-in direct path (:mod:`chanscale.direct`, operator flag ``--direct-metrics``, pool field
+``spec.metrics.direct.enabled``) the poll also reads an opted-in pool's backlog from a sample of its worker pods'
+own /metrics every ``direct.period`` seconds; a valid reading replaces Prometheus' backlog in the movement test
+and, through :func:`chanscale.direct.merge`, in the decision it triggers.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .direct import NOT_APPLICABLE, DirectPath, Note, opted_in, target_deployment
 from .signals import PrometheusReader, QueryError, default_queries
 
 log = logging.getLogger("chanscale")
@@ -47,6 +53,20 @@ def watched(spec: Mapping[str, Any], default_address: str | None) -> tuple[str, 
     return str(channel), str(metrics.get("rateWindow") or "1m")
 
 
+def direct_refusal(spec: Mapping[str, Any], pool: str, default_address: str | None) -> Note | None:
+    """Why an opted-in pool cannot use the direct path (None: it can)."""
+    if watched(spec, default_address) is None:
+        return Note(
+            False,
+            NOT_APPLICABLE,
+            "the direct path serves pools read with the default backlog and arrival queries on the operator's "
+            "Prometheus (remove spec.metrics.queries.backlog/arrivalRate and spec.metrics.prometheusAddress)",
+        )
+    if target_deployment(spec, pool) is None:
+        return Note(False, NOT_APPLICABLE, "the direct path reads the pods of a Deployment target only")
+    return None
+
+
 def moved(before: Reading, now: Reading, relative: float, floors: tuple[float, float] = FLOORS) -> bool:
     """Whether either signal changed by more than ``relative`` of its value and more than its floor. A signal
     that appears or disappears counts as a move (a decision explains it)."""
@@ -71,6 +91,7 @@ class FastPath:
     latest: dict[PoolKey, Reading] = field(default_factory=dict)
     baseline: dict[PoolKey, Reading] = field(default_factory=dict)  # at the pool's last evaluation
     triggered: int = 0
+    direct: DirectPath | None = None
 
     def note(self, key: PoolKey) -> None:
         """The pool was just evaluated: measure movement from what it saw."""
@@ -86,12 +107,33 @@ class FastPath:
         )
         return backlog, arrivals
 
+    async def _read_direct(self, pools: list[tuple[PoolKey, Mapping[str, Any]]]) -> None:
+        """Direct readings of the opted-in pools that are due (chanscale.direct), all at once."""
+        if self.direct is None:
+            return
+        direct = self.direct
+        jobs = []
+        for key, spec in pools:
+            deployment = target_deployment(spec, key[1])
+            if opted_in(spec) and deployment is not None and direct.due(key):
+                jobs.append(direct.read(key, deployment, str(spec.get("channel"))))
+        await asyncio.gather(*jobs)
+        direct.forget(k for k, _ in pools)
+
+    def _backlog(self, key: PoolKey, prometheus: float | None) -> float | None:
+        """The direct reading when there is a valid fresh one, else Prometheus' backlog."""
+        r = self.direct.fresh(key) if self.direct is not None else None
+        return r.backlog if r is not None else prometheus
+
     async def poll_once(self) -> None:
         groups: dict[str, list[tuple[PoolKey, str]]] = {}
+        watching = []
         for key, spec in self.pools():
             w = watched(spec, self.address)
             if w is not None:
                 groups.setdefault(w[1], []).append((key, w[0]))
+                watching.append((key, spec))
+        await self._read_direct(watching)
         seen: set[PoolKey] = set()
         for window, members in groups.items():
             try:
@@ -101,7 +143,10 @@ class FastPath:
                 continue
             for key, channel in members:
                 seen.add(key)
-                now = (_finite(backlog.get((key[0], channel))), _finite(arrivals.get((key[0], channel))))
+                now = (
+                    self._backlog(key, _finite(backlog.get((key[0], channel)))),
+                    _finite(arrivals.get((key[0], channel))),
+                )
                 self.latest[key] = now
                 before = self.baseline.setdefault(key, now)
                 if moved(before, now, self.relative):

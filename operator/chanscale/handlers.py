@@ -22,11 +22,13 @@ import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
 
 from . import GROUP, PLURAL, VERSION, kube, telemetry, tenancy
+from .direct import LABEL_SELECTOR, DirectPath, pod_entry
 from .fastpath import FastPath
 from .health import Health, api_server_answers
 from .leader import Elector
@@ -157,7 +159,21 @@ async def _target(
         return Target(name=target_name, exists=False, error=f"{e.reason}: {e}")
 
 
-def start_ticker(memo: kopf.Memo, config: Config, indexes: Mapping[str, Any], fast_period: float) -> None:
+@dataclass(frozen=True)
+class DirectSettings:
+    """The opt-in direct path (chanscale.direct): seconds between readings of a pool, seconds per pod request."""
+
+    period: float = 2.0
+    timeout: float = 0.5
+
+
+def start_ticker(
+    memo: kopf.Memo,
+    config: Config,
+    indexes: Mapping[str, Any],
+    fast_period: float,
+    direct_settings: DirectSettings | None = None,
+) -> None:
     """One task evaluates every pool (see :mod:`chanscale.ticker`), and, with ``fast_period``, another polls the
     cheap signals and evaluates a pool at once when they move (:mod:`chanscale.fastpath`). Called from the first
     WorkerPool event: kopf runs no event handler before its indexes are filled, and the tasks inherit the
@@ -196,9 +212,20 @@ def start_ticker(memo: kopf.Memo, config: Config, indexes: Mapping[str, Any], fa
             trigger=ticker.trigger,
             period=fast_period,
         )
+        if direct_settings is not None:
+            pods: kopf.Index[Any, Any] = indexes["directpods"]
+            fast.direct = rt.direct = DirectPath(
+                pods=lambda ns, deployment: list(pods.get((ns, deployment)) or ()),
+                period=direct_settings.period,
+                timeout=direct_settings.timeout,
+            )
         memo.scheduler["fast"] = asyncio.create_task(fast.run(), name="chanscale-fast-path")
     memo.scheduler["ticker"] = ticker
     memo.scheduler["task"] = asyncio.create_task(ticker.run(), name="chanscale-ticker")
+
+
+def _direct_pod(body: kopf.Body, **_: Any) -> bool:
+    return pod_entry(body) is not None
 
 
 def _template_here(spec: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> bool:
@@ -222,12 +249,17 @@ def start_election(memo: kopf.Memo, elector: Elector) -> None:
 
 
 def build_registry(
-    config: Config, scheduler: str = "ticker", elector: Elector | None = None, fast_period: float = 1.0
+    config: Config,
+    scheduler: str = "ticker",
+    elector: Elector | None = None,
+    fast_period: float = 1.0,
+    direct_settings: DirectSettings | None = None,
 ) -> kopf.OperatorRegistry:
     """All handlers, registered on a fresh registry with the configured tick. ``scheduler``: ``ticker`` (one
     operator-wide task over the ``pools`` index) or ``timers`` (a kopf timer per pool, the former design).
     ``elector``: evaluate only the pools whose shard Lease this replica holds (None: all pools).
-    ``fast_period``: seconds between polls of the cheap signals (chanscale.fastpath; 0 disables; ticker only)."""
+    ``fast_period``: seconds between polls of the cheap signals (chanscale.fastpath; 0 disables; ticker only).
+    ``direct_settings``: enable the direct path (chanscale.direct) and its index of labelled pods."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(id="configure", registry=registry)
@@ -242,6 +274,8 @@ def build_registry(
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
         settings.posting.level = logging.WARNING  # our own Events are explicit; warnings from kopf still post
         settings.execution.max_workers = 8
+        if direct_settings is not None:  # only the labelled pods reach us (server-side selector), and only then
+            settings.watching.label_selectors["", "v1", "pods"] = LABEL_SELECTOR
         # Our blocking clients (kubernetes, prometheus-api-client) run in the loop's default executor: with 1 000
         # pools its default of cpu+4 threads queued status writes behind each other (docs/scaling.md).
         asyncio.get_running_loop().set_default_executor(
@@ -321,6 +355,8 @@ def build_registry(
         rt = getattr(memo, "runtime", None)
         if rt is not None:
             await rt.gate.close()
+            if rt.direct is not None:
+                await rt.direct.close()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="known", registry=registry)
     async def known(
@@ -329,7 +365,7 @@ def build_registry(
         """Every pool kopf sees must keep being evaluated: liveness checks each against its last tick (a pool being
         deleted no longer is). A deleted pool's in-memory state is dropped. The first event starts the ticker."""
         if scheduler == "ticker" and getattr(memo, "scheduler", {"task": 0})["task"] is None:
-            start_ticker(memo, config, kwargs, fast_period)
+            start_ticker(memo, config, kwargs, fast_period, direct_settings)
         key = (namespace or "", name)
         health: Health | None = getattr(memo, "health", None)
         gone = event.get("type") == "DELETED" or bool(meta.get("deletionTimestamp"))
@@ -378,6 +414,15 @@ def build_registry(
         """Every WorkerPool by namespace, from the first tick on: for budgets and for one pool per Deployment."""
         created = str(meta.get("creationTimestamp") or "")
         return {namespace or "": tenancy.pool_index_entry(name, spec, status, created)}
+
+    if direct_settings is not None:
+
+        @kopf.index("", "v1", "pods", id="directpods", when=_direct_pod, registry=registry)
+        async def directpods(body: kopf.Body, **_: Any) -> Any:
+            """Ready, labelled pods with a declared metrics port, by (namespace, owning Deployment): what the direct
+            path may read (chanscale.direct.pod_entry). A pod that stops qualifying leaves the index."""
+            entry = pod_entry(body)
+            return None if entry is None else {entry[0]: entry[1]}
 
     @kopf.index(GROUP, VERSION, PLURAL, id="pools", registry=registry)
     async def pools(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:

@@ -13,12 +13,13 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from . import FIELD_MANAGER, PAUSED_ANNOTATION, PAUSED_REPLICAS_ANNOTATION, adoption, telemetry
+from . import FIELD_MANAGER, PAUSED_ANNOTATION, PAUSED_REPLICAS_ANNOTATION, adoption, direct, telemetry
 from .decision import Decision, Observation, PoolState, apply_verdict, decide, record_scale
+from .direct import Note
 from .explain import (
     Event,
     Facts,
@@ -32,6 +33,7 @@ from .explain import (
 from .explain import (
     brief_query_error as brief_query_error,  # re-exported
 )
+from .fastpath import direct_refusal
 from .faults import crash_point
 from .kube import ScaleError, Scaler, template_digest
 from .promauth import PrometheusAuth
@@ -117,6 +119,7 @@ class Runtime:
     memory_writes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     tenancy: TenancyState = field(default_factory=TenancyState)
     scale_any: Any = None  # scaletarget.ScaleSubresource: targets other than Deployments
+    direct: Any = None  # direct.DirectPath with --direct-metrics (its readings are taken by the fast path)
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -433,6 +436,7 @@ class Observed:
     ext: dict[str, Any] | None
     events: list[Event]
     shadow_of: str | None = None  # a DryRun pool beside the autoscaler that owns the target (adoption.py)
+    direct: Note | None = None  # an opted-in pool: whether the backlog came from its pods (direct.py)
 
 
 async def _tick(
@@ -481,7 +485,32 @@ async def _observe(
         error=signal_errors_for_required(sig),
         **sig.values,
     )
-    return Observed(ns, name, gen, target_name, dict(old), current, obs, paused, ext, events, target.conflict)
+    obs, note = _direct(rt, key, body.get("spec") or {}, spec, obs)
+    return Observed(ns, name, gen, target_name, dict(old), current, obs, paused, ext, events, target.conflict, note)
+
+
+def _direct(
+    rt: Runtime, key: tuple[str, str], raw: Mapping[str, Any], spec: PoolSpec, obs: Observation
+) -> tuple[Observation, Note | None]:
+    """An opted-in pool's backlog from its pods' /metrics when the direct path has a valid, fresh reading
+    (chanscale.direct.merge); Prometheus' otherwise. Not opted in: nothing to say."""
+    if not direct.opted_in(raw):
+        return obs, None
+    if rt.direct is None:
+        why = "the operator runs without the direct path (--direct-metrics, Helm directMetrics.enabled)"
+        return obs, Note(False, direct.DISABLED, why)
+    refused = direct_refusal(raw, key[1], rt.config.prometheus_url)
+    if refused is not None:
+        return obs, refused
+    backlog, age, note = direct.merge(
+        rt.direct.readings.get(key),
+        obs.backlog,
+        obs.age_seconds,
+        obs.now,
+        rt.direct.max_age,
+        spec.metrics.stale_after_seconds,
+    )
+    return (replace(obs, backlog=backlog, backlog_age_seconds=age) if note.used else obs), note
 
 
 def _precondition(
@@ -619,10 +648,27 @@ async def _explain(
     mem.state = state
     status = facts.status(replicas, applied=applied, state=state, events=events)
     adoption.shadow(status, seen.old, seen.shadow_of, facts.now, seen.current, d.desired, seen.gen, set_condition)
+    _explain_direct(status, seen, facts.now)
     _publish_metrics(facts, replicas)
     result = TickResult(status=None, events=events, scaled_to=d.desired if applied else None, decision=d)
     result.labels = facts.labels()
     return await _finish(rt, (seen.ns, seen.name), mem, status, facts.now, result)
+
+
+def _explain_direct(status: dict[str, Any], seen: Observed, now: float) -> None:
+    """The ``DirectMetrics`` condition of an opted-in pool (typed reason), ``signals.backlogSource``, and one Event
+    per change of reason; a pool that is not opted in carries neither."""
+    note, verdicts = seen.direct, status.setdefault("verdicts", {})
+    if note is None:
+        status["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") != "DirectMetrics"]
+        verdicts.pop("direct", None)
+        return
+    flag = "True" if note.used else "False"
+    set_condition(status["conditions"], "DirectMetrics", flag, note.reason, note.message, now, seen.gen)
+    status.setdefault("signals", {})["backlogSource"] = "pods" if note.used else "prometheus"
+    pool = f"WorkerPool {seen.ns}/{seen.name}"
+    event = ("Normal" if note.used else "Warning", note.reason, f"{pool}: {note.message}")
+    verdict(seen.old.get("verdicts") or {}, verdicts, "direct", note.reason, event, seen.events)
 
 
 def _publish_metrics(facts: Facts, replicas: int) -> None:

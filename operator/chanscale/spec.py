@@ -104,6 +104,7 @@ class MetricsSpec:
     rate_window: str = "1m"
     stale_after_seconds: int = 60
     queries: Mapping[str, str] = field(default_factory=dict)
+    direct: bool = False  # read the backlog from the worker pods' /metrics too (chanscale.direct)
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,9 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
     rate_window = metrics_m.get("rateWindow", "1m")
     if not isinstance(rate_window, str) or not RATE_WINDOW_RE.match(rate_window):
         raise SpecError("spec.metrics.rateWindow", f"must look like 30s, 1m or 1h, got {rate_window!r}")
+    direct = _obj(metrics_m.get("direct"), "spec.metrics.direct").get("enabled", False)
+    if not isinstance(direct, bool):
+        raise SpecError("spec.metrics.direct.enabled", f"must be true or false, got {direct!r}")
     address = metrics_m.get("prometheusAddress")
     if address is not None and (not isinstance(address, str) or not re.match(r"^https?://\S+$", address)):
         raise SpecError("spec.metrics.prometheusAddress", f"must be an http(s) URL, got {address!r}")
@@ -369,6 +373,7 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
             rate_window=rate_window,
             stale_after_seconds=int(_int(metrics_m, "staleAfterSeconds", "spec.metrics", 60, 5, 3600) or 60),
             queries=queries,
+            direct=direct,
         ),
         scale_up=_rules(
             _obj(behavior.get("scaleUp"), "spec.behavior.scaleUp"), "spec.behavior.scaleUp", DEFAULT_SCALE_UP

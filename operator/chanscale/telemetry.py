@@ -52,6 +52,17 @@ KUBE_REQUESTS = Counter(
     ["verb", "resource"],
     registry=REGISTRY,
 )
+DIRECT_READINGS = Counter(
+    "chanscale_direct_readings_total",
+    "Direct-path readings of a pool's pods (chanscale.direct), by reason: DirectRead, or why it fell back.",
+    ["reason"],
+    registry=REGISTRY,
+)
+DIRECT_REQUESTS = Counter(
+    "chanscale_direct_pod_requests_total",
+    "GET /metrics requests sent to worker pods by the direct path (its cost: sampled pods per reading).",
+    registry=REGISTRY,
+)
 STATUS_WRITES = Counter(
     "chanscale_status_writes_total",
     "WorkerPool status patches requested.",

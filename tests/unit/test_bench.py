@@ -217,6 +217,8 @@ def test_reaction_analysis_measures_visible_patched_and_drained() -> None:
     (r,) = rows
     assert r["visible_after_step_s"] == pytest.approx(5.0)
     assert r["reaction_s"] == pytest.approx(7.5)
+    assert r["deciding_s"] == pytest.approx(2.5)  # decided on the sample of 110 (500), not the first visible one
+    assert r["first_ignored"] is True
     assert r["end_to_end_s"] == pytest.approx(12.5)
     assert r["replicas_first_patch"] == 5
     assert r["drained_s"] == pytest.approx(50.0)

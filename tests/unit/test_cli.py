@@ -53,3 +53,16 @@ def test_explain_without_status() -> None:
 def test_run_flags_parse() -> None:
     args = build_parser().parse_args(["run", "--standalone", "--opa", "none", "--tick", "2", "-n", "a", "-n", "b"])
     assert args.standalone and args.opa == "none" and args.tick == 2 and args.namespace == ["a", "b"]
+
+
+def test_direct_metrics_flags_are_checked() -> None:
+    from chanscale.cli import direct_from_args
+
+    parse = build_parser().parse_args
+    assert direct_from_args(parse(["run"])) is None  # off by default
+    settings = direct_from_args(parse(["run", "--direct-metrics", "--direct-metrics-period", "3"]))
+    assert (settings.period, settings.timeout) == (3.0, 0.5)
+    with pytest.raises(SystemExit, match="needs the fast path"):
+        direct_from_args(parse(["run", "--direct-metrics", "--fast-path-period", "0"]))
+    with pytest.raises(SystemExit, match="timeout"):
+        direct_from_args(parse(["run", "--direct-metrics", "--direct-metrics-timeout", "5"]))

@@ -130,6 +130,12 @@ Each rule is exercised by the integration tests running under the chart's Servic
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.directMetrics.enabled }}
+# The direct path (directMetrics.enabled): an index of the labelled worker pods (their IP and metrics port).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+{{- end }}
 {{- range .Values.rbac.scaleTargets }}
 # Opt-in scale target {{ .kind }}.{{ .apiGroup }}: its scale subresource only (read the replicas, write them).
 - apiGroups: [{{ .apiGroup | quote }}]
