@@ -44,9 +44,27 @@ def run(s: PoolSpec, steps: list[Observation], state: PoolState | None = None) -
 def test_sizes_for_p99_with_the_queueing_model() -> None:
     d = decide(spec(), PoolState(), obs(current=12))
     assert d.sizing["terms"]["latency"] == 12  # λ=200, μ=20, 250 ms -> 12 (field notes)
+    assert d.sizing["terms"]["throughput"] == 10  # 200 / 20: no utilisation cap by default
+    assert d.desired == 12
+    assert d.outcome == "NoChange"
+
+
+def test_target_utilization_adds_headroom_when_set() -> None:
+    # The Erlang-C size already meets the P99 (12 workers: 83 % busy); a targetUtilization caps it further.
+    d = decide(spec(model={"serviceRateHint": 20, "targetUtilization": 0.8}), PoolState(), obs(current=12))
     assert d.sizing["terms"]["throughput"] == 13  # 200 / (20 * 0.8)
     assert d.desired == 13
-    assert d.outcome == "ScaleUp"
+
+
+def test_worked_example_of_the_decision_model_doc() -> None:
+    # docs/decision-model.md: λ = 200, μ = 20, t = 0.25 s, 4 workers, 3 000 waiting, H = 30 s.
+    s = spec(maxReplicas=40)
+    d = decide(s, PoolState(), obs(current=4, backlog=3000.0))
+    assert d.sizing["terms"] == {"throughput": 10, "drain": 15, "latency": 12}
+    assert (d.sizing["driver"], d.desired) == ("drain", 15)
+    st = record_scale(d.state, now=1000.0, from_replicas=4, to_replicas=15)
+    d2 = decide(s, st, obs(now=1010.0, current=15, backlog=1200.0))
+    assert (d2.recommendation, d2.desired) == (12, 15)  # held by the 300 s scale-down window
 
 
 def test_drain_term_sizes_for_backlog() -> None:
@@ -257,7 +275,7 @@ def test_backlog_growth_sees_a_step_before_the_rate_window() -> None:
     assert d2.state.backlog_growth == pytest.approx(60.0)
     assert d2.sizing["arrivalRate"] == pytest.approx(100.0)
     assert d2.sizing["arrivalRateWindow"] == pytest.approx(40.0)
-    assert d2.sizing["terms"]["throughput"] == math.ceil(100 / (20 * 0.8))
+    assert d2.sizing["terms"]["throughput"] == math.ceil(100 / 20)
 
 
 def test_the_same_sample_read_twice_is_not_growth() -> None:
