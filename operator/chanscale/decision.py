@@ -280,7 +280,10 @@ def _update_variability(
     fitted = queueing.fit_scv(obs.ready_replicas, lam, mu, obs.p99_latency)
     if fitted is None:
         return scv, calm_since
-    return scv + SCV_ALPHA * (fitted - scv), calm_since
+    # Smoothed as the factor (1 + s²)/2 the waits scale by, in log space: the fit rests on a histogram quantile
+    # whose error is relative, and one window the model cannot explain must not multiply the waits tenfold.
+    f, f_hat = math.log((1.0 + scv) / 2.0), math.log((1.0 + fitted) / 2.0)
+    return 2.0 * math.exp(f + SCV_ALPHA * (f_hat - f)) - 1.0, calm_since
 
 
 def _scv(v: float | None) -> float:
