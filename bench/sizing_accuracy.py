@@ -7,9 +7,9 @@ For each point:
 - **truth**: the smallest worker count whose simulated P99 (enqueue-to-done, ``messages`` messages after a
   warm-up, fixed workers) is within the objective; found by exponential then binary search;
 - **model**: the M/M/c latency term of :func:`chanscale.decision.decide` on steady signals (first tick, no
-  P99 feedback), and its full recommendation (which adds the ``targetUtilization`` 0.8 throughput headroom);
+  P99 feedback), and its full recommendation (with the default ``targetUtilization``: 0.8 before issue 12, now 1);
 - **closed loop**: the count chanscale settles on after 20 simulated minutes of steady load with Prometheus,
-  the latency correction learning from the observed P99 (median of the last 5 minutes).
+  learning the service-time variability from the observed P99 (median of the last 5 minutes).
 The target is |model − truth| ≤ 1 where the M/M/c assumptions hold (exponential service), and the closed loop
 within ±1 of the truth for the other shapes.
 """
@@ -196,7 +196,7 @@ def plot(rows: list[dict[str, Any]], path: Any, meta: dict[str, Any]) -> None:
         ("model_latency_term", "model_recommendation", "closed_loop"),
         (
             "M/M/c latency term (first tick)",
-            "full recommendation (ρ ≤ 0.8 headroom)",
+            "full recommendation (default targetUtilization)",
             "closed loop after 20 min (latency correction)",
         ),
         strict=True,

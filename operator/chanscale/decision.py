@@ -6,7 +6,7 @@ Pipeline (docs/decision-model.md has the formulas and a worked example):
 1. validate the signals: missing, NaN, ±Inf or stale values are *missing*, never zero;
 2. estimate the per-worker service rate μ (smoothed; ``spec.model.serviceRateHint`` before there is data);
 3. size for throughput (λ at the target utilisation), for draining the backlog within the drain horizon, and for
-   the P99 objective with the M/M/c sojourn-time tail, corrected by the observed P99 when the model disagrees;
+   the P99 objective with the M/G/c sojourn-time tail, its service-time variability learnt from the observed P99;
 4. idle → scale to zero only after ``idleSeconds``; missing data → no scale-down, fallback after the threshold;
 5. HPA v2 tolerance, stabilisation windows, scaling policies and min/max (:mod:`chanscale.behavior`).
 
@@ -27,9 +27,8 @@ from .spec import PoolSpec
 
 #: Smoothing of the measured service rate (per tick).
 MU_ALPHA = 0.3
-#: Smoothing and bounds of the latency-model correction factor.
-CORRECTION_ALPHA = 0.3
-CORRECTION_BOUNDS = (0.5, 4.0)
+#: Smoothing of the service-time variability (SCV) learnt from the observed P99.
+SCV_ALPHA = 0.3
 #: Recommendation history kept at least this long (the policies' longest period, HPA's 1800 s maximum).
 EVENT_KEEP_SECONDS = 1800
 MAX_RUNS = 256
@@ -64,13 +63,13 @@ class PoolState:
     consecutive_failures: int = 0
     service_rate: float | None = None
     service_samples: int = 0  # measurements the service-rate estimate rests on (its start-up weighting)
-    latency_correction: float = 1.0
+    service_scv: float = 1.0  # service time's squared CV, learnt from the observed P99 (1 = exponential: M/M/c)
     last_active: float | None = None
     last_scale_time: float | None = None
     last_scale_direction: str | None = None
     backlog_sample: tuple[float, float] | None = None  # (sample time, backlog): baseline for backlog growth
     backlog_growth: float | None = None  # msgs/s, from the last two distinct samples
-    calm_since: float | None = None  # since when the backlog has been small (the correction learns after a window)
+    calm_since: float | None = None  # since when the backlog has been small (the variability is learnt after a window)
     at: float | None = None  # the tick this state was learnt at: the newer of memory and status.history wins
 
     def to_status(self) -> dict[str, Any]:
@@ -80,7 +79,7 @@ class PoolState:
             "consecutiveFailures": self.consecutive_failures,
             "serviceRate": _round(self.service_rate),
             "serviceSamples": self.service_samples,
-            "latencyCorrection": round(self.latency_correction, 4),
+            "serviceScv": round(self.service_scv, 4),
             "lastActive": self.last_active,
             "lastScaleTime": self.last_scale_time,
             "lastScaleDirection": self.last_scale_direction,
@@ -125,7 +124,8 @@ class PoolState:
             consecutive_failures=int(h.get("consecutiveFailures") or 0),
             service_rate=num("serviceRate"),
             service_samples=int(num("serviceSamples") or 0),
-            latency_correction=num("latencyCorrection") or 1.0,
+            # A status from before the M/G/c model has a latencyCorrection factor instead: relearnt, not converted.
+            service_scv=_scv(num("serviceScv")),
             last_active=num("lastActive"),
             last_scale_time=num("lastScaleTime"),
             last_scale_direction=h.get("lastScaleDirection") if h.get("lastScaleDirection") in ("up", "down") else None,
@@ -230,32 +230,31 @@ def _estimate_service_rate(
     return base + gain * (measured - base), n + 1
 
 
-def _size(spec: PoolSpec, lam: float, mu: float, backlog: float, correction: float) -> tuple[int, str, dict[str, Any]]:
+def _size(spec: PoolSpec, lam: float, mu: float, backlog: float, scv: float) -> tuple[int, str, dict[str, Any]]:
     """The three sizing terms; the largest wins and names the driver."""
     rho = spec.target_utilization
     t = spec.slo.p99_latency_seconds
-    # The correction tightens (k > 1) or relaxes (k < 1) the latency target the M/M/c model is held to; μ stays
-    # the measured rate, so the correction never inflates the count needed just to keep up with arrivals.
-    t_model = t / correction
+    # The latency term is the M/G/c tail with the service-time variability learnt from the observed P99 (M/M/c
+    # until then); μ stays the measured rate, so variability never inflates the count needed to keep up.
     terms = {
         "throughput": math.ceil(lam / (mu * rho) - 1e-9) if lam > 0 else 0,
         "drain": math.ceil((lam + backlog / spec.slo.drain_horizon) / mu - 1e-9) if backlog > 0 else 0,
-        "latency": queueing.workers_for_latency(lam, mu, t_model) if lam > 0 else 0,
+        "latency": queueing.workers_for_latency(lam, mu, t, scv=scv) if lam > 0 else 0,
     }
     driver = max(terms, key=lambda k: terms[k])
     info: dict[str, Any] = {
         "arrivalRate": round(lam, 4),
         "serviceRate": round(mu, 4),
-        "latencyCorrection": round(correction, 4),
+        "serviceTimeScv": round(scv, 4),
         "drainHorizonSeconds": spec.slo.drain_horizon,
         "terms": terms,
         "driver": driver,
     }
-    if t_model <= queueing.service_floor(mu):
+    floor = queueing.service_floor(mu, scv=scv)
+    if t <= floor:
         info["note"] = (
-            f"P99 objective {t}s (model target {t_model:.3g}s) is below the service-time floor "
-            f"{queueing.service_floor(mu):.3f}s; "
-            "sized to make queueing negligible"
+            f"P99 objective {t}s is below the service-time floor {floor:.3f}s "
+            f"(service time SCV {scv:.3g}); sized to make queueing negligible"
         )
     return terms[driver], driver, info
 
@@ -264,27 +263,36 @@ def _window_seconds(window: str) -> float:
     return float(window[:-1]) * {"s": 1, "m": 60, "h": 3600}[window[-1]]
 
 
-def _update_correction(
+def _update_variability(
     spec: PoolSpec, state: PoolState, obs: Observation, lam: float, mu: float | None
 ) -> tuple[float, float | None]:
-    """Learn how far the M/M/c model is from the observed P99, in steady state only.
+    """Learn the service time's variability (SCV) from the observed P99, in steady state only.
 
-    Steady state means the backlog has stayed small (at most λ·t) for a whole ``rate()`` window: the observed P99
-    is computed over that window, so right after a drain it still holds the drained messages' latencies and would
-    teach the model that it needs far more workers than it does. Returns (correction, calm since).
+    The metrics give λ, μ and the latency histogram but not the service-time variance: the SCV is the one M/G/c
+    parameter left, fitted so the model's P99 at the ready count matches the observed one (smoothed). Steady state
+    means the backlog has stayed small (at most λ·t) for a whole ``rate()`` window: the observed P99 is computed
+    over that window, so right after a drain it still holds the drained messages' latencies and would teach the
+    model a variability the service does not have. Returns (SCV, calm since).
     """
-    k = state.latency_correction
+    scv = state.service_scv
     calm = lam > 0 and (obs.backlog or 0) <= lam * spec.slo.p99_latency_seconds
     calm_since = (state.calm_since if state.calm_since is not None else obs.now) if calm else None
     if not spec.latency_correction or mu is None or obs.p99_latency is None or not obs.ready_replicas:
-        return k, calm_since
+        return scv, calm_since
     if calm_since is None or obs.now - calm_since < _window_seconds(spec.metrics.rate_window):
-        return k, calm_since
-    model = queueing.sojourn_quantile(obs.ready_replicas, lam, mu)
-    if not math.isfinite(model) or model <= 0:
-        return k, calm_since
-    ratio = min(max(obs.p99_latency / model, CORRECTION_BOUNDS[0]), CORRECTION_BOUNDS[1])
-    return k + CORRECTION_ALPHA * (ratio - k), calm_since
+        return scv, calm_since
+    fitted = queueing.fit_scv(obs.ready_replicas, lam, mu, obs.p99_latency)
+    if fitted is None:
+        return scv, calm_since
+    # Smoothed as the factor (1 + s²)/2 the waits scale by, in log space: the fit rests on a histogram quantile
+    # whose error is relative, and one window the model cannot explain must not multiply the waits tenfold.
+    f, f_hat = math.log((1.0 + scv) / 2.0), math.log((1.0 + fitted) / 2.0)
+    return 2.0 * math.exp(f + SCV_ALPHA * (f_hat - f)) - 1.0, calm_since
+
+
+def _scv(v: float | None) -> float:
+    lo, hi = queueing.SCV_RANGE
+    return 1.0 if v is None else min(max(v, lo), hi)
 
 
 def _slo(spec: PoolSpec, backlog: float | None, p99: float | None, err: float | None) -> tuple[bool | None, str]:
@@ -314,7 +322,7 @@ class Recommendation:
 
     ``replicas`` is the raw model count; ``held`` is what the stabilisation windows record, after the tolerance and
     the no-scale-down-on-missing-data rule (as the HPA records ``currentReplicas`` for a change within tolerance or a
-    scale-down on a failed metric). ``state`` carries this tick's learning (μ, the correction, backlog growth, ...).
+    scale-down on a failed metric). ``state`` carries this tick's learning (μ, the service SCV, backlog growth, ...).
     """
 
     replicas: int
@@ -374,7 +382,7 @@ def recommend(spec: PoolSpec, state: PoolState, obs: Observation) -> Recommendat
     signals["serviceRate"] = _round(mu)
     active = bool((backlog or 0) > 0 or (lam or 0) > 0 or (processed or 0) > 0)
     last_active = now if active or state.last_active is None else state.last_active
-    correction, calm_since = _update_correction(spec, state, clean, lam or 0.0, mu)
+    scv, calm_since = _update_variability(spec, state, clean, lam or 0.0, mu)
     slo_met, slo_msg = _slo(spec, backlog, clean.p99_latency, _err_rate(processed, failed))
     limited: list[str] = []
 
@@ -387,7 +395,7 @@ def recommend(spec: PoolSpec, state: PoolState, obs: Observation) -> Recommendat
         sizing = {"driver": "unknown service rate", "note": "set spec.model.serviceRateHint to size before data"}
         limited.append(Limit("service rate unknown (set spec.model.serviceRateHint)", LimitKind.SERVICE_RATE_UNKNOWN))
     else:
-        raw, _driver, sizing = _size(spec, lam or 0.0, mu, backlog or 0.0, correction)
+        raw, _driver, sizing = _size(spec, lam or 0.0, mu, backlog or 0.0, scv)
         if lam is not None and lam_window is not None and lam > lam_window:
             sizing["arrivalRateWindow"] = round(lam_window, 4)
             sizing["backlogGrowth"] = _round(growth)
@@ -416,7 +424,7 @@ def recommend(spec: PoolSpec, state: PoolState, obs: Observation) -> Recommendat
         consecutive_failures=failures,
         service_rate=mu,
         service_samples=mu_samples,
-        latency_correction=correction,
+        service_scv=scv,
         last_active=last_active,
         at=now,
     )

@@ -52,7 +52,7 @@ class ScalingRules:
 #: maxReplicas, so a per-step cap only makes a flash crowd's backlog wait: the first step goes straight to the
 #: size the model asks for. The cap is the KPA's max-scale-up-rate (1000× per step, Percent 99 900). An admin's
 #: per-decision cap belongs in the policy gate (the step guard) or in spec.behavior.scaleUp. No tolerance:
-#: sizing already has headroom (targetUtilization), a dead band would only delay a needed scale-up.
+#: the count is sized for the P99 objective already, a dead band would only delay a needed scale-up.
 DEFAULT_SCALE_UP = ScalingRules(
     stabilization_window_seconds=0,
     select_policy="Max",
@@ -127,7 +127,7 @@ class PoolSpec:
     polling_interval: int | None = None
     mode: str = "Active"
     paused: bool = False
-    target_utilization: float = 0.8
+    target_utilization: float = 1.0
     service_rate_hint: float | None = None
     latency_correction: bool = True
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
@@ -365,7 +365,7 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
         mode=_enum(spec, "mode", "spec", "Active", ("Active", "DryRun")),
         paused=paused,
         slo=slo,
-        target_utilization=float(_num(model, "targetUtilization", "spec.model", 0.8, 0.1, 1.0) or 0.8),
+        target_utilization=float(_num(model, "targetUtilization", "spec.model", 1.0, 0.1, 1.0) or 1.0),
         service_rate_hint=_num(model, "serviceRateHint", "spec.model", None, 0.0, 1e6, positive=True),
         latency_correction=bool(model.get("latencyCorrection", True)),
         metrics=MetricsSpec(

@@ -30,12 +30,12 @@ async def test_dry_run_pool_shadows_an_hpa_and_records_change_points() -> None:
     assert st is not None and rt.scaler.calls == []  # type: ignore[attr-defined]
     assert cond(st, "Ready")["status"] == "True"
     assert cond(st, "Shadowing")["status"] == "True" and HPA in cond(st, "Shadowing")["message"]
-    assert st["shadow"]["of"] == HPA and [s[1:] for s in st["shadow"]["samples"]] == [[4, 13]]
+    assert st["shadow"]["of"] == HPA and [s[1:] for s in st["shadow"]["samples"]] == [[4, 12]]
     # The HPA moves the Deployment to 9: one more change point; an unchanged tick adds none.
     body["status"] = st
     rt.clock[0] += 20  # type: ignore[attr-defined]
     st = (await tick(rt, body, Target(name="worker", exists=True, replicas=9, ready=9, conflict=HPA))).status or st
-    assert [s[1:] for s in st["shadow"]["samples"]] == [[4, 13], [9, 13]]
+    assert [s[1:] for s in st["shadow"]["samples"]] == [[4, 12], [9, 12]]
     assert rt.scaler.calls == []  # type: ignore[attr-defined]
 
 
@@ -47,11 +47,11 @@ async def test_active_pool_beside_an_hpa_is_still_refused() -> None:
 
 async def test_paused_replicas_scales_to_n_and_holds() -> None:
     rt = runtime()
-    res = await tick(rt, with_annotation(pool(), "2"), TARGET)  # the model wants 13
+    res = await tick(rt, with_annotation(pool(), "2"), TARGET)  # the model wants 12
     assert rt.scaler.calls == [("ns", "worker", 2)]  # type: ignore[attr-defined]
     st = res.status
     assert st is not None and cond(st, "Paused")["status"] == "True" and "held at 2" in cond(st, "Paused")["message"]
-    assert st["lastDecision"]["recommendation"] == 13 and st["lastDecision"]["to"] == 2
+    assert st["lastDecision"]["recommendation"] == 12 and st["lastDecision"]["to"] == 2
     rt.clock[0] += 20  # type: ignore[attr-defined]
     body = with_annotation(pool(), "2")
     body["status"] = st

@@ -44,9 +44,27 @@ def run(s: PoolSpec, steps: list[Observation], state: PoolState | None = None) -
 def test_sizes_for_p99_with_the_queueing_model() -> None:
     d = decide(spec(), PoolState(), obs(current=12))
     assert d.sizing["terms"]["latency"] == 12  # λ=200, μ=20, 250 ms -> 12 (field notes)
+    assert d.sizing["terms"]["throughput"] == 10  # 200 / 20: no utilisation cap by default
+    assert d.desired == 12
+    assert d.outcome == "NoChange"
+
+
+def test_target_utilization_adds_headroom_when_set() -> None:
+    # The Erlang-C size already meets the P99 (12 workers: 83 % busy); a targetUtilization caps it further.
+    d = decide(spec(model={"serviceRateHint": 20, "targetUtilization": 0.8}), PoolState(), obs(current=12))
     assert d.sizing["terms"]["throughput"] == 13  # 200 / (20 * 0.8)
     assert d.desired == 13
-    assert d.outcome == "ScaleUp"
+
+
+def test_worked_example_of_the_decision_model_doc() -> None:
+    # docs/decision-model.md: λ = 200, μ = 20, t = 0.25 s, 4 workers, 3 000 waiting, H = 30 s.
+    s = spec(maxReplicas=40)
+    d = decide(s, PoolState(), obs(current=4, backlog=3000.0))
+    assert d.sizing["terms"] == {"throughput": 10, "drain": 15, "latency": 12}
+    assert (d.sizing["driver"], d.desired) == ("drain", 15)
+    st = record_scale(d.state, now=1000.0, from_replicas=4, to_replicas=15)
+    d2 = decide(s, st, obs(now=1010.0, current=15, backlog=1200.0))
+    assert (d2.recommendation, d2.desired) == (12, 15)  # held by the 300 s scale-down window
 
 
 def test_drain_term_sizes_for_backlog() -> None:
@@ -257,7 +275,7 @@ def test_backlog_growth_sees_a_step_before_the_rate_window() -> None:
     assert d2.state.backlog_growth == pytest.approx(60.0)
     assert d2.sizing["arrivalRate"] == pytest.approx(100.0)
     assert d2.sizing["arrivalRateWindow"] == pytest.approx(40.0)
-    assert d2.sizing["terms"]["throughput"] == math.ceil(100 / (20 * 0.8))
+    assert d2.sizing["terms"]["throughput"] == math.ceil(100 / 20)
 
 
 def test_the_same_sample_read_twice_is_not_growth() -> None:
@@ -272,7 +290,7 @@ def test_the_same_sample_read_twice_is_not_growth() -> None:
     assert restored.backlog_sample == d2.state.backlog_sample
 
 
-def test_correction_waits_a_calm_rate_window_after_a_drain() -> None:
+def test_variability_waits_a_calm_rate_window_after_a_drain() -> None:
     # Right after a drain the 1-minute P99 still holds the drained messages' latencies: learning from it
     # would over-provision for the whole scale-down window.
     s = spec(slo={"p99LatencySeconds": 1.0})
@@ -280,16 +298,31 @@ def test_correction_waits_a_calm_rate_window_after_a_drain() -> None:
     for i in range(5):  # calm, but the P99 window still remembers a backlog: 8 s
         d = decide(s, st, obs(now=1000 + 10 * i, current=13, p99_latency=8.0))
         st = d.state
-    assert st.latency_correction == 1.0
+    assert st.service_scv == 1.0
     d = decide(s, st, obs(now=1000 + 70, current=13, p99_latency=8.0))  # calm for > 60 s: now it learns
-    assert d.state.latency_correction > 1.0
+    assert d.state.service_scv > 1.0
 
 
-def test_correction_tightens_the_target_not_the_throughput() -> None:
+def test_variability_raises_the_latency_term_not_the_throughput() -> None:
     s = spec(slo={"p99LatencySeconds": 1.0}, maxReplicas=1000)
-    heavy = PoolState(latency_correction=4.0)
+    heavy = PoolState(service_scv=16.0)
     d = decide(s, heavy, obs(current=13, arrival_rate=1000.0, processed_rate=1000.0, busy_rate=50.0))
-    # μ = 20: keeping up needs 50 workers, the throughput term 63 at 80 %; a 4x correction must not ask for
-    # 4x the workers (dividing μ by 4 would need > 200 just to be stable).
-    assert d.sizing["terms"]["throughput"] == 63
-    assert d.sizing["terms"]["latency"] < 100
+    # μ = 20: keeping up needs 50 workers; heavy-tailed service must not multiply that (dividing μ would).
+    assert d.sizing["terms"]["throughput"] == math.ceil(1000 / (20 * s.target_utilization) - 1e-9)
+    assert 50 < d.sizing["terms"]["latency"] < 60
+    assert d.sizing["serviceTimeScv"] == 16.0
+
+
+def test_heavy_tailed_service_learns_its_variability_and_sizes_near_the_minimum() -> None:
+    # Issue 12, cause 4: lognormal CV 2 service (μ = 20/s) at λ = 40/s shows a P99 of about 0.5 s with 5 workers.
+    # The old factor (observed ÷ M/M/c P99 ≈ 2-3.4, applied as a tighter target t/k) held 4-5 workers where 3 do;
+    # the M/G/c model explains the same P99 by the service time's variability, which does not shrink the target.
+    s = spec(slo={"p99LatencySeconds": 1.0})
+    st = PoolState()
+    sig = {"arrival_rate": 40.0, "processed_rate": 40.0, "busy_rate": 2.0, "p99_latency": 0.5}
+    for i in range(20):
+        d = decide(s, st, obs(now=1000 + 10 * i, current=5, **sig))
+        st = d.state
+    assert 2.0 < st.service_scv < 4.0  # H2 fit of a lognormal CV 2 tail (true SCV 4; H2's P99 is heavier)
+    assert d.sizing["terms"]["latency"] == 3
+    assert PoolState.from_status(st.to_status()).service_scv == pytest.approx(st.service_scv, abs=1e-4)

@@ -99,18 +99,18 @@ TARGET = Target(name="worker", exists=True, replicas=4, ready=4)
 async def test_scale_up_writes_scale_status_and_event() -> None:
     rt = runtime()
     res = await tick(rt, pool(), TARGET)
-    assert rt.scaler.calls == [("ns", "worker", 13)]  # type: ignore[attr-defined]
+    assert rt.scaler.calls == [("ns", "worker", 12)]  # type: ignore[attr-defined]
     st = res.status
     assert st is not None
-    assert st["replicas"] == 13 and st["desiredReplicas"] == 13
+    assert st["replicas"] == 12 and st["desiredReplicas"] == 12
     assert st["lastDecision"]["outcome"] == "ScaleUp" and st["lastDecision"]["applied"] is True
     assert st["lastDecision"]["sizing"]["terms"]["latency"] == 12
-    assert st["history"]["scaleEvents"][0][1] == 9
+    assert st["history"]["scaleEvents"][0][1] == 8
     assert [e[1] for e in res.events] == ["Scaled"]
     assert cond(st, "Ready")["status"] == "True"
     assert cond(st, "PolicyAllowed")["reason"] == "Allowed"
     inp = rt.gate.inputs[0]  # type: ignore[attr-defined]
-    assert inp["replicas"] == {"current": 4, "recommended": 13, "min": 1, "max": 50}
+    assert inp["replicas"] == {"current": 4, "recommended": 12, "min": 1, "max": 50}
     assert inp["signals"]["arrivalRate"] == 200.0
     assert inp["pool"]["metadata"]["name"] == "orders"
 
@@ -140,7 +140,7 @@ async def test_paused_and_dry_run_never_scale_but_record(how: str) -> None:
     assert rt.scaler.calls == []  # type: ignore[attr-defined]
     st = res.status
     assert st is not None
-    assert st["replicas"] == 4 and st["desiredReplicas"] == 13
+    assert st["replicas"] == 4 and st["desiredReplicas"] == 12
     assert st["lastDecision"]["applied"] is False
     assert st["lastDecision"]["outcome"] == ("DryRun" if how == "dryrun" else "Paused")
     assert [e[1] for e in res.events] == ["WouldScale"]
@@ -167,7 +167,7 @@ async def test_policy_clamp_scales_to_the_clamp() -> None:
     assert "PolicyClamped" in [e[1] for e in res.events]
 
 
-@pytest.mark.parametrize(("failure_policy", "expected_calls"), [("Hold", []), ("Allow", [("ns", "worker", 13)])])
+@pytest.mark.parametrize(("failure_policy", "expected_calls"), [("Hold", []), ("Allow", [("ns", "worker", 12)])])
 async def test_policy_unreachable_applies_the_admins_failure_policy(
     failure_policy: str, expected_calls: list[Any]
 ) -> None:
@@ -234,7 +234,7 @@ async def test_unexpected_error_in_one_pool_is_contained() -> None:
     res = await tick(rt, pool(), TARGET)
     assert res.status is not None and cond(res.status, "Ready")["reason"] == "InternalError"
     ok = await tick(runtime(), pool(), TARGET)  # another pool, same process: unaffected
-    assert ok.scaled_to == 13
+    assert ok.scaled_to == 12
 
 
 async def test_polling_interval_is_honoured() -> None:

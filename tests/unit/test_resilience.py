@@ -48,8 +48,8 @@ async def test_the_scale_intent_is_written_before_the_scale_and_cleared_after() 
     kinds = [k for k, _ in log]
     assert kinds == ["status", "scale", "status"], log
     ahead, after = log[0][1], log[2][1]
-    assert ahead["history"]["pending"] == {"from": 4, "to": 13, "time": 1_000_000.0}
-    assert ahead["history"]["scaleEvents"][-1][1] == 9
+    assert ahead["history"]["pending"] == {"from": 4, "to": 12, "time": 1_000_000.0}
+    assert ahead["history"]["scaleEvents"][-1][1] == 8
     assert after["history"]["pending"] is None  # merge patch removes it
 
 
