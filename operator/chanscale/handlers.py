@@ -47,6 +47,10 @@ def _deployment_key(namespace: str, name: str) -> tuple[str, str]:
     return (namespace, name)
 
 
+def _pool_entry(name: str, spec: Mapping[str, Any], status: Mapping[str, Any], meta: Mapping[str, Any]) -> Any:
+    return tenancy.pool_index_entry(name, spec, status, str(meta.get("creationTimestamp") or ""))
+
+
 def _conflict(
     namespace: str,
     pool: str,
@@ -76,9 +80,13 @@ def target_from_indexes(
     scaledobjects: Mapping[Any, Any] | None = None,
     workerpools: Mapping[Any, Any] | None = None,
     pool: str = "",
+    claims: Mapping[Any, Any] | None = None,
 ) -> Target:
+    """The target Deployment as kopf's indexes see it. ``claims`` (the ``claims`` index: pools by namespace and
+    target) spares a scan of the namespace's pools per tick; without it the ``workerpools`` index is scanned."""
     pools = workerpools if workerpools is not None else {}
-    conflict = _conflict(namespace, pool, name, hpas, scaledobjects or {}, list(pools.get(namespace, ())))
+    claimants = list(claims.get((namespace, name), ()) if claims is not None else pools.get(namespace, ()))
+    conflict = _conflict(namespace, pool, name, hpas, scaledobjects or {}, claimants)
 
     def peers() -> tuple[list[dict[str, Any]], dict[str, int]]:
         members = [dict(p) for p in pools.get(namespace, ())]
@@ -111,6 +119,7 @@ async def target_from_scale(
     hpas: Mapping[Any, Any],
     scaledobjects: Mapping[Any, Any],
     workerpools: Mapping[Any, Any],
+    claims: Mapping[Any, Any] | None = None,
 ) -> Target | None:
     """A target other than a Deployment, read through its /scale subresource (one GET per tick), or None when
     the pool's spec or the admin's guardrails stop it before any request (the tick reports why)."""
@@ -121,9 +130,9 @@ async def target_from_scale(
     if not rt.config.guardrails.allows_scale_kind(ps):
         return None
     name = ps.target_name(pool)
-    conflict = _conflict(
-        namespace, pool, name, hpas, scaledobjects, list(workerpools.get(namespace, ())), ps.scale_kind
-    )
+    key = (namespace, f"{ps.scale_kind}/{name}")
+    claimants = list(claims.get(key, ()) if claims is not None else workerpools.get(namespace, ()))
+    conflict = _conflict(namespace, pool, name, hpas, scaledobjects, claimants, ps.scale_kind)
     reading = await rt.scale_any.read(namespace, ps.scale_api_version, ps.scale_kind, name)
     if reading is None:
         return Target(name=name, exists=False, conflict=conflict)
@@ -149,10 +158,19 @@ async def _target(
     hpas, scaledobjects, workerpools = indexes["hpas"], indexes["scaledobjects"], indexes["workerpools"]
     if (spec.get("scaleTargetRef") or {}).get("kind") in (None, "Deployment") or spec.get("template"):
         return target_from_indexes(
-            namespace, target_name, indexes["deployments"], hpas, scaledobjects, workerpools, name
+            namespace,
+            target_name,
+            indexes["deployments"],
+            hpas,
+            scaledobjects,
+            workerpools,
+            name,
+            indexes.get("claims"),
         )
     try:
-        return await target_from_scale(rt, namespace, name, spec, hpas, scaledobjects, workerpools)
+        return await target_from_scale(
+            rt, namespace, name, spec, hpas, scaledobjects, workerpools, indexes.get("claims")
+        )
     except kube.ScaleError as e:  # discovery or RBAC: the pool reports it, others carry on
         return Target(name=target_name, exists=False, error=f"{e.reason}: {e}")
 
@@ -371,13 +389,21 @@ def build_registry(
         paused = any(k.startswith("autoscaling.keda.sh/paused") for k in (meta.get("annotations") or {}))
         return {(namespace or "", ref.get("kind") or "Deployment", ref.get("name", "")): (name, paused)}
 
+    @kopf.index(GROUP, VERSION, PLURAL, id="claims", registry=registry)
+    async def claims(
+        namespace: str | None, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], meta: kopf.Meta, **_: Any
+    ) -> Any:
+        """Every WorkerPool by (namespace, target): who else names a pool's target, without scanning the namespace
+        (a scan per pool per tick is quadratic in the namespace's pools)."""
+        entry = _pool_entry(name, spec, status, meta)
+        return {(namespace or "", entry["target"]): entry}
+
     @kopf.index(GROUP, VERSION, PLURAL, id="workerpools", registry=registry)
     async def workerpools(
         namespace: str | None, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], meta: kopf.Meta, **_: Any
     ) -> Any:
         """Every WorkerPool by namespace, from the first tick on: for budgets and for one pool per Deployment."""
-        created = str(meta.get("creationTimestamp") or "")
-        return {namespace or "": tenancy.pool_index_entry(name, spec, status, created)}
+        return {namespace or "": _pool_entry(name, spec, status, meta)}
 
     @kopf.index(GROUP, VERSION, PLURAL, id="pools", registry=registry)
     async def pools(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
