@@ -102,11 +102,12 @@ class Stack:
     operator: OperatorProcess | None = None
     api: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    controllers_off: tuple[str, ...] = ()  # LocalControlPlane.controllers_off
 
     # --------------------------------------------------------------------------------------------- start/stop
     def start_cluster(self) -> None:
         t = time.monotonic()
-        self.cp = LocalControlPlane().start()
+        self.cp = LocalControlPlane(controllers_off=self.controllers_off).start()
         applied = self.cp.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
         if applied.returncode != 0:
             raise RuntimeError(f"kubectl apply -f crds/ failed: {applied.stderr}")

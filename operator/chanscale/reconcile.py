@@ -438,6 +438,7 @@ class Observed:
 async def _tick(
     rt: Runtime, body: Mapping[str, Any], mem: PoolMemory, spec: PoolSpec, target: Target | None, now: float
 ) -> TickResult:
+    started = time.perf_counter()
     seen = await _observe(rt, body, mem, spec, target, now)
     if isinstance(seen, TickResult):
         return seen
@@ -445,6 +446,7 @@ async def _tick(
     # Gate and act under the namespace's lock, so two pools cannot spend the same budget headroom.
     async with rt.tenancy.locks(seen.ns):
         await _gate_stage(rt, facts, seen, target)
+        telemetry.VERDICT_SECONDS.observe(time.perf_counter() - started)
         if facts.decision.desired != seen.current and facts.mode == "Active":
             return await _act(rt, facts, mem, seen)
     return await _explain(rt, facts, mem, seen, applied=False, state=facts.decision.state)

@@ -277,9 +277,9 @@ def target_owners(pools: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     for p in pools:
         if p.get("mode", "Active") == "DryRun":
             continue
-        target, claim = p.get("target"), (p.get("created") or "", p["name"])
+        target, claim = str(p.get("target")), (p.get("created") or "", p["name"])
         held = best.get(target)
-        if target is not None and (held is None or claim < held):
+        if p.get("target") is not None and (held is None or claim < held):
             best[target] = claim
     return {target: claim[1] for target, claim in best.items()}
 

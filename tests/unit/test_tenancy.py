@@ -232,9 +232,9 @@ def test_conflict_from_the_claims_index_matches_the_namespace_scan() -> None:
     for p in POOLS:
         claims.setdefault(("ns", p["target"]), []).append(p)
     deployments = {("ns", "web"): [{"replicas": 4, "ready": 4}]}
-    for pool in ("a", "b"):
-        scanned = target_from_indexes("ns", "web", deployments, {}, {}, index, pool=pool)
-        indexed = target_from_indexes("ns", "web", deployments, {}, {}, index, pool=pool, claims=claims)
+    for who in ("a", "b"):
+        scanned = target_from_indexes("ns", "web", deployments, {}, {}, index, pool=who)
+        indexed = target_from_indexes("ns", "web", deployments, {}, {}, index, pool=who, claims=claims)
         assert scanned.conflict == indexed.conflict
 
 
