@@ -198,6 +198,8 @@ def start_ticker(memo: kopf.Memo, config: Config, indexes: Mapping[str, Any], fa
         if owns is not None and not owns(key):
             return  # lost the shard since the step began: the new owner evaluates it
         for body in list(pools.get(key) or ())[:1]:
+            if (body.get("metadata") or {}).get("deletionTimestamp"):
+                return  # being deleted since the ticker last read the pools
             if fast is not None:
                 fast.note(key)
             await evaluate(rt, body, indexes, force=forced)
