@@ -284,6 +284,8 @@ def measure(
         "decision_p99_s": hist_quantile(before, after, "chanscale_verdict_duration_seconds", 0.99),
         "evaluation_p50_s": hist_quantile(before, after, "chanscale_decision_duration_seconds", 0.5),
         "evaluation_p99_s": hist_quantile(before, after, "chanscale_decision_duration_seconds", 0.99),
+        "prometheus_query_p50_s": hist_quantile(before, after, "chanscale_prometheus_query_duration_seconds", 0.5),
+        "prometheus_query_p99_s": hist_quantile(before, after, "chanscale_prometheus_query_duration_seconds", 0.99),
         "policy_p50_s": hist_quantile(before, after, "chanscale_policy_duration_seconds", 0.5),
         "policy_p99_s": hist_quantile(before, after, "chanscale_policy_duration_seconds", 0.99),
         "operator_rss_mib": use_after["rss_mib"],
