@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,12 +263,14 @@ class Stack:
         return out
 
     def create_pools(self, pools: list[dict], deployments: list[client.V1Deployment]) -> None:
+        """Deployments first, then pools; 8 requests at a time (thousands of objects for bench.at_scale)."""
         apps = client.AppsV1Api(self.api)
-        for d in deployments:
-            apps.create_namespaced_deployment(self.namespace, d)
         co = client.CustomObjectsApi(self.api)
-        for p in pools:
-            co.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, p)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda d: apps.create_namespaced_deployment(self.namespace, d), deployments))
+            list(
+                pool.map(lambda p: co.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, p), pools)
+            )
 
     def deployment_replicas(self) -> dict[str, int]:
         apps = client.AppsV1Api(self.api)

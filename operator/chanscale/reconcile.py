@@ -443,12 +443,23 @@ async def _tick(
     if isinstance(seen, TickResult):
         return seen
     facts = _decide(spec, seen, body, now, _learnt(mem, seen.old))
-    # Gate and act under the namespace's lock, so two pools cannot spend the same budget headroom.
-    async with rt.tenancy.locks(seen.ns):
-        await _gate_stage(rt, facts, seen, target)
+    acted: PoolState | TickResult | None = None
+    if facts.decision.desired != seen.current:
+        # Gate and scale under the namespace's lock, so two pools cannot spend the same budget headroom. A pool
+        # that proposes no change spends none: it neither takes the lock nor waits behind another pool's writes.
+        async with rt.tenancy.locks(seen.ns):
+            await _gate_stage(rt, facts, seen, target)
+            telemetry.VERDICT_SECONDS.observe(time.perf_counter() - started)
+            if facts.decision.desired != seen.current and facts.mode == "Active":
+                acted = await _act(rt, facts, mem, seen)
+    else:
         telemetry.VERDICT_SECONDS.observe(time.perf_counter() - started)
-        if facts.decision.desired != seen.current and facts.mode == "Active":
-            return await _act(rt, facts, mem, seen)
+    if isinstance(acted, TickResult):  # the intent or the scale could not be written: reported
+        return acted
+    if acted is not None:  # scaled: the decision's status is written after the lock is released
+        result = await _explain(rt, facts, mem, seen, applied=True, state=acted)
+        crash_point("after-status")
+        return result
     return await _explain(rt, facts, mem, seen, applied=False, state=facts.decision.state)
 
 
@@ -573,11 +584,12 @@ async def _gate_stage(rt: Runtime, facts: Facts, seen: Observed, target: Target 
         )
 
 
-async def _act(rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed) -> TickResult:
-    """Scale, crash-safely: write the intent (the scale event plus ``history.pending``) first, then scale, then
-    write the decision and clear the intent. A crash between any two steps leaves a status that
-    :func:`resolve_pending` reconciles. The intent write touches ``status.history`` only, so nothing reading the
-    status (replicas, conditions, the decision) sees a scale before the Deployment has it."""
+async def _act(rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed) -> PoolState | TickResult:
+    """Scale, crash-safely: write the intent (the scale event plus ``history.pending``) first, then scale; the
+    caller then writes the decision and clears the intent (:func:`_explain`). A crash between any two steps leaves
+    a status that :func:`resolve_pending` reconciles. The intent write touches ``status.history`` only, so nothing
+    reading the status (replicas, conditions, the decision) sees a scale before the Deployment has it. Returns the
+    learning state with the scale recorded, or the failure's result."""
     key, now, d, current = (seen.ns, seen.name), facts.now, facts.decision, seen.current
     state = record_scale(d.state, now=now, from_replicas=current, to_replicas=d.desired)
     pending = {"from": current, "to": d.desired, "time": round(now, 3)}
@@ -601,9 +613,7 @@ async def _act(rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed) -> Ti
     rt.last_scale_write[key] = (d.desired, now)
     telemetry.SCALES.labels(seen.ns, seen.name, "up" if d.desired > current else "down").inc()
     seen.events.append(("Normal", "Scaled", f"{current} -> {d.desired}: {d.reason}"))
-    result = await _explain(rt, facts, mem, seen, applied=True, state=state)
-    crash_point("after-status")
-    return result
+    return state
 
 
 async def _explain(
