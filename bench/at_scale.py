@@ -286,6 +286,8 @@ def measure(
         "evaluation_p99_s": hist_quantile(before, after, "chanscale_decision_duration_seconds", 0.99),
         "prometheus_query_p50_s": hist_quantile(before, after, "chanscale_prometheus_query_duration_seconds", 0.5),
         "prometheus_query_p99_s": hist_quantile(before, after, "chanscale_prometheus_query_duration_seconds", 0.99),
+        "loop_lag_p50_s": hist_quantile(before, after, "chanscale_event_loop_lag_seconds", 0.5),
+        "loop_lag_p99_s": hist_quantile(before, after, "chanscale_event_loop_lag_seconds", 0.99),
         "policy_p50_s": hist_quantile(before, after, "chanscale_policy_duration_seconds", 0.5),
         "policy_p99_s": hist_quantile(before, after, "chanscale_policy_duration_seconds", 0.99),
         "operator_rss_mib": use_after["rss_mib"],
@@ -401,7 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FILE",
         help="profile the operator's memory (tracemalloc; slows it, so its RSS/CPU rows do not count) into FILE",
     )
+    p.add_argument("--gclog", metavar="FILE", help="log the operator's garbage-collector pauses into FILE")
     args = p.parse_args(argv)
+    if args.gclog:
+        os.environ["CHANSCALE_GCLOG"] = str(Path(args.gclog).resolve())  # inherited by the operator
     counts = [int(x) for x in (args.pools or ("10" if args.quick else "10,100,1000")).split(",")]
     window = args.window or (30.0 if args.quick else 120.0)
     warmup = args.warmup or (20.0 if args.quick else 75.0)

@@ -205,7 +205,11 @@ def start_ticker(memo: kopf.Memo, config: Config, indexes: Mapping[str, Any], fa
             await evaluate(rt, body, indexes, force=forced)
 
     ticker = Ticker(
-        interval=config.tick, keys=lambda: [k for k, _ in bodies()], run_one=run_one, concurrency=TICK_CONCURRENCY
+        interval=config.tick,
+        keys=lambda: [k for k, _ in bodies()],
+        run_one=run_one,
+        concurrency=TICK_CONCURRENCY,
+        on_lag=telemetry.LOOP_LAG_SECONDS.observe,
     )
     fast = None
     if fast_period > 0 and config.prometheus_url:

@@ -29,6 +29,13 @@ VERDICT_SECONDS = Histogram(
     buckets=_LAT,
     registry=REGISTRY,
 )
+LOOP_LAG_SECONDS = Histogram(
+    "chanscale_event_loop_lag_seconds",
+    "How late the ticker's 0.25 s steps wake up: time the event loop was busy with other work (or the process "
+    "was not scheduled). Every evaluation's latency includes it.",
+    buckets=_LAT,
+    registry=REGISTRY,
+)
 POLICY_SECONDS = Histogram(
     "chanscale_policy_duration_seconds",
     "Latency of one policy-gate evaluation.",

@@ -86,6 +86,7 @@ class Ticker:
     inflight: dict[PoolKey, asyncio.Task[None]] = field(default_factory=dict)
     started: int = 0
     forced: set[PoolKey] = field(default_factory=set)
+    on_lag: Callable[[float], None] | None = None  # seconds each step came late: how busy the event loop is
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -159,8 +160,11 @@ class Ticker:
             await ready.wait()
         try:
             while True:
-                self.step(self.clock())
+                now = self.clock()
+                self.step(now)
                 await asyncio.sleep(self.resolution)
+                if self.on_lag is not None:
+                    self.on_lag(max(0.0, self.clock() - now - self.resolution))
         finally:
             for task in list(self.inflight.values()):
                 task.cancel()
