@@ -111,6 +111,9 @@ class Runtime:
     last_eval: dict[tuple[str, str], float] = field(default_factory=dict)
     last_written: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     last_scale_write: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    # (replicas, when) a pool was allowed to scale to, recorded under the namespace's lock before the writes: the
+    # other pools' budget checks count it from that moment (see _tick)
+    reserved: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     writer: Any = None  # kube.StatusWriter; None keeps writes in ``memory_writes`` (unit tests)
     memory: dict[tuple[str, str], PoolMemory] = field(default_factory=dict)
     evaluated: dict[tuple[str, str], float] = field(default_factory=dict)  # last tick of any kind (liveness)
@@ -124,6 +127,7 @@ class Runtime:
             self.last_eval,
             self.last_written,
             self.last_scale_write,
+            self.reserved,
             self.memory,
             self.evaluated,
             self.tenancy.template_errors,
@@ -444,16 +448,20 @@ async def _tick(
         return seen
     facts = _decide(spec, seen, body, now, _learnt(mem, seen.old))
     acted: PoolState | TickResult | None = None
+    act = False
     if facts.decision.desired != seen.current:
-        # Gate and scale under the namespace's lock, so two pools cannot spend the same budget headroom. A pool
-        # that proposes no change spends none: it neither takes the lock nor waits behind another pool's writes.
+        # Gate and reserve under the namespace's lock, so two pools cannot spend the same budget headroom: the next
+        # pool's check counts this reservation (_peers) before any write of ours. The writes happen after the lock
+        # is released, so pools queue for a policy call, not for API round trips. A pool that proposes no change
+        # spends nothing and does not take the lock.
         async with rt.tenancy.locks(seen.ns):
             await _gate_stage(rt, facts, seen, target)
-            telemetry.VERDICT_SECONDS.observe(time.perf_counter() - started)
-            if facts.decision.desired != seen.current and facts.mode == "Active":
-                acted = await _act(rt, facts, mem, seen)
-    else:
-        telemetry.VERDICT_SECONDS.observe(time.perf_counter() - started)
+            act = facts.decision.desired != seen.current and facts.mode == "Active"
+            if act:
+                rt.reserved[(seen.ns, seen.name)] = (facts.decision.desired, now)
+    telemetry.VERDICT_SECONDS.observe(time.perf_counter() - started)
+    if act:
+        acted = await _act(rt, facts, mem, seen)
     if isinstance(acted, TickResult):  # the intent or the scale could not be written: reported
         return acted
     if acted is not None:  # scaled: the decision's status is written after the lock is released
@@ -648,10 +656,13 @@ def _publish_metrics(facts: Facts, replicas: int) -> None:
 
 
 def _peers(rt: Runtime, ns: str, name: str, target: Target | None, now: float) -> list[dict[str, Any]]:
-    """The namespace's other pools for the budget guard: kopf's WorkerPool index plus our own recent writes."""
+    """The namespace's other pools for the budget guard: kopf's WorkerPool index plus our own recent reservations
+    and writes (the index lags them)."""
     if target is None or target.peers is None:
         return []
-    recent = {n: r for (pns, n), (r, t) in rt.last_scale_write.items() if pns == ns and now - t < 2 * rt.config.tick}
+    recent: dict[str, int] = {}
+    for writes in (rt.last_scale_write, rt.reserved):  # a reservation is at least as new as the last write
+        recent.update({n: r for (pns, n), (r, t) in writes.items() if pns == ns and now - t < 2 * rt.config.tick})
     pools, deployments = target.peers()
     return namespace_pools(pools, deployments, recent, exclude=name)
 
