@@ -21,8 +21,8 @@ missing=0
 line() { printf '[doctor] %s\n' "$*"; case $1 in MISSING*) missing=1 ;; esac; }
 miss() { line "MISSING $1. Fix: $2"; }
 
-demo_tools=(kube-apiserver kube-controller-manager kubectl etcd opa)
-test_tools=("${demo_tools[@]}" helm)
+demo_tools=(kube-apiserver kube-controller-manager etcd opa)
+test_tools=("${demo_tools[@]}" kubectl helm)
 pin() {  # pin TOOL: its pinned version
   case $1 in kube-*|kubectl) echo "$KUBERNETES_VERSION" ;; etcd) echo "$ETCD_VERSION" ;; opa) echo "$OPA_VERSION" ;;
     helm) echo "$HELM_VERSION" ;; esac

@@ -10,7 +10,7 @@
 #   hack/newcomer.sh [--full|--cheap] [SUITE]     # SUITE: bookworm (default) or trixie
 #
 #   --full  (make newcomer): empty caches; step 3 runs both commands. `make test`'s kind stage uses this machine's
-#           Docker engine through its socket, on its own cluster (chanscale-newcomer) and its own chanscale/* image
+#           Docker engine through its socket, on its own cluster (chanscale-newcomer-SUITE) and its own chanscale/* image
 #           names; the rootfs and image cache (CHANSCALE_CACHE) are this machine's, so the e2e images are warm.
 #   --cheap (CI, make newcomer-cheap): the machine after the apt-get line is cached per day, the Go and pip caches
 #           persist in Docker volumes (a user's second clone); step 3 is `make doctor` and `make demo-quick` (the
@@ -32,7 +32,7 @@ DAY=$(date -u +%Y%m%d)
 TAR=$CACHE/rootfs/newcomer-$SUITE-$DAY.tar
 BASE=chanscale/newcomer:$SUITE-$DAY
 OUT=$ROOT/out/newcomer/$SUITE-$MODE
-CLUSTER=chanscale-newcomer
+CLUSTER=chanscale-newcomer-$SUITE  # per suite: a bookworm and a trixie run may share the engine
 CA=/etc/ssl/certs/ca-certificates.crt
 APT_LINE=$(grep -m1 -E '^(sudo )?apt-get install' "$ROOT/README.md" | sed 's/^sudo //')
 [ -n "$APT_LINE" ] || { echo "[newcomer] README.md has no apt-get install line" >&2; exit 1; }
@@ -88,6 +88,7 @@ else
   cp out/demo/demo.png out/demo/summary.md /out/ 2>/dev/null
   rm -f out/demo/demo.png  # the warm figure: the same command again, .venv and ./bin now present
   step demo_warm bash -c 'make demo && test -s out/demo/demo.png'
+  [ "$STEPS" = full-demo ] && exit 0
   step test make test; rc=$?
   hack/e2e-cluster.sh down >/dev/null 2>&1 || true
   exit $rc
@@ -96,7 +97,8 @@ SH
 
 run() {  # run IMAGE STEPS [docker args...]
   local image=$1 steps=$2; shift 2
-  docker run --rm --network host --name "chanscale-newcomer-$SUITE-$MODE" \
+  # shellcheck disable=SC2086  # NEWCOMER_DOCKER_ARGS: extra docker run flags, e.g. --cpus 1 beside other work
+  docker run --rm --network host --name "chanscale-newcomer-$SUITE-$MODE" ${NEWCOMER_DOCKER_ARGS:-} \
     -v "$OUT:/out" -e STEPS="$steps" -e APT_LINE="$APT_LINE" \
     -e PIP_CERT=$CA -e "CHANSCALE_E2E_CLUSTER=$CLUSTER" \
     "$@" "$image" bash -c "$INSIDE"
@@ -123,12 +125,13 @@ main() {
       -v "chanscale-newcomer-cache-$SUITE:/root/.cache" || rc=$?
   else
     # make test's kind stage: this machine's engine, its own cluster and chanscale/* names, the shared image cache
-    run "$BASE" full -v /var/run/docker.sock:/var/run/docker.sock -v "$CACHE:/root/.cache/chanscale" \
+    # NEWCOMER_DEMO_ONLY=1: stop after the two demo runs (the cold and warm figures, without make test)
+    run "$BASE" "$([ -n "${NEWCOMER_DEMO_ONLY:-}" ] && echo full-demo || echo full)" -v /var/run/docker.sock:/var/run/docker.sock -v "$CACHE:/root/.cache/chanscale" \
       -e CHANSCALE_DEBIAN_IMAGE=chanscale/newcomer-debian:$SUITE \
       -e CHANSCALE_PYTHON_IMAGE=chanscale/newcomer-python:$SUITE \
-      -e CHANSCALE_KIND_BASE_IMAGE=chanscale/newcomer-kind-base:latest \
-      -e CHANSCALE_KIND_NODE_IMAGE=chanscale/newcomer-kind-node:latest \
-      -e CHANSCALE_OPERATOR_IMAGE=chanscale/newcomer-operator:latest \
+      -e CHANSCALE_KIND_BASE_IMAGE=chanscale/newcomer-kind-base:$SUITE \
+      -e CHANSCALE_KIND_NODE_IMAGE=chanscale/newcomer-kind-node:$SUITE \
+      -e CHANSCALE_OPERATOR_IMAGE=chanscale/newcomer-operator:$SUITE \
       -e CHANSCALE_PROMETHEUS_IMAGE=chanscale/newcomer-prometheus:$SUITE || rc=$?
   fi
   if [ "$MODE" = full ] && [ -x "$ROOT/bin/kind" ]; then  # the clone deletes it; this is for a killed run

@@ -10,7 +10,7 @@
 #   hack/tools.sh node            # what the offline kind images need (hack/images.sh): kind, kubeadm, kubelet,
 #                                 # kubectl, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
 #                                 # etcd, coredns, crictl, local-path-provisioner, opa
-#   hack/tools.sh demo            # only what `make demo` runs: kube-apiserver, kube-controller-manager, kubectl,
+#   hack/tools.sh demo            # only what `make demo` runs: kube-apiserver, kube-controller-manager,
 #                                 # etcd, opa, prometheus
 #   hack/tools.sh opa helm        # just these
 #
@@ -29,7 +29,9 @@ source "$ROOT/hack/versions.env"
 BIN=${CHANSCALE_BIN:-$ROOT/bin}
 WORK=${CHANSCALE_TOOLS_CACHE:-$ROOT/.cache/tools}
 mkdir -p "$BIN" "$WORK"
-export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
+# -dwarf=false: the links strip DWARF anyway (-s -w), so do not generate it: a cold compile is about 25 % faster
+# (etcd on this machine, side by side with a fresh GOCACHE each: 164 vs 208 s and 195 vs 269 s).
+export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false -gcflags=all=-dwarf=false"
 # shellcheck source=hack/go.sh
 source "$ROOT/hack/go.sh"
 
@@ -147,7 +149,7 @@ want_tools=("$@")
 if [ ${#want_tools[@]} -eq 0 ]; then
   want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa helm prometheus lua argocd redis-server)
 elif [ "${want_tools[0]}" = demo ]; then
-  want_tools=(kube-apiserver kube-controller-manager kubectl etcd opa prometheus)
+  want_tools=(kube-apiserver kube-controller-manager etcd opa prometheus)  # no kubectl: the demo never runs it
 elif [ "${want_tools[0]}" = all ]; then
   want_tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd opa helm prometheus lua argocd redis-server kind kwok kwokctl)
 elif [ "${want_tools[0]}" = node ]; then

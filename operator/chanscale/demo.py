@@ -176,7 +176,7 @@ class DemoError(RuntimeError):
 def required_binaries(external_cluster: bool) -> list[str]:
     names = ["prometheus"]
     if not external_cluster:
-        names = ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl", *names]
+        names = ["etcd", "kube-apiserver", "kube-controller-manager", *names]
     return names
 
 
@@ -356,23 +356,18 @@ class DemoStack:
 
     def _start_operator(self) -> None:
         from .local.harness import OperatorProcess
-        from .local.process import LOOPBACK, free_port
 
-        mport, lport = free_port(), free_port()
-        argv = [
-            sys.executable, "-m", "chanscale", "run", "--standalone",
-            "--kubeconfig", str(self.active_kubeconfig),
-            "--namespace", NAMESPACE,
-            "--prometheus-url", self.prom.url,
-            "--opa", "local",
-            "--tick", str(self.scenario.tick),
+        self.operator = OperatorProcess.local(
+            "chanscale-operator",
+            self.logs / "operator.log",
+            self.active_kubeconfig,
+            self.prom.url,
+            opa="local",
+            namespaces=[NAMESPACE],
+            tick=self.scenario.tick,
             # Every tick's signals in the status, so the live view's P99 is at most one tick old.
-            "--status-refresh", "1",
-            "--metrics-port", str(mport), "--metrics-addr", LOOPBACK,
-            "--liveness", f"http://{LOOPBACK}:{lport}/healthz",
-        ]  # fmt: skip
-        env: dict[str, str | None] = {"KUBECONFIG": str(self.active_kubeconfig)}
-        self.operator = OperatorProcess("chanscale-operator", argv, self.logs / "operator.log", mport, lport, env)
+            extra_args=["--status-refresh", "1"],
+        )
         self.operator.start()
         self.operator.wait_healthy(timeout=120)
 

@@ -19,7 +19,6 @@ Fixtures:
 from __future__ import annotations
 
 import re
-import sys
 import uuid
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from chanscale.local.harness import (
     SimFactory,
     SimProcess,
 )
-from chanscale.local.process import LOOPBACK, free_port, wait_until
+from chanscale.local.process import wait_until
 from chanscale.local.prometheus import LocalPrometheus
 
 CRD_DIR = REPO_ROOT / "crds"
@@ -214,36 +213,18 @@ def operator_process(
         env: dict[str, str | None] | None = None,
         wait: bool = True,
     ) -> OperatorProcess:
-        metrics_port, liveness_port = free_port(), free_port()
-        ns_args = [a for ns in namespaces for a in ("--namespace", ns)] if namespaces else ["--all-namespaces"]
-        opa_args = ["--opa-url", opa] if opa.startswith(("http://", "https://")) else ["--opa", opa]
-        argv = [
-            sys.executable,
-            "-m",
-            "chanscale",
-            "run",
-            "--standalone",
-            "--kubeconfig",
-            str(kubeconfig_path or kubeconfig),
-            "--prometheus-url",
-            prometheus_url or prometheus.url,
-            *opa_args,
-            "--tick",
-            str(tick),
-            "--metrics-port",
-            str(metrics_port),
-            "--metrics-addr",
-            LOOPBACK,
-            "--liveness",
-            f"http://{LOOPBACK}:{liveness_port}/healthz",
-            "--verbose",
-            *ns_args,
-            *extra_args,
-        ]
         name = f"operator-{len(started) + 1}"
-        # KUBECONFIG too, as users run it (`export KUBECONFIG=...`); the smoke test checks --kubeconfig alone.
-        child_env: dict[str, str | None] = {"KUBECONFIG": str(kubeconfig_path or kubeconfig), **(env or {})}
-        op = OperatorProcess(name, argv, tmp_path / f"{name}.log", metrics_port, liveness_port, env=child_env)
+        op = OperatorProcess.local(
+            name,
+            tmp_path / f"{name}.log",
+            kubeconfig_path or kubeconfig,
+            prometheus_url or prometheus.url,
+            opa=opa,
+            namespaces=namespaces or (),
+            tick=tick,
+            extra_args=["--verbose", *extra_args],
+            env=env,
+        )
         started.append(op)
         op.start()
         if wait:

@@ -28,16 +28,17 @@ from test_operator_behaviour import (
     events,
     fast_pool,
     has_condition,
+    own_prometheus,
     pool_status,
     procs,
     replicas,
+    wait_signals_read,
 )
 
 from chanscale.local.cluster import LocalControlPlane
 from chanscale.local.harness import Kubectl, ObjectWatch, OperatorFactory, OperatorProcess, SimFactory
 from chanscale.local.opa import OpaServer
 from chanscale.local.process import LOOPBACK, ManagedProcess, free_port, wait_until
-from chanscale.local.prometheus import LocalPrometheus
 from chanscale.policy import default_policies_dir
 
 pytestmark = pytest.mark.integration
@@ -64,26 +65,33 @@ def http_status(url: str) -> int:
         return int(e.code)
 
 
+def bound_outage_writes(
+    op: OperatorProcess, namespace: str, watch_pool: ObjectWatch, ticks: float, down_at: float, outage_of: str
+) -> None:
+    """Let 25 ticks pass after ``ticks`` (counted when the outage began at ``down_at``), then bound the pool's status
+    writes since: 3 condition transitions, then only the refreshes (--status-refresh 10), one more for a refresh
+    due as the window opens."""
+    wait_until(lambda: decisions_total(op, namespace) >= ticks + 25, 90, "25 ticks during the outage", procs(op))
+    outage = time.monotonic() - down_at
+    writes = watch_pool.status_writes(since=down_at)
+    assert writes <= 3 + outage / 10 + 1, f"{writes} status writes in {outage:.0f}s"
+    print(f"MEASURED {outage_of}: {writes} status writes in {outage:.0f}s")
+
+
 def readyz(op: OperatorProcess) -> str:
     return op.liveness_url.rsplit("/", 1)[0] + "/readyz"
 
 
 @pytest.fixture
 def watch_pool(k8s: Any, namespace: str) -> Iterator[ObjectWatch]:
-    w = ObjectWatch(k8s, "workerpool", namespace, "orders").start()
-    try:
+    with ObjectWatch(k8s, "workerpool", namespace, "orders") as w:
         yield w
-    finally:
-        w.stop()
 
 
 @pytest.fixture
 def watch_worker(k8s: Any, namespace: str) -> Iterator[ObjectWatch]:
-    w = ObjectWatch(k8s, "deployment", namespace, "worker").start()
-    try:
+    with ObjectWatch(k8s, "deployment", namespace, "worker") as w:
         yield w
-    finally:
-        w.stop()
 
 
 # --------------------------------------------------------------------------------------- API-server outage
@@ -102,7 +110,7 @@ def test_apiserver_restart_longer_than_kopfs_retry_budget_does_not_stop_evaluati
     assert kubectl.apply(fast_pool(), namespace).returncode == 0
     # A short status refresh guarantees status writes are due during the outage (what killed kopf's timer).
     op = operator_process(namespaces=[namespace], extra_args=["--status-refresh", "2"])
-    wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "True"), 60, "signals read", procs(op))
+    wait_signals_read(kubectl, namespace, op, "signals read")
     wait_until(lambda: http_status(readyz(op)) == 200, 30, "readiness 200 before the outage", procs(op))
 
     control_plane.stop_apiserver()
@@ -262,7 +270,7 @@ def test_opa_outage_posts_one_event_and_bounded_status_writes(
         op = operator_process(
             namespaces=[namespace], opa=url, extra_args=["--failure-policy", "Hold", "--status-refresh", "10"]
         )
-        wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "True"), 60, "signals read", procs(op))
+        wait_signals_read(kubectl, namespace, op, "signals read")
         before = {r: event_count(kubectl, namespace, r) for r in ("PolicyUnavailable", "PolicyBlocked")}
         opa.stop()
         down_at = time.monotonic()
@@ -276,13 +284,8 @@ def test_opa_outage_posts_one_event_and_bounded_status_writes(
         )
         held = replicas(kubectl, namespace)  # from here on failurePolicy Hold applies
         print(f"\nMEASURED OPA outage: PolicyUnavailable {time.monotonic() - down_at:.1f}s after OPA stopped")
-        wait_until(lambda: decisions_total(op, namespace) >= ticks + 25, 90, "25 ticks during the outage", procs(op))
-        outage = time.monotonic() - down_at
-        writes = watch_pool.status_writes(since=down_at)
-        # material transitions: PolicyAllowed=False and, as the burst outgrows the held pool, SLOMet=False (2 + 1);
-        # then only the refreshes (--status-refresh 10), one more for a refresh due as the window opens
-        assert writes <= 3 + outage / 10 + 1, f"{writes} status writes in {outage:.0f}s"
-        print(f"MEASURED OPA outage: {writes} status writes in {outage:.0f}s")
+        # material transitions: PolicyAllowed=False and, as the burst outgrows the held pool, SLOMet=False (2 + 1)
+        bound_outage_writes(op, namespace, watch_pool, ticks, down_at, "OPA outage")
         assert event_count(kubectl, namespace, "PolicyUnavailable") == before["PolicyUnavailable"] + 1, event_log(
             kubectl, namespace
         )
@@ -307,16 +310,10 @@ def test_prometheus_outage_status_writes_bounded_fallback_condition_and_events(
     """Bound: during a Prometheus outage, at most 3 (MetricsAvailable, Fallback, refresh slack) + outage/refresh
     status writes; exactly one MetricsUnavailable and one FallbackActive Event; a Fallback condition; short
     condition messages (the ConnectionError goes to the log under a ref)."""
-    create_worker(kubectl, namespace, 2)
-    sim = channel_sim([channel(namespace, 30.0)], scrape=False)
-    prom = LocalPrometheus(workdir=tmp_path / "prom")
-    prom.start()
-    try:
-        prom.add_target(sim.address)
-        prom.wait_for_target(sim.address)
+    with own_prometheus(kubectl, namespace, channel_sim, tmp_path) as prom:
         assert kubectl.apply(fast_pool(fallback={"failureThreshold": 3}), namespace).returncode == 0
         op = operator_process(namespaces=[namespace], prometheus_url=prom.url, extra_args=["--status-refresh", "10"])
-        wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "True"), 60, "signals read", procs(op))
+        wait_signals_read(kubectl, namespace, op, "signals read")
 
         before = {r: event_count(kubectl, namespace, r) for r in ("MetricsUnavailable", "FallbackActive")}
         prom.stop(cleanup=False)
@@ -325,11 +322,7 @@ def test_prometheus_outage_status_writes_bounded_fallback_condition_and_events(
 
         wait_until(has_condition(kubectl, namespace, "Fallback", "True"), 60, "Fallback=True", procs(op))
         print(f"\nMEASURED prometheus outage: Fallback=True {time.monotonic() - down_at:.1f}s after it stopped")
-        wait_until(lambda: decisions_total(op, namespace) >= ticks + 25, 90, "25 ticks during the outage", procs(op))
-        outage = time.monotonic() - down_at
-        writes = watch_pool.status_writes(since=down_at)
-        assert writes <= 3 + outage / 10 + 1, f"{writes} status writes in {outage:.0f}s"
-        print(f"MEASURED prometheus outage: {writes} status writes in {outage:.0f}s")
+        bound_outage_writes(op, namespace, watch_pool, ticks, down_at, "prometheus outage")
         for reason in ("MetricsUnavailable", "FallbackActive"):  # one each for the whole outage
             assert event_count(kubectl, namespace, reason) == before[reason] + 1, event_log(kubectl, namespace)
         st = pool_status(kubectl, namespace)
@@ -341,8 +334,6 @@ def test_prometheus_outage_status_writes_bounded_fallback_condition_and_events(
         up_at = time.monotonic()
         wait_until(has_condition(kubectl, namespace, "Fallback", "False"), 90, "Fallback=False on recovery", procs(op))
         print(f"MEASURED prometheus outage: Fallback=False {time.monotonic() - up_at:.1f}s after it was back")
-    finally:
-        prom.stop()
 
 
 def test_broken_signal_below_the_model_is_named_in_an_event(

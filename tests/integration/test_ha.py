@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import pytest
 from tests.integration.test_operator_behaviour import (
-    BURST_RATE,
     LOW_RATE,
     channel,
     create_worker,
     decisions_total,
+    drop_load,
     fast_pool,
     pool_status,
     replicas,
+    start_held_burst,
 )
 
 from chanscale.local.harness import Kubectl, OperatorFactory, OperatorProcess, SimFactory
@@ -43,17 +45,24 @@ def lease_holder(kubectl: Kubectl, namespace: str) -> str:
     return str(kubectl.json("get", "lease", "chanscale", "-n", namespace)["spec"].get("holderIdentity") or "")
 
 
+def two_replicas(operator_process: OperatorFactory, namespace: str) -> tuple[list[OperatorProcess], list[Any]]:
+    """Two operators electing a leader with the shipped Lease timings (10 s / 7 s / 2 s), and their processes."""
+    ha = ["--leader-elect", "--lease-namespace", namespace]
+    ops = [operator_process(namespaces=[namespace], extra_args=ha) for _ in range(2)]
+    return ops, [op.proc for op in ops if op.proc]
+
+
+def first_evaluation(standby: OperatorProcess, namespace: str, since: float) -> float:
+    """Wait for the standby's first evaluation of the pool; returns the seconds since ``since`` (the leader's end)."""
+    wait_until(lambda: decisions_total(standby, namespace) >= 1, 60, "the standby's first evaluation", [standby.proc])
+    return time.monotonic() - since
+
+
 def test_standby_takes_over_a_killed_leader_without_double_writes_or_lost_history(
     kubectl: Kubectl, namespace: str, channel_sim: SimFactory, operator_process: OperatorFactory
 ) -> None:
-    create_worker(kubectl, namespace, 1)
-    sim = channel_sim([channel(namespace, BURST_RATE)])
-    pool = fast_pool()
-    pool["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] = 600
-    assert kubectl.apply(pool, namespace).returncode == 0
-    ha = ["--leader-elect", "--lease-namespace", namespace]  # the shipped Lease timings (10 s / 7 s / 2 s)
-    ops = [operator_process(namespaces=[namespace], extra_args=ha) for _ in range(2)]
-    alive = [op.proc for op in ops if op.proc]
+    sim = start_held_burst(kubectl, namespace, channel_sim)
+    ops, alive = two_replicas(operator_process, namespace)
     wait_until(lambda: replicas(kubectl, namespace) >= 6, 120, "the leader's burst scale-up to >= 6", alive)
 
     leader, standby = sorted(ops, key=lambda op: -decisions_total(op, namespace))
@@ -61,21 +70,14 @@ def test_standby_takes_over_a_killed_leader_without_double_writes_or_lost_histor
     assert writes(standby) == 0, "the standby must not write while the leader holds the Lease"
     assert lease_holder(kubectl, namespace)
 
-    sim.set_arrival_rate(namespace, "orders", LOW_RATE)
-    wait_until(
-        lambda: pool_status(kubectl, namespace).get("recommendedReplicas", 99) <= 2,
-        120,
-        "the model to recommend <= 2 replicas after the load drops",
-        alive,
-    )
+    drop_load(kubectl, namespace, sim, alive)
     held = replicas(kubectl, namespace)
     before = (pool_status(kubectl, namespace).get("history") or {}).get("scaleEvents") or []
     assert before and writes(standby) == 0
 
     killed_at = time.monotonic()
     leader.kill()
-    wait_until(lambda: decisions_total(standby, namespace) >= 1, 60, "the standby's first evaluation", [standby.proc])
-    failover = time.monotonic() - killed_at
+    failover = first_evaluation(standby, namespace, killed_at)
     wait_until(lambda: decisions_total(standby, namespace) >= 8, 60, "8 evaluations by the new leader", [standby.proc])
     print(f"\nfailover after SIGKILL of the leader: first evaluation by the standby after {failover:.1f} s")
 
@@ -93,18 +95,13 @@ def test_a_gracefully_stopped_leader_hands_over_at_the_next_round(
     create_worker(kubectl, namespace, 1)
     channel_sim([channel(namespace, LOW_RATE)])
     assert kubectl.apply(fast_pool(), namespace).returncode == 0
-    ha = ["--leader-elect", "--lease-namespace", namespace]
-    ops = [operator_process(namespaces=[namespace], extra_args=ha) for _ in range(2)]
-    alive = [op.proc for op in ops if op.proc]
+    ops, alive = two_replicas(operator_process, namespace)
     wait_until(lambda: any(decisions_total(op, namespace) >= 3 for op in ops), 120, "the leader's evaluations", alive)
     leader, standby = sorted(ops, key=lambda op: -decisions_total(op, namespace))
     assert decisions_total(standby, namespace) == 0 and writes(standby) == 0
 
     stopped_at = time.monotonic()
     leader.stop()
-    wait_until(lambda: decisions_total(standby, namespace) >= 1, 60, "the standby's first evaluation", [standby.proc])
-    print(
-        f"\nhandover after SIGTERM of the leader: first evaluation by the standby after "
-        f"{time.monotonic() - stopped_at:.1f} s"
-    )
+    handover = first_evaluation(standby, namespace, stopped_at)
+    print(f"\nhandover after SIGTERM of the leader: first evaluation by the standby after {handover:.1f} s")
     assert "released Lease" in leader.log_text()

@@ -8,15 +8,16 @@ behaviour policies so each scenario settles in tens of seconds; every wait is bo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chanscale.local.harness import Kubectl, OperatorFactory, OperatorProcess, SimFactory
+from chanscale.local.harness import Kubectl, OperatorFactory, OperatorProcess, SimFactory, SimProcess
 from chanscale.local.process import wait_until
 from chanscale.local.prometheus import LocalPrometheus
 
@@ -126,6 +127,72 @@ def procs(op: OperatorProcess) -> list[Any]:
     return [op.proc] if op.proc else []
 
 
+def wait_condition(
+    kubectl: Kubectl,
+    namespace: str,
+    op: OperatorProcess,
+    ctype: str,
+    cstatus: str,
+    reason: str | None = None,
+    pool: str = "orders",
+    when: str = "",
+    timeout: float = 60,
+) -> None:
+    """Bounded wait for a condition of the pool, said as ``Type=Status/Reason on pool P <when>`` if it times out;
+    fails at once with the operator's log if the operator dies."""
+    what = f"{ctype}={cstatus}/{reason}" if reason else f"{ctype}={cstatus}"
+    what += (f" on pool {pool}" if pool != "orders" else "") + (f" {when}" if when else "")
+    wait_until(has_condition(kubectl, namespace, ctype, cstatus, reason, pool), timeout, what, procs(op))
+
+
+def wait_signals_read(
+    kubectl: Kubectl, namespace: str, op: OperatorProcess, what: str = "the operator to read the channel's signals"
+) -> None:
+    """Bounded wait for MetricsAvailable=True: the operator has read the pool's signals from Prometheus."""
+    wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "True"), 60, what, procs(op))
+
+
+def wait_decision_not_applied(kubectl: Kubectl, namespace: str, op: OperatorProcess, what: str) -> None:
+    """Wait for a recorded scale-up decision and its WouldScale Event; the Deployment keeps its one replica."""
+    wait_until(lambda: pool_status(kubectl, namespace).get("desiredReplicas", 0) > 1, 90, what, procs(op))
+    wait_until(lambda: "WouldScale" in event_reasons(kubectl, namespace), 30, "a WouldScale event", procs(op))
+    assert replicas(kubectl, namespace) == 1
+
+
+def start_held_burst(kubectl: Kubectl, namespace: str, channel_sim: SimFactory) -> SimProcess:
+    """One worker under a burst, and a pool whose 600 s scale-down window holds whatever the burst scales to."""
+    create_worker(kubectl, namespace, 1)
+    sim = channel_sim([channel(namespace, BURST_RATE)])
+    pool = fast_pool()
+    pool["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] = 600
+    assert kubectl.apply(pool, namespace).returncode == 0
+    return sim
+
+
+def drop_load(kubectl: Kubectl, namespace: str, sim: SimProcess, alive: list[Any]) -> None:
+    """Drop the channel to LOW_RATE and wait until the model recommends <= 2 replicas (a window may hold more)."""
+    sim.set_arrival_rate(namespace, "orders", LOW_RATE)
+    wait_until(
+        lambda: pool_status(kubectl, namespace).get("recommendedReplicas", 99) <= 2,
+        120,
+        "the model to recommend <= 2 replicas after the load drops",
+        alive,
+    )
+
+
+@contextlib.contextmanager
+def own_prometheus(
+    kubectl: Kubectl, namespace: str, channel_sim: SimFactory, tmp_path: Path
+) -> Iterator[LocalPrometheus]:
+    """Two workers and a channel at 30/s scraped by a Prometheus of the test's own (to stop it: an outage)."""
+    create_worker(kubectl, namespace, 2)
+    sim = channel_sim([channel(namespace, 30.0)], scrape=False)
+    with LocalPrometheus(workdir=tmp_path / "prom") as prom:
+        prom.add_target(sim.address)
+        prom.wait_for_target(sim.address)
+        yield prom
+
+
 # ------------------------------------------------------------------------------------------------ scenarios
 def test_burst_scales_up_and_drain_scales_down(
     kubectl: Kubectl, namespace: str, channel_sim: SimFactory, operator_process: OperatorFactory
@@ -134,12 +201,7 @@ def test_burst_scales_up_and_drain_scales_down(
     sim = channel_sim([channel(namespace, LOW_RATE)])
     assert kubectl.apply(fast_pool(), namespace).returncode == 0
     op = operator_process(namespaces=[namespace])
-    wait_until(
-        has_condition(kubectl, namespace, "MetricsAvailable", "True"),
-        60,
-        "the operator to read the channel's signals",
-        procs(op),
-    )
+    wait_signals_read(kubectl, namespace, op)
 
     sim.set_arrival_rate(namespace, "orders", BURST_RATE)
 
@@ -169,31 +231,17 @@ def test_prometheus_outage_applies_fallback_never_zero(
     kubectl: Kubectl, namespace: str, channel_sim: SimFactory, operator_process: OperatorFactory, tmp_path: Path
 ) -> None:
     """Missing data is never zero: an outage holds, then applies the configured fallback, then recovers."""
-    create_worker(kubectl, namespace, 2)
-    sim = channel_sim([channel(namespace, 30.0)], scrape=False)
-    prom = LocalPrometheus(workdir=tmp_path / "prom")
-    prom.start()
-    try:
-        prom.add_target(sim.address)
-        prom.wait_for_target(sim.address)
+    with own_prometheus(kubectl, namespace, channel_sim, tmp_path) as prom:
         pool = fast_pool(fallback={"behavior": "static", "replicas": 5, "failureThreshold": 3})
         assert kubectl.apply(pool, namespace).returncode == 0
         op = operator_process(namespaces=[namespace], prometheus_url=prom.url)
-        wait_until(
-            has_condition(kubectl, namespace, "MetricsAvailable", "True"),
-            60,
-            "the operator to read the channel's signals",
-            procs(op),
-        )
+        wait_signals_read(kubectl, namespace, op)
         wait_until(lambda: replicas(kubectl, namespace) in (2, 3), 60, "steady state at 2-3 replicas", procs(op))
 
         prom.stop(cleanup=False)
 
-        wait_until(
-            has_condition(kubectl, namespace, "MetricsAvailable", "False", "QueryFailed"),
-            60,
-            "MetricsAvailable=False/QueryFailed while Prometheus is down",
-            procs(op),
+        wait_condition(
+            kubectl, namespace, op, "MetricsAvailable", "False", "QueryFailed", when="while Prometheus is down"
         )
         wait_until(
             lambda: replicas(kubectl, namespace) == 5,
@@ -205,14 +253,7 @@ def test_prometheus_outage_applies_fallback_never_zero(
 
         prom.start()
 
-        wait_until(
-            has_condition(kubectl, namespace, "MetricsAvailable", "True"),
-            90,
-            "MetricsAvailable=True again once Prometheus is back",
-            procs(op),
-        )
-    finally:
-        prom.stop()
+        wait_condition(kubectl, namespace, op, "MetricsAvailable", "True", when="once Prometheus is back", timeout=90)
 
 
 def test_opa_policy_clamps_scale_up(
@@ -224,12 +265,7 @@ def test_opa_policy_clamps_scale_up(
     pool = fast_pool(policy={"parameters": {"caps": {"maxReplicas": 3}}})
     assert kubectl.apply(pool, namespace).returncode == 0
     op = operator_process(namespaces=[namespace], opa="local")
-    wait_until(
-        has_condition(kubectl, namespace, "MetricsAvailable", "True"),
-        60,
-        "the operator to read the channel's signals",
-        procs(op),
-    )
+    wait_signals_read(kubectl, namespace, op)
 
     sim.set_arrival_rate(namespace, "orders", BURST_RATE)
 
@@ -268,15 +304,8 @@ def test_paused_pool_decides_but_does_not_scale(
     assert kubectl.apply(pool, namespace).returncode == 0
     op = operator_process(namespaces=[namespace])
 
-    wait_until(has_condition(kubectl, namespace, "Paused", "True"), 60, "Paused=True", procs(op))
-    wait_until(
-        lambda: pool_status(kubectl, namespace).get("desiredReplicas", 0) > 1,
-        90,
-        "a recorded decision to scale up while paused",
-        procs(op),
-    )
-    wait_until(lambda: "WouldScale" in event_reasons(kubectl, namespace), 30, "a WouldScale event", procs(op))
-    assert replicas(kubectl, namespace) == 1
+    wait_condition(kubectl, namespace, op, "Paused", "True")
+    wait_decision_not_applied(kubectl, namespace, op, "a recorded decision to scale up while paused")
     assert pool_status(kubectl, namespace)["lastDecision"]["mode"] == "Paused"
     _ = sim
 
@@ -296,19 +325,14 @@ def test_hpa_on_the_same_deployment_is_a_conflict(
     assert kubectl.apply(fast_pool(), namespace).returncode == 0
     op = operator_process(namespaces=[namespace])
 
-    wait_until(
-        has_condition(kubectl, namespace, "Ready", "False", "TargetConflict"),
-        60,
-        "Ready=False/TargetConflict with the HPA",
-        procs(op),
-    )
+    wait_condition(kubectl, namespace, op, "Ready", "False", "TargetConflict", when="with the HPA")
     assert "TargetConflict" in event_reasons(kubectl, namespace)
     assert "worker" in condition(pool_status(kubectl, namespace), "Ready")["message"]
     assert replicas(kubectl, namespace) == 2
 
     kubectl("delete", "hpa", "worker", "-n", namespace, check=True)
 
-    wait_until(has_condition(kubectl, namespace, "Ready", "True"), 60, "Ready=True once the HPA is gone", procs(op))
+    wait_condition(kubectl, namespace, op, "Ready", "True", when="once the HPA is gone")
     wait_until(lambda: replicas(kubectl, namespace) > 2, 90, "the burst to be served once the HPA is gone", procs(op))
 
 
@@ -327,18 +351,8 @@ def test_broken_pool_does_not_affect_healthy_pool(
     # Custom queries are off unless the admin enables them; enabled, each is parsed before it is sent.
     op = operator_process(namespaces=[namespace], extra_args=["--allow-custom-queries"])
 
-    wait_until(
-        has_condition(kubectl, namespace, "Ready", "False", "TargetNotFound", pool="ghost"),
-        60,
-        "Ready=False/TargetNotFound on the pool whose Deployment is missing",
-        procs(op),
-    )
-    wait_until(
-        has_condition(kubectl, namespace, "Ready", "False", "QueryRefused", pool="badquery"),
-        60,
-        "Ready=False/QueryRefused on the pool with an invalid PromQL override",
-        procs(op),
-    )
+    wait_condition(kubectl, namespace, op, "Ready", "False", "TargetNotFound", pool="ghost")
+    wait_condition(kubectl, namespace, op, "Ready", "False", "QueryRefused", pool="badquery")
     assert "TargetNotFound" in event_reasons(kubectl, namespace, "ghost")
 
     sim.set_arrival_rate(namespace, "orders", BURST_RATE)
@@ -348,12 +362,7 @@ def test_broken_pool_does_not_affect_healthy_pool(
 
     create_worker(kubectl, namespace, 1, name="ghost-worker")
 
-    wait_until(
-        has_condition(kubectl, namespace, "Ready", "True", pool="ghost"),
-        60,
-        "the broken pool to recover once its Deployment exists",
-        procs(op),
-    )
+    wait_condition(kubectl, namespace, op, "Ready", "True", pool="ghost", when="once its Deployment exists")
     assert op.running
 
 
@@ -361,20 +370,10 @@ def test_restart_keeps_the_scale_down_window(
     kubectl: Kubectl, namespace: str, channel_sim: SimFactory, operator_process: OperatorFactory
 ) -> None:
     """The HPA forgets its stabilisation window on restart; chanscale keeps it in status.history."""
-    create_worker(kubectl, namespace, 1)
-    sim = channel_sim([channel(namespace, BURST_RATE)])
-    pool = fast_pool()
-    pool["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] = 600
-    assert kubectl.apply(pool, namespace).returncode == 0
+    sim = start_held_burst(kubectl, namespace, channel_sim)
     op = operator_process(namespaces=[namespace])
     wait_until(lambda: replicas(kubectl, namespace) >= 6, 120, "the burst scale-up to >= 6", procs(op))
-    sim.set_arrival_rate(namespace, "orders", LOW_RATE)
-    wait_until(
-        lambda: pool_status(kubectl, namespace).get("recommendedReplicas", 99) <= 2,
-        120,
-        "the model to recommend <= 2 replicas after the load drops",
-        procs(op),
-    )
+    drop_load(kubectl, namespace, sim, procs(op))
     held = replicas(kubectl, namespace)
     assert held >= 6, "the 600 s scale-down window should hold the replicas"
 
@@ -396,14 +395,7 @@ def test_dry_run_records_decisions_without_scaling(
     assert kubectl.apply(fast_pool(mode="DryRun"), namespace).returncode == 0
     op = operator_process(namespaces=[namespace])
 
-    wait_until(
-        lambda: pool_status(kubectl, namespace).get("desiredReplicas", 0) > 1,
-        90,
-        "a recorded scale-up decision in DryRun mode",
-        procs(op),
-    )
-    wait_until(lambda: "WouldScale" in event_reasons(kubectl, namespace), 30, "a WouldScale event", procs(op))
-    assert replicas(kubectl, namespace) == 1
+    wait_decision_not_applied(kubectl, namespace, op, "a recorded scale-up decision in DryRun mode")
     status = pool_status(kubectl, namespace)
     assert status["lastDecision"]["mode"] == "DryRun" and status["lastDecision"]["applied"] is False, status
     assert "Scaled" not in event_reasons(kubectl, namespace)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_operator_behaviour import BURST_RATE, channel, fast_pool, has_condition, pool_status, procs
+from test_operator_behaviour import BURST_RATE, channel, fast_pool, pool_status, procs, wait_condition
 
 from chanscale.local.harness import Kubectl, OperatorFactory, SimFactory
 from chanscale.local.process import wait_until
@@ -117,11 +117,6 @@ def test_a_kind_the_admin_did_not_enable_is_refused(
     assert kubectl.apply(pool, namespace).returncode == 0
     op = operator_process(namespaces=[namespace])
 
-    wait_until(
-        has_condition(kubectl, namespace, "Ready", "False", "ScaleKindNotEnabled"),
-        60,
-        "Ready=False/ScaleKindNotEnabled",
-        procs(op),
-    )
+    wait_condition(kubectl, namespace, op, "Ready", "False", "ScaleKindNotEnabled")
     assert "--scale-kind" in pool_status(kubectl, namespace)["conditions"][0]["message"]
     assert spec_replicas(kubectl, namespace, "statefulset", "web") == 1

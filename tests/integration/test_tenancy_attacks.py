@@ -37,6 +37,7 @@ from test_operator_behaviour import (
     pool_status,
     procs,
     replicas,
+    wait_signals_read,
 )
 
 from chanscale.local.harness import Kubectl, OperatorFactory, OperatorProcess, SimFactory
@@ -418,7 +419,7 @@ def test_spoofed_namespace_label_does_not_drive_another_teams_pool(
         victim_pool = fast_pool(slo={"p99LatencySeconds": 2.0})
         assert _apply_as(kubectl, tenant, victim_pool, namespace).returncode == 0
         op = platform.operator(operator_process, namespace, prometheus_url=prom.url)
-        wait_until(has_condition(kubectl, namespace, "MetricsAvailable", "True"), 60, "the victim's signals", procs(op))
+        wait_signals_read(kubectl, namespace, op, "the victim's signals")
 
         def spoof_scraped() -> bool:
             q = f'chanscale_channel_backlog{{namespace="{attacker}", exported_namespace="{namespace}"}} > 100'

@@ -4,16 +4,15 @@ package stream
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log"
 	"net/http"
 	"time"
 
+	"github.com/chanscale/chanscale/sdk/go/run"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Config names the broker, the stream, its subject and the durable consumer the workers share.
@@ -74,13 +73,10 @@ func ensure(ctx context.Context, js jetstream.JetStream, c *Config) (jetstream.C
 	})
 }
 
-// Serve serves /metrics, /healthz and whatever mux already has on listen until ctx ends.
+// Serve serves /metrics, /healthz and whatever mux already has (nil: nothing more) on listen until ctx ends; a
+// listener that fails ends the program.
 func Serve(ctx context.Context, listen string, mux *http.ServeMux) {
-	mux.Handle("/metrics", promhttp.Handler())
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	srv := &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { <-ctx.Done(); _ = srv.Close() }()
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := run.Serve(ctx, listen, mux); err != nil {
 		log.Fatal(err)
 	}
 }

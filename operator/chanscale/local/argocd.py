@@ -22,17 +22,15 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
 
 from chanscale.local.binaries import BinaryNotFound, bin_dir, find_binaries
 from chanscale.local.cluster import LocalControlPlane
-from chanscale.local.process import LOOPBACK, ManagedProcess, free_port, wait_until
+from chanscale.local.process import LOOPBACK, ManagedGroup, ManagedProcess, free_port, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +100,11 @@ class LocalGitRepo:
         return self.git("rev-parse", "HEAD")
 
 
-class LocalArgoCD:
+class LocalArgoCD(ManagedGroup):
     """Redis, argocd-repo-server and argocd-application-controller for one LocalControlPlane."""
+
+    label = "Argo CD"
+    log_lines = 80
 
     def __init__(
         self,
@@ -112,61 +113,38 @@ class LocalArgoCD:
         app_resync_seconds: int = 60,
         ready_timeout: float = 120.0,
     ) -> None:
+        super().__init__()
         self.cluster = cluster
         self.cm_data = dict(cm_data or {})
         self.app_resync_seconds = app_resync_seconds
         self.ready_timeout = ready_timeout
         self.workdir: Path | None = None
-        self.procs: list[ManagedProcess] = []
         self.redis_port = self.repo_port = 0
-        self.startup_seconds = 0.0
 
     @property
-    def dir(self) -> Path:
-        if self.workdir is None:
-            raise RuntimeError("Argo CD not started")
-        return self.workdir
+    def procs(self) -> list[ManagedProcess]:
+        """The running programs (for :func:`~chanscale.local.process.wait_until`)."""
+        return self.processes
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def start(self) -> LocalArgoCD:
-        bins = find_binaries("argocd-application-controller", "argocd-repo-server", "redis-server", "helm")
-        manifests = manifests_dir()
-        began = time.monotonic()
-        self.workdir = Path(tempfile.mkdtemp(prefix="chanscale-argocd-"))
-        try:
-            self.install(manifests)
-            self._start_redis(bins["redis-server"])
-            self._start_repo_server(bins["argocd-repo-server"], bins["helm"].parent)
-            self._start_controller(bins["argocd-application-controller"])
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - began
+        super().start()
         log.info("argo cd ready in %.1fs", self.startup_seconds)
         return self
 
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-        self.procs.clear()
+    def _start(self) -> None:
+        bins = find_binaries("argocd-application-controller", "argocd-repo-server", "redis-server", "helm")
+        manifests = manifests_dir()
+        self.workdir = Path(tempfile.mkdtemp(prefix="chanscale-argocd-"))
+        self.install(manifests)
+        self._start_redis(bins["redis-server"])
+        self._start_repo_server(bins["argocd-repo-server"], bins["helm"].parent)
+        self._start_controller(bins["argocd-application-controller"])
+
+    def _cleanup(self) -> None:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-
-    def __enter__(self) -> LocalArgoCD:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def check_running(self) -> None:
-        for proc in self.procs:
-            proc.check_running()
-
-    def logs(self) -> dict[str, str]:
-        return {p.name: p.log_tail(80) for p in self.procs}
 
     # ------------------------------------------------------------------------------------------ install
     def install(self, manifests: Path) -> None:
@@ -233,15 +211,10 @@ class LocalArgoCD:
         env["ARGOCD_ASK_PASS_SOCK"] = str(data / "asgpass.sock")
         return env
 
-    def _spawn(self, name: str, argv: list[str | Path], env: dict[str, str]) -> ManagedProcess:
-        proc = ManagedProcess(name, argv, self.dir / f"{name}.log", env=env).start()
-        self.procs.append(proc)
-        return proc
-
     def _start_redis(self, binary: Path) -> None:
         self.redis_port = free_port()
         argv: list[str | Path] = [binary, "--bind", LOOPBACK, "--port", str(self.redis_port), "--save", ""]
-        proc = self._spawn("redis", [*argv, "--appendonly", "no", "--dir", str(self.dir)], dict(os.environ))
+        proc = self._spawn("redis", [*argv, "--appendonly", "no", "--dir", str(self.dir)], self.dir / "redis.log")
         wait_until(lambda: _tcp_open(self.redis_port), 30, "redis-server", [proc])
 
     def _start_repo_server(self, binary: Path, tools: Path) -> None:
@@ -250,7 +223,8 @@ class LocalArgoCD:
         env["PATH"] = f"{tools}{os.pathsep}{env.get('PATH', '')}"  # helm, as the repo-server image bundles it
         argv: list[str | Path] = [binary, "--address", LOOPBACK, "--port", str(self.repo_port)]
         argv += ["--metrics-address", LOOPBACK, "--metrics-port", str(free_port()), "--disable-tls"]
-        proc = self._spawn("repo-server", [*argv, "--redis", f"{LOOPBACK}:{self.redis_port}"], env)
+        argv += ["--redis", f"{LOOPBACK}:{self.redis_port}"]
+        proc = self._spawn("repo-server", argv, self.dir / "repo-server.log", env)
         wait_until(lambda: _tcp_open(self.repo_port), self.ready_timeout, "argocd-repo-server", [proc])
 
     def _start_controller(self, binary: Path) -> None:
@@ -265,7 +239,7 @@ class LocalArgoCD:
         # since 3.0, when the API server's resource tree serves it) so tests read it from the object.
         argv += ["--app-resync", str(self.app_resync_seconds), "--persist-resource-health"]
         argv += ["--status-processors", "4", "--operation-processors", "2", "--self-heal-timeout-seconds", "2"]
-        self._spawn("application-controller", argv, env)
+        self._spawn("application-controller", argv, self.dir / "application-controller.log", env)
 
     # ------------------------------------------------------------------------------------------ helpers
     def app(self, name: str) -> dict[str, Any]:

@@ -30,14 +30,13 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from chanscale.local.binaries import find_binaries
 from chanscale.local.pki import LocalPKI, generate_pki
-from chanscale.local.process import LOOPBACK, ManagedProcess, ProcessFailed, free_port, wait_until
+from chanscale.local.process import LOOPBACK, ManagedGroup, ProcessFailed, free_port, wait_until
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -81,8 +80,10 @@ class StartupTimings:
 
 
 @dataclass
-class LocalControlPlane:
+class LocalControlPlane(ManagedGroup):
     """etcd + kube-apiserver + kube-controller-manager on free loopback ports; see the module docstring."""
+
+    label = "control plane"
 
     workdir: Path | None = None
     keep_workdir: bool = False
@@ -94,20 +95,14 @@ class LocalControlPlane:
     timings: StartupTimings = field(default_factory=StartupTimings)
 
     def __post_init__(self) -> None:
+        super().__init__()
         self._owns_workdir = self.workdir is None
-        self._procs: list[ManagedProcess] = []
         self._pki: LocalPKI | None = None
         self.etcd_port = 0
         self.apiserver_port = 0
         self._bins: dict[str, Path] = {}
 
     # ----------------------------------------------------------------------------------------------- paths
-    @property
-    def dir(self) -> Path:
-        if self.workdir is None:
-            raise RuntimeError("control plane not started")
-        return self.workdir
-
     @property
     def kubeconfig(self) -> Path:
         """Admin kubeconfig (client cert in group system:masters)."""
@@ -127,12 +122,14 @@ class LocalControlPlane:
             raise RuntimeError("control plane not started")
         return self._pki
 
-    @property
-    def processes(self) -> list[ManagedProcess]:
-        return list(self._procs)
-
     def binary(self, name: str) -> Path:
-        """Path of a tool found at start-up (kubectl, etcd, kube-apiserver, kube-controller-manager)."""
+        """Path of a tool: the three programs found at start-up, or any other (kubectl) looked up on first use.
+
+        kubectl is not needed to run the control plane (`make demo` never builds it); tests that call it find it
+        here, and a missing one raises :class:`~chanscale.local.binaries.BinaryNotFound` with the fix.
+        """
+        if name not in self._bins:
+            self._bins.update(find_binaries(name))
         return self._bins[name]
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -141,45 +138,27 @@ class LocalControlPlane:
 
         Missing binaries raise :class:`~chanscale.local.binaries.BinaryNotFound` before anything is started.
         """
-        self._bins = find_binaries("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
-        began = time.monotonic()
-        if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="chanscale-cp-", dir=_scratch_root()))
-        try:
-            t = time.monotonic()
-            self._pki = generate_pki(self.dir / "pki")
-            self._write_kubeconfigs()
-            self.timings.pki = time.monotonic() - t
-            self.timings.etcd = self._start_etcd()
-            self.timings.apiserver = self._start_apiserver()
-            self.timings.controller_manager = self._start_controller_manager()
-        except BaseException:
-            self.stop()
-            raise
-        self.timings.total = time.monotonic() - began
+        super().start()
+        self.timings.total = self.startup_seconds
         log.info("%s; kubeconfig %s", self.timings.summary(), self.kubeconfig)
         return self
 
-    def stop(self) -> None:
-        """Stop every program (reverse start order, whole process groups) and remove the work directory."""
-        for proc in reversed(self._procs):
-            proc.stop()
-        self._procs.clear()
+    def _start(self) -> None:
+        self._bins = find_binaries("etcd", "kube-apiserver", "kube-controller-manager")
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="chanscale-cp-", dir=_scratch_root()))
+        t = time.monotonic()
+        self._pki = generate_pki(self.dir / "pki")
+        self._write_kubeconfigs()
+        self.timings.pki = time.monotonic() - t
+        self.timings.etcd = self._start_etcd()
+        self.timings.apiserver = self._start_apiserver()
+        self.timings.controller_manager = self._start_controller_manager()
+
+    def _cleanup(self) -> None:
+        """Remove the work directory (unless it was given, or ``keep_workdir``)."""
         if self.workdir is not None and self._owns_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> LocalControlPlane:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def check_running(self) -> None:
-        """Raise :class:`ProcessFailed` (with its log) if any component has died."""
-        for proc in self._procs:
-            proc.check_running()
 
     # ------------------------------------------------------------------------------------------- etcd
     def _start_etcd(self) -> float:
@@ -199,16 +178,14 @@ class LocalControlPlane:
             "--log-level=warn",
             "--quota-backend-bytes=2147483648",
         ]
-        proc = self._spawn("etcd", argv)
+        proc = self._spawn("etcd", argv, self.log_dir / "etcd.log")
         return wait_until(lambda: _http_ok(f"{client}/health"), self.ready_timeout, "etcd /health", [proc])
 
     # ----------------------------------------------------------------------------------------- apiserver
     def stop_apiserver(self) -> None:
         """Stop kube-apiserver only (etcd and the controller-manager keep running), as in a control-plane
         upgrade; :meth:`start_apiserver` brings it back on the same port."""
-        proc = next(p for p in self._procs if p.name == "kube-apiserver")
-        proc.stop()
-        self._procs.remove(proc)
+        self.stop_processes("kube-apiserver")
 
     def start_apiserver(self) -> float:
         """Start kube-apiserver again on its port; returns the seconds until /readyz answered."""
@@ -246,7 +223,7 @@ class LocalControlPlane:
             "--v=1",
             *self.extra_apiserver_flags,
         ]
-        proc = self._spawn("kube-apiserver", argv)
+        proc = self._spawn("kube-apiserver", argv, self.log_dir / "kube-apiserver.log")
         return wait_until(self._apiserver_ready, self.ready_timeout, "kube-apiserver /readyz", [proc], interval=0.2)
 
     @property
@@ -309,7 +286,7 @@ class LocalControlPlane:
             "--concurrent-deployment-syncs=5",
             "--v=1",
         ]
-        proc = self._spawn("kube-controller-manager", argv)
+        proc = self._spawn("kube-controller-manager", argv, self.log_dir / "kube-controller-manager.log")
         # Ready means controllers are actually working: the ServiceAccount controller has made `default`.
         return wait_until(
             self._default_service_account_exists,
@@ -385,7 +362,7 @@ class LocalControlPlane:
         kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this cluster; returns the CompletedProcess (text mode)."""
-        argv = [str(self._bins["kubectl"]), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
+        argv = [str(self.binary("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
         return subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout, check=check)
 
     def kubectl_json(self, *args: str) -> Any:
@@ -407,16 +384,6 @@ class LocalControlPlane:
         if res.returncode != 0:
             raise RuntimeError(f"kubectl create token failed: {res.stderr.strip()}")
         return res.stdout.strip()
-
-    def logs(self) -> dict[str, str]:
-        """Tail of every component's log, for failure reports."""
-        return {p.name: p.log_tail() for p in self._procs}
-
-    # ---------------------------------------------------------------------------------------- internals
-    def _spawn(self, name: str, argv: list[str | Path]) -> ManagedProcess:
-        proc = ManagedProcess(name, argv, self.log_dir / f"{name}.log").start()
-        self._procs.append(proc)
-        return proc
 
 
 def _b64(data: bytes) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,32 @@ class OperatorProcess:
     #: Environment overrides for the child; a value of None removes the variable.
     env: dict[str, str | None] = field(default_factory=dict)
     proc: ManagedProcess | None = None
+
+    @classmethod
+    def local(
+        cls,
+        name: str,
+        log_path: Path,
+        kubeconfig: Path,
+        prometheus_url: str,
+        opa: str = "none",
+        namespaces: Sequence[str] = (),
+        tick: float = 1,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str | None] | None = None,
+    ) -> OperatorProcess:
+        """``python -m chanscale run --standalone`` against a local cluster, not started yet: metrics and liveness
+        on free loopback ports, ``opa`` "none", "local" or an http(s) URL, the given namespaces (none: all), and
+        KUBECONFIG in its environment too, as users run it (``env`` overrides it; None unsets)."""
+        metrics_port, liveness_port = free_port(), free_port()
+        ns_args = [a for ns in namespaces for a in ("--namespace", ns)] if namespaces else ["--all-namespaces"]
+        opa_args = ["--opa-url", opa] if opa.startswith(("http://", "https://")) else ["--opa", opa]
+        argv = [sys.executable, "-m", "chanscale", "run", "--standalone", "--kubeconfig", str(kubeconfig)]
+        argv += ["--prometheus-url", prometheus_url, *opa_args, "--tick", str(tick)]
+        argv += ["--metrics-port", str(metrics_port), "--metrics-addr", LOOPBACK]
+        argv += ["--liveness", f"http://{LOOPBACK}:{liveness_port}/healthz", *ns_args, *extra_args]
+        child_env: dict[str, str | None] = {"KUBECONFIG": str(kubeconfig), **(env or {})}
+        return cls(name, argv, log_path, metrics_port, liveness_port, env=child_env)
 
     @property
     def metrics_url(self) -> str:
@@ -291,6 +318,12 @@ class ObjectWatch:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+    def __enter__(self) -> ObjectWatch:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def status_writes(self, since: float = 0.0) -> int:
         """Versions whose ``status`` differs from the version before (received at or after ``since``)."""

@@ -73,7 +73,8 @@ def find_opa_binary() -> Path:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the kernel picks it)."""
+    """A TCP port on 127.0.0.1 that is free right now (the kernel picks it). Not process.free_port: the operator
+    image leaves the test harness (process.py) out, see hack/image_rootfs.py."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]

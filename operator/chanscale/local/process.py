@@ -1,9 +1,9 @@
-"""Child-process plumbing shared by the local test infrastructure (cluster, Prometheus, OPA, the operator).
+"""Child-process plumbing shared by the local test infrastructure (cluster, Prometheus, Argo CD, the operator).
 
 Every program is started in its own session (process group) with its output captured to a log file, so that
 stopping it kills everything it spawned and a failing test can show what the program said. An ``atexit`` hook
 kills whatever is still running when the interpreter exits, as a safety net against leaked processes when a test
-run is interrupted.
+run is interrupted. :class:`ManagedGroup` is the lifecycle the fixtures made of several programs share.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 LOOPBACK = "127.0.0.1"
 
 _LIVE: set[ManagedProcess] = set()
+_Group = TypeVar("_Group", bound="ManagedGroup")
 
 
 def free_port() -> int:
@@ -138,6 +139,91 @@ class ManagedProcess:
             self._signal_group(signal.SIGKILL)
             self._popen.wait(timeout=10)
         self.stop()
+
+
+class ManagedGroup:
+    """Programs started in order and stopped in reverse order as one unit, e.g. etcd before kube-apiserver.
+
+    A subclass starts its programs in :meth:`_start` with :meth:`_spawn`, waiting for each before the next (a
+    later one may need an earlier one). :meth:`start` times that and, if it fails, stops whatever had started
+    before re-raising; :meth:`stop` stops the programs (whole process groups, in reverse order), then calls
+    :meth:`_cleanup` (e.g. to remove the work directory). ``with Fixture() as f:`` starts and stops it.
+    """
+
+    #: Lines of each program's log that :meth:`logs` returns.
+    log_lines = 40
+    #: What the group is called in errors ("control plane not started").
+    label = "programs"
+    #: The group's scratch directory (set by the subclass: None until it is made, or after it is removed).
+    workdir: Path | None
+
+    def __init__(self) -> None:
+        self._procs: list[ManagedProcess] = []
+        self.startup_seconds = 0.0
+
+    @property
+    def dir(self) -> Path:
+        """:attr:`workdir`, which must exist by now."""
+        if self.workdir is None:
+            raise RuntimeError(f"{self.label} not started")
+        return self.workdir
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """The programs running now, in start order."""
+        return list(self._procs)
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _cleanup(self) -> None:
+        """Called by :meth:`stop` once every program has stopped; nothing by default."""
+
+    def start(self: _Group) -> _Group:
+        """Start every program; returns self once all are ready, sets :attr:`startup_seconds`."""
+        began = time.monotonic()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def stop(self) -> None:
+        """Stop every program (reverse start order), then clean up; idempotent."""
+        self.stop_processes()
+        self._cleanup()
+
+    def stop_processes(self, name: str | None = None) -> None:
+        """Stop the programs (only the one called ``name`` when given), last started first."""
+        for proc in reversed(self._procs):
+            if name is None or proc.name == name:
+                proc.stop()
+        self._procs = [p for p in self._procs if name is not None and p.name != name]
+
+    def __enter__(self: _Group) -> _Group:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def check_running(self) -> None:
+        """Raise :class:`ProcessFailed` (with its log tail) if any program has died."""
+        for proc in self._procs:
+            proc.check_running()
+
+    def logs(self) -> dict[str, str]:
+        """The tail of every program's log, for failure reports."""
+        return {p.name: p.log_tail(self.log_lines) for p in self._procs}
+
+    def _spawn(
+        self, name: str, argv: Sequence[str | os.PathLike[str]], log_path: Path, env: Mapping[str, str] | None = None
+    ) -> ManagedProcess:
+        """Start one more program of the group (stopped with it)."""
+        proc = ManagedProcess(name, argv, log_path, env=env).start()
+        self._procs.append(proc)
+        return proc
 
 
 def wait_until(

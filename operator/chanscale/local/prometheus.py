@@ -24,26 +24,26 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
 
 from chanscale.local.binaries import find_binary
-from chanscale.local.process import LOOPBACK, ManagedProcess, free_port, wait_until
+from chanscale.local.process import LOOPBACK, ManagedGroup, ManagedProcess, free_port, wait_until
 
 log = logging.getLogger(__name__)
 
 DEFAULT_JOB = "chanscale-local"
 
 
-class LocalPrometheus:
+class LocalPrometheus(ManagedGroup):
     """Prometheus with a file_sd job whose targets are edited at run time; see the module docstring."""
+
+    label = "prometheus"
 
     def __init__(
         self,
@@ -55,6 +55,7 @@ class LocalPrometheus:
         web_config: dict[str, Any] | None = None,
         opener: urllib.request.OpenerDirector | None = None,
     ) -> None:
+        super().__init__()
         # web_config: Prometheus' --web.config.file (TLS, client certificates, basic auth); then pass an ``opener``
         # that can get through it, for this class's own readiness checks and queries.
         self.web_config = web_config
@@ -66,18 +67,10 @@ class LocalPrometheus:
         self._owns_workdir = workdir is None
         self.workdir = workdir
         self.port = 0
-        self.startup_seconds = 0.0
-        self._proc: ManagedProcess | None = None
         # address -> labels, per job
         self._targets: dict[str, dict[str, dict[str, str]]] = {}
 
     # ------------------------------------------------------------------------------------------ paths
-    @property
-    def dir(self) -> Path:
-        if self.workdir is None:
-            raise RuntimeError("prometheus not started")
-        return self.workdir
-
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:41234`` (what ``--prometheus-url`` takes)."""
@@ -96,11 +89,16 @@ class LocalPrometheus:
 
     @property
     def process(self) -> ManagedProcess | None:
-        return self._proc
+        return self._procs[0] if self._procs else None
 
     # -------------------------------------------------------------------------------------- lifecycle
     def start(self) -> LocalPrometheus:
         """Start (or restart after :meth:`stop` with ``cleanup=False``: same port, same data and targets)."""
+        super().start()
+        log.info("prometheus ready at %s in %.1fs", self.url, self.startup_seconds)
+        return self
+
+    def _start(self) -> None:
         binary = find_binary("prometheus")
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="chanscale-prom-"))
@@ -110,58 +108,34 @@ class LocalPrometheus:
             self._write_targets(job)
         if not self.port:
             self.port = free_port()
-        began = time.monotonic()
         web_args = []
         if self.web_config is not None:
             web_file = self.dir / "web-config.yml"
             web_file.write_text(yaml.safe_dump(self.web_config, sort_keys=False))
             web_args.append(f"--web.config.file={web_file}")
-        self._proc = ManagedProcess(
-            "prometheus",
-            [
-                binary,
-                *web_args,
-                f"--config.file={self.config_path}",
-                f"--storage.tsdb.path={self.dir / 'data'}",
-                "--storage.tsdb.retention.time=2h",
-                f"--web.listen-address={LOOPBACK}:{self.port}",
-                "--web.enable-lifecycle",
-                "--log.level=warn",
-            ],
-            self.dir / "prometheus.log",
-        ).start()
-        try:
-            wait_until(lambda: self._get_ok("/-/ready"), self.ready_timeout, "prometheus /-/ready", [self._proc])
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - began
-        log.info("prometheus ready at %s in %.1fs", self.url, self.startup_seconds)
-        return self
+        argv: list[str | Path] = [binary, *web_args, f"--config.file={self.config_path}"]
+        argv += [f"--storage.tsdb.path={self.dir / 'data'}", "--storage.tsdb.retention.time=2h"]
+        argv += [f"--web.listen-address={LOOPBACK}:{self.port}", "--web.enable-lifecycle", "--log.level=warn"]
+        proc = self._spawn("prometheus", argv, self.dir / "prometheus.log")
+        wait_until(lambda: self._get_ok("/-/ready"), self.ready_timeout, "prometheus /-/ready", [proc])
 
     def stop(self, cleanup: bool = True) -> None:
         """Stop Prometheus. ``cleanup=False`` keeps port, data and targets so :meth:`start` brings it back
         (how tests simulate a Prometheus outage)."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
         if cleanup:
-            if self.workdir is not None and self._owns_workdir:
-                shutil.rmtree(self.workdir, ignore_errors=True)
-                self.workdir = None
-            self.port = 0
+            super().stop()
+        else:
+            self.stop_processes()
 
-    def __enter__(self) -> LocalPrometheus:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _cleanup(self) -> None:
+        if self.workdir is not None and self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        self.port = 0
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.running
+        return self.process is not None and self.process.running
 
     def reload(self) -> None:
         """Ask Prometheus to re-read its config (POST /-/reload); only needed after editing scrape configs."""
@@ -271,8 +245,8 @@ class LocalPrometheus:
         def scraped() -> bool:
             return any(t["labels"].get("instance") == address and t["health"] == health for t in self.active_targets())
 
-        procs = [self._proc] if self._proc else []
-        wait_until(scraped, timeout, f"prometheus to scrape {address} with health {health!r}", procs, interval=0.25)
+        what = f"prometheus to scrape {address} with health {health!r}"
+        wait_until(scraped, timeout, what, self.processes, interval=0.25)
 
     def wait_for_series(self, expr: str, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Block until ``expr`` returns at least one series; returns it."""
@@ -284,6 +258,5 @@ class LocalPrometheus:
                 found.append(result)
             return bool(result)
 
-        procs = [self._proc] if self._proc else []
-        wait_until(present, timeout, f"prometheus query {expr!r} to return data", procs, interval=0.25)
+        wait_until(present, timeout, f"prometheus query {expr!r} to return data", self.processes, interval=0.25)
         return found[-1]

@@ -12,13 +12,12 @@ import (
 	"log"
 	"math"
 	"net/http"
-	"os/signal"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/chanscale/chanscale/examples/nats-worker/stream"
 	chanscale "github.com/chanscale/chanscale/sdk/go"
+	"github.com/chanscale/chanscale/sdk/go/run"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -34,38 +33,33 @@ func main() {
 	cfg := stream.Flags()
 	listen := flag.String("listen", ":9400", "address of /metrics, /healthz and /control")
 	initial := flag.Float64("rate", 5, "messages per second to publish")
-	flag.Parse()
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	m, err := chanscale.New(chanscale.Options{Channel: cfg.Channel})
-	if err != nil {
-		log.Fatal(err)
-	}
-	r := &rate{perS: *initial}
-	nc, cons, err := stream.Connect(ctx, cfg)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-	// The broker's backlog, read at every scrape. Unknown is NaN, never 0: the operator then holds instead of
-	// scaling down on a broker it cannot see.
-	m.AddBacklog(func() float64 {
-		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		info, err := cons.Info(ictx)
+	run.Main(&cfg.Channel, func(ctx context.Context, m *chanscale.Metrics) error {
+		r := &rate{perS: *initial}
+		nc, cons, err := stream.Connect(ctx, cfg)
 		if err != nil {
-			return math.NaN()
+			return err
 		}
-		return float64(info.NumPending)
+		defer nc.Close()
+		// The broker's backlog, read at every scrape. Unknown is NaN, never 0: the operator then holds instead of
+		// scaling down on a broker it cannot see.
+		m.AddBacklog(func() float64 {
+			ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			info, err := cons.Info(ictx)
+			if err != nil {
+				return math.NaN()
+			}
+			return float64(info.NumPending)
+		})
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		go stream.Serve(ctx, *listen, controlMux(r))
+		log.Printf("loadgen: %g msg/s to %s (stream %s)", r.get(), cfg.Subject, cfg.Stream)
+		publish(ctx, js, cfg.Subject, m, r)
+		return nil
 	})
-	js, err := jetstream.New(nc)
-	if err != nil {
-		log.Fatal(err)
-	}
-	go stream.Serve(ctx, *listen, controlMux(r))
-	log.Printf("loadgen: %g msg/s to %s (stream %s)", r.get(), cfg.Subject, cfg.Stream)
-	publish(ctx, js, cfg.Subject, m, r)
 }
 
 // publish sends rate() messages per second in 10 ms steps, carrying the fraction over, so that any rate is met

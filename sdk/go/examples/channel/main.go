@@ -13,13 +13,10 @@ import (
 	"flag"
 	"log"
 	"math/rand/v2"
-	"net/http"
-	"os/signal"
-	"syscall"
 	"time"
 
 	chanscale "github.com/chanscale/chanscale/sdk/go"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/chanscale/chanscale/sdk/go/run"
 )
 
 func main() {
@@ -29,33 +26,20 @@ func main() {
 	workers := flag.Int("workers", 4, "goroutines draining the channel")
 	service := flag.Float64("service", 0.05, "mean seconds a message takes (exponentially distributed)")
 	fail := flag.Float64("fail", 0, "fraction of messages that fail")
-	flag.Parse()
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
-	m, err := chanscale.New(chanscale.Options{Channel: *channel})
-	if err != nil {
-		log.Fatal(err)
-	}
-	ch := make(chan chanscale.Item[int], 10000)
-	pool := chanscale.NewPool(m, ch, *workers, func(ctx context.Context, _ int) error {
-		time.Sleep(time.Duration(rand.ExpFloat64() * *service * float64(time.Second)))
-		if rand.Float64() < *fail {
-			return errors.New("failed")
-		}
-		return nil
+	run.Main(channel, func(ctx context.Context, m *chanscale.Metrics) error {
+		ch := make(chan chanscale.Item[int], 10000)
+		pool := chanscale.NewPool(m, ch, *workers, func(ctx context.Context, _ int) error {
+			time.Sleep(time.Duration(rand.ExpFloat64() * *service * float64(time.Second)))
+			if rand.Float64() < *fail {
+				return errors.New("failed")
+			}
+			return nil
+		})
+		go pool.Run(ctx)
+		go produce(ctx, pool, *rate)
+		log.Printf("channel %q: %g msg/s, %d workers; metrics on http://%s/metrics", *channel, *rate, *workers, *listen)
+		return run.Serve(ctx, *listen, nil)
 	})
-	go pool.Run(ctx)
-	go produce(ctx, pool, *rate)
-
-	http.Handle("/metrics", promhttp.Handler())
-	srv := &http.Server{Addr: *listen, ReadHeaderTimeout: 5 * time.Second}
-	go func() { <-ctx.Done(); _ = srv.Close() }()
-	log.Printf("channel %q: %g msg/s, %d workers; metrics on http://%s/metrics", *channel, *rate, *workers, *listen)
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Fatal(err)
-	}
 }
 
 // produce submits messages at a steady rate (arrivals counted by Submit).
