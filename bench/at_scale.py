@@ -4,17 +4,26 @@
     python -m bench.at_scale --quick         # CI: 10 pools, 30 s measured (~1.5 min with start-up)
 
 One local control plane and Prometheus (5 s scrape) for the whole run; for each pool count a fresh namespace,
-N Deployments (1 replica, pods Pending: no kubelet), ``chanscale sim`` serving N channels (μ = 20/s, three
+N Deployments (1 replica; by default the controller-manager runs without its deployment and replicaset controllers,
+so they are fake Deployments: no ReplicaSets, no Pending pods — ``--real-deployments`` keeps them),
+``chanscale sim`` serving N channels (μ = 20/s, three
 simulated workers each; 4 in 5 steady at 10 msgs/s, so their decisions are NoChange; every 5th alternates
 10 ↔ 40 msgs/s every 120 s with a 20 s scale-down window, so scale patches and policy calls happen at every size), and a
 fresh ``chanscale run --opa local``
-(default 10 s tick) watching that namespace. After a warm-up (rate() windows fill), for ``--window`` seconds:
-- the operator's /metrics is sampled every 2 s: per-pool decision counters give each pool's evaluation gaps;
+(default 10 s tick) watching that namespace. Once every pool has been evaluated once (the first pass: every pool
+writes its first status), a warm-up (rate() windows fill, first scale-ups settle), then for ``--window`` seconds:
+- the operator's /metrics is sampled every 2 s, ``chanscale_decisions_total`` alone (prometheus_client's ``name[]``
+  filter: rendering every per-pool series every 2 s would cost the operator more CPU than the sampler measures):
+  per-pool decision counters give each pool's evaluation gaps;
 - deltas of ``chanscale_prometheus_queries_total``, ``chanscale_kubernetes_requests_total``,
   ``chanscale_status_writes_total`` and the API server's ``apiserver_request_total`` give requests per tick;
-- ``chanscale_decision_duration_seconds`` (signals + decision + policy + scale write, per pool tick) and
-  ``chanscale_policy_duration_seconds`` give latency percentiles (bucket-interpolated like histogram_quantile);
-- /proc gives the operator's RSS and CPU (the supervised OPA child separately).
+  per pool, status writes per minute of the quiet pools (the steady 4 in 5, whose decision never changes) and of the
+  churning ones;
+- latency percentiles (bucket-interpolated like histogram_quantile): the *decision*,
+  ``chanscale_verdict_duration_seconds`` (signals + decision + policy gate, before any write), and the whole
+  *evaluation*, ``chanscale_decision_duration_seconds`` (the same plus the scale write, the status write and its
+  wait for the API server); ``chanscale_policy_duration_seconds`` for the policy call alone;
+- /proc gives the operator's RSS and CPU (the supervised OPA child separately); the load average is recorded.
 """
 
 from __future__ import annotations
@@ -104,6 +113,26 @@ def _decisions_by_pool(samples: Samples) -> dict[str, float]:
     return out
 
 
+def _by_pool(samples: Samples, name: str) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for n, lbl, v in samples:
+        if n == name:
+            out[lbl.get("pool", "")] += v
+    return out
+
+
+def _per_pool_minute(before: Samples, after: Samples, name: str, pools: list[str], seconds: float) -> float | None:
+    """Mean increase of a per-pool counter, per pool and per minute, over ``pools``."""
+    if not pools:
+        return None
+    b, a = _by_pool(before, name), _by_pool(after, name)
+    return sum(a.get(p, 0.0) - b.get(p, 0.0) for p in pools) / len(pools) / seconds * 60
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def _apiserver_requests(samples: Samples) -> dict[str, float]:
     out: dict[str, float] = defaultdict(float)
     for n, lbl, v in samples:
@@ -147,6 +176,7 @@ def measure(
     tick: float,
     extra: list[str] | None = None,
     replicas: int = 1,
+    settle_timeout: float = 900.0,
 ) -> dict[str, Any]:
     """Run one pool count in its own namespace and return the measurements. With ``replicas`` > 1, that many
     operators run (``extra`` carries --shards/--leader-elect); their metrics are summed, their usage too."""
@@ -164,8 +194,11 @@ def measure(
         ops.append(st.operator)
     pids = [op.proc.pid for op in ops if op.proc and op.proc.pid]
 
-    def metrics() -> Samples:
-        return [s for op in ops for s in parse_metrics(op.metrics_text())]
+    def metrics(*names: str) -> Samples:
+        return [s for op in ops for s in parse_metrics(op.metrics_text(names))]
+
+    def decided() -> dict[str, float]:
+        return _decisions_by_pool(metrics("chanscale_decisions_total"))
 
     def usage() -> dict[str, float]:
         each = [_tree_usage(pid) for pid in pids]
@@ -175,7 +208,15 @@ def measure(
 
     st.create_pools([_pool(i, c, w) for i, (c, w) in enumerate(names)], [])
     setup_s = time.monotonic() - t_setup
+    t_pass = time.monotonic()
+    while time.monotonic() - t_pass < settle_timeout:  # the first pass: every pool evaluated (and written) once
+        with contextlib.suppress(OSError):
+            if sum(1 for c in decided().values() if c > 0) >= pools:
+                break
+        time.sleep(5.0)
+    first_pass_s = time.monotonic() - t_pass
     time.sleep(warmup)
+    load_before = _load()
     series: list[tuple[float, dict[str, float]]] = []
     before = metrics()
     api_before = _apiserver_requests(st.apiserver_metrics())
@@ -186,7 +227,7 @@ def measure(
     def sampler() -> None:
         while not stop.is_set():
             with contextlib.suppress(OSError):
-                series.append((time.monotonic(), _decisions_by_pool(metrics())))
+                series.append((time.monotonic(), decided()))
             stop.wait(2.0)
 
     th = threading.Thread(target=sampler, daemon=True)
@@ -208,9 +249,14 @@ def measure(
         return metric_sum(after, name) - metric_sum(before, name)
 
     api_delta = {k: api_after.get(k, 0.0) - api_before.get(k, 0.0) for k in api_after}
+    quiet = [f"p{i}" for i in range(pools) if i % CHURN]
+    churning = [f"p{i}" for i in range(pools) if not i % CHURN]
     res = {
         "pools": pools,
         "setup_s": setup_s,
+        "first_pass_s": first_pass_s,
+        "load_average_before": load_before,
+        "load_average_after": _load(),
         "window_s": elapsed,
         "ticks": ticks,
         "decisions": delta("chanscale_decisions_total"),
@@ -224,12 +270,24 @@ def measure(
         "operator_kube_requests_per_tick": delta("chanscale_kubernetes_requests_total") / ticks,
         "status_writes_per_tick": delta("chanscale_status_writes_total") / ticks,
         "status_writes_per_pool_per_minute": delta("chanscale_status_writes_total") / max(pools, 1) / elapsed * 60,
+        "status_writes_per_quiet_pool_per_minute": _per_pool_minute(
+            before, after, "chanscale_status_writes_total", quiet, elapsed
+        ),
+        "status_writes_per_churning_pool_per_minute": _per_pool_minute(
+            before, after, "chanscale_status_writes_total", churning, elapsed
+        ),
         "replicas": replicas,
         "max_replica_rss_mib": use_after["max_rss_mib"],
         "apiserver_requests_per_tick": sum(api_delta.values()) / ticks,
         "apiserver_requests_per_tick_by_resource": {k: v / ticks for k, v in sorted(api_delta.items()) if v > 0},
-        "decision_p50_s": hist_quantile(before, after, "chanscale_decision_duration_seconds", 0.5),
-        "decision_p99_s": hist_quantile(before, after, "chanscale_decision_duration_seconds", 0.99),
+        "decision_p50_s": hist_quantile(before, after, "chanscale_verdict_duration_seconds", 0.5),
+        "decision_p99_s": hist_quantile(before, after, "chanscale_verdict_duration_seconds", 0.99),
+        "evaluation_p50_s": hist_quantile(before, after, "chanscale_decision_duration_seconds", 0.5),
+        "evaluation_p99_s": hist_quantile(before, after, "chanscale_decision_duration_seconds", 0.99),
+        "prometheus_query_p50_s": hist_quantile(before, after, "chanscale_prometheus_query_duration_seconds", 0.5),
+        "prometheus_query_p99_s": hist_quantile(before, after, "chanscale_prometheus_query_duration_seconds", 0.99),
+        "loop_lag_p50_s": hist_quantile(before, after, "chanscale_event_loop_lag_seconds", 0.5),
+        "loop_lag_p99_s": hist_quantile(before, after, "chanscale_event_loop_lag_seconds", 0.99),
         "policy_p50_s": hist_quantile(before, after, "chanscale_policy_duration_seconds", 0.5),
         "policy_p99_s": hist_quantile(before, after, "chanscale_policy_duration_seconds", 0.99),
         "operator_rss_mib": use_after["rss_mib"],
@@ -260,15 +318,19 @@ def _f(v: Any, nd: int = 2) -> str:
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"Obtained with `{meta['command']}` on {machine_line(meta['machine'])}; everything (etcd, kube-apiserver, "
-        f"kube-controller-manager, Prometheus, OPA, simulator, operator) shares this machine. Operator tick "
-        f"{meta['tick']:g} s, Prometheus scrape 5 s, {meta['window']:g} s measured per row after a "
-        f"{meta['warmup']:g} s warm-up; figures from one run.",
+        f"kube-controller-manager, Prometheus, OPA, simulator, operator) shares this machine "
+        f"({meta.get('deployments', 'real')} Deployments). Operator tick "
+        f"{meta['tick']:g} s, Prometheus scrape 5 s, {meta['window']:g} s measured per row after the first pass "
+        f"(every pool evaluated once) and a {meta['warmup']:g} s warm-up; figures from one run. Decision: signals, "
+        "decision and policy gate, before any write; evaluation: the same plus the scale and status writes. "
+        "Status writes per pool per minute: all pools / the quiet 4 in 5 (nothing changes) / the churning 1 in 5.",
         "",
         "| pools | evaluations / pool / tick | pools never evaluated | pools with a gap > 1.5 ticks | gap p50 / p99 / "
-        "max s | Prometheus queries / tick | operator API requests / tick | status writes / tick | API server "
-        "requests / tick (all clients) | decision p50 / p99 ms | policy p50 / p99 ms | operator RSS MiB | operator "
-        "CPU % | OPA RSS MiB / CPU % |",
-        "|" + "---|" * 14,
+        "max s | Prometheus queries / tick | operator API requests / tick | status writes / tick | status writes / "
+        "pool / min (all / quiet / churning) | API server requests / tick (all clients) | decision p50 / p99 ms | "
+        "evaluation p50 / p99 ms | policy p50 / p99 ms | operator RSS MiB | operator CPU % | OPA RSS MiB / CPU % "
+        "| load average (1/5/15 min) |",
+        "|" + "---|" * 17,
     ]
     for r in rows:
 
@@ -280,9 +342,13 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['pools_with_a_gap_over_1.5_intervals']} | {_f(r['gap_p50_s'], 1)} / {_f(r['gap_p99_s'], 1)} / "
             f"{_f(r['gap_max_s'], 1)} | {_f(r['prometheus_queries_per_tick'], 1)} | "
             f"{_f(r['operator_kube_requests_per_tick'], 1)} | {_f(r['status_writes_per_tick'], 1)} | "
+            f"{_f(r['status_writes_per_pool_per_minute'])} / {_f(r.get('status_writes_per_quiet_pool_per_minute'))} / "
+            f"{_f(r.get('status_writes_per_churning_pool_per_minute'))} | "
             f"{_f(r['apiserver_requests_per_tick'], 0)} | {ms('decision_p50_s')} / {ms('decision_p99_s')} | "
+            f"{ms('evaluation_p50_s')} / {ms('evaluation_p99_s')} | "
             f"{ms('policy_p50_s')} / {ms('policy_p99_s')} | {_f(r['operator_rss_mib'], 0)} | "
-            f"{_f(r['operator_cpu_percent'], 0)} | {_f(r['opa_rss_mib'], 0)} / {_f(r['opa_cpu_percent'], 0)} |"
+            f"{_f(r['operator_cpu_percent'], 0)} | {_f(r['opa_rss_mib'], 0)} / {_f(r['opa_cpu_percent'], 0)} | "
+            f"{r.get('load_average_after', '–')} |"
         )
     return "\n".join(lines)
 
@@ -328,21 +394,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shards", type=int, default=1, help="the operators' --shards (Lease-owned; chanscale.leader)")
     p.add_argument("--operator-arg", action="append", default=[], help="extra `chanscale run` argument (repeatable)")
     p.add_argument(
+        "--real-deployments",
+        action="store_true",
+        help="keep the controller-manager's deployment and replicaset controllers (ReplicaSets, Pending pods)",
+    )
+    p.add_argument(
         "--tracemalloc",
         metavar="FILE",
         help="profile the operator's memory (tracemalloc; slows it, so its RSS/CPU rows do not count) into FILE",
     )
+    p.add_argument("--gclog", metavar="FILE", help="log the operator's garbage-collector pauses into FILE")
     args = p.parse_args(argv)
+    if args.gclog:
+        os.environ["CHANSCALE_GCLOG"] = str(Path(args.gclog).resolve())  # inherited by the operator
     counts = [int(x) for x in (args.pools or ("10" if args.quick else "10,100,1000")).split(",")]
     window = args.window or (30.0 if args.quick else 120.0)
     warmup = args.warmup or (20.0 if args.quick else 75.0)
     if args.tracemalloc:
         os.environ["CHANSCALE_TRACEMALLOC"] = str(Path(args.tracemalloc).resolve())  # inherited by the operator
     rows = []
+    controllers_off = () if args.real_deployments else ("deployment", "replicaset")
     t_start = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="chanscale-bench-scale-") as tmp,
-        Stack(workdir=Path(tmp), tick=args.tick, opa=args.opa) as st,
+        Stack(workdir=Path(tmp), tick=args.tick, opa=args.opa, controllers_off=controllers_off) as st,
     ):
         st.start_cluster()
         for n in counts:
@@ -355,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": cmd,
         "machine": machine(),
         "tick": args.tick,
+        "deployments": "real" if args.real_deployments else "fake",
         "window": window,
         "warmup": warmup,
         "wall_seconds": time.perf_counter() - t_start,

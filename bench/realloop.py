@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,11 +103,12 @@ class Stack:
     operator: OperatorProcess | None = None
     api: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    controllers_off: tuple[str, ...] = ()  # LocalControlPlane.controllers_off
 
     # --------------------------------------------------------------------------------------------- start/stop
     def start_cluster(self) -> None:
         t = time.monotonic()
-        self.cp = LocalControlPlane().start()
+        self.cp = LocalControlPlane(controllers_off=self.controllers_off).start()
         applied = self.cp.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
         if applied.returncode != 0:
             raise RuntimeError(f"kubectl apply -f crds/ failed: {applied.stderr}")
@@ -261,12 +263,14 @@ class Stack:
         return out
 
     def create_pools(self, pools: list[dict], deployments: list[client.V1Deployment]) -> None:
+        """Deployments first, then pools; 8 requests at a time (thousands of objects for bench.at_scale)."""
         apps = client.AppsV1Api(self.api)
-        for d in deployments:
-            apps.create_namespaced_deployment(self.namespace, d)
         co = client.CustomObjectsApi(self.api)
-        for p in pools:
-            co.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, p)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda d: apps.create_namespaced_deployment(self.namespace, d), deployments))
+            list(
+                pool.map(lambda p: co.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, p), pools)
+            )
 
     def pretend_one_ready_pod_each(self, deployments: list[str], port: int, timeout: float = 120) -> None:
         """For the direct path without a kubelet: one pod of each Deployment reported Ready at 127.0.0.1, its

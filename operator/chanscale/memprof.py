@@ -1,4 +1,6 @@
-"""Opt-in memory profile of the running operator (tracemalloc), for ``bench.at_scale --tracemalloc``.
+"""Opt-in memory profile of the running operator (tracemalloc), for ``bench.at_scale --tracemalloc``, and opt-in
+garbage-collector pauses (``CHANSCALE_GCLOG=<path>``: per generation, how many collections and how long they
+stopped the process, rewritten every 20 s), for ``bench.at_scale --gclog``.
 
 With ``CHANSCALE_TRACEMALLOC=<path>`` in the environment, ``chanscale run`` starts tracemalloc before it imports
 kopf and rewrites ``<path>`` every ``CHANSCALE_TRACEMALLOC_EVERY`` seconds (default 20) with the top allocators,
@@ -8,6 +10,7 @@ in production, and never compare RSS or CPU figures of a profiled run with an un
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -15,6 +18,7 @@ import tracemalloc
 from pathlib import Path
 
 ENV = "CHANSCALE_TRACEMALLOC"
+GC_ENV = "CHANSCALE_GCLOG"
 
 
 def _report(snapshot: tracemalloc.Snapshot, top: int) -> str:
@@ -70,3 +74,37 @@ def start_from_env() -> None:
             dump(path)
 
     threading.Thread(target=loop, name="chanscale-tracemalloc", daemon=True).start()
+
+
+def _gc_report(pauses: dict[int, list[float]]) -> str:
+    lines = ["generation collections total_s max_ms p99_ms"]
+    for gen, xs in sorted(pauses.items()):
+        ys = sorted(xs)
+        p99 = ys[min(len(ys) - 1, int(len(ys) * 0.99))] if ys else 0.0
+        lines.append(f"{gen} {len(ys)} {sum(ys):.3f} {1000 * max(ys, default=0.0):.1f} {1000 * p99:.1f}")
+    return "\n".join(lines) + "\n"
+
+
+def start_gclog_from_env() -> None:
+    """Record every collection's pause with ``gc.callbacks``, if ``CHANSCALE_GCLOG`` is set."""
+    target = os.environ.get(GC_ENV)
+    if not target:
+        return
+    pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    began = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            pauses[info["generation"]].append(time.perf_counter() - began[0])
+
+    gc.callbacks.append(callback)
+    path = Path(target)
+
+    def loop() -> None:
+        while True:
+            time.sleep(20)
+            path.write_text(_gc_report(pauses))
+
+    threading.Thread(target=loop, name="chanscale-gclog", daemon=True).start()

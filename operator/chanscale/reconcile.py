@@ -113,6 +113,9 @@ class Runtime:
     last_eval: dict[tuple[str, str], float] = field(default_factory=dict)
     last_written: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     last_scale_write: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    # (replicas, when) a pool was allowed to scale to, recorded under the namespace's lock before the writes: the
+    # other pools' budget checks count it from that moment (see _tick)
+    reserved: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     writer: Any = None  # kube.StatusWriter; None keeps writes in ``memory_writes`` (unit tests)
     memory: dict[tuple[str, str], PoolMemory] = field(default_factory=dict)
     evaluated: dict[tuple[str, str], float] = field(default_factory=dict)  # last tick of any kind (liveness)
@@ -127,6 +130,7 @@ class Runtime:
             self.last_eval,
             self.last_written,
             self.last_scale_write,
+            self.reserved,
             self.memory,
             self.evaluated,
             self.tenancy.template_errors,
@@ -442,15 +446,32 @@ class Observed:
 async def _tick(
     rt: Runtime, body: Mapping[str, Any], mem: PoolMemory, spec: PoolSpec, target: Target | None, now: float
 ) -> TickResult:
+    started = time.perf_counter()
     seen = await _observe(rt, body, mem, spec, target, now)
     if isinstance(seen, TickResult):
         return seen
     facts = _decide(spec, seen, body, now, _learnt(mem, seen.old))
-    # Gate and act under the namespace's lock, so two pools cannot spend the same budget headroom.
-    async with rt.tenancy.locks(seen.ns):
-        await _gate_stage(rt, facts, seen, target)
-        if facts.decision.desired != seen.current and facts.mode == "Active":
-            return await _act(rt, facts, mem, seen)
+    acted: PoolState | TickResult | None = None
+    act = False
+    if facts.decision.desired != seen.current:
+        # Gate and reserve under the namespace's lock, so two pools cannot spend the same budget headroom: the next
+        # pool's check counts this reservation (_peers) before any write of ours. The writes happen after the lock
+        # is released, so pools queue for a policy call, not for API round trips. A pool that proposes no change
+        # spends nothing and does not take the lock.
+        async with rt.tenancy.locks(seen.ns):
+            await _gate_stage(rt, facts, seen, target)
+            act = facts.decision.desired != seen.current and facts.mode == "Active"
+            if act:
+                rt.reserved[(seen.ns, seen.name)] = (facts.decision.desired, now)
+    telemetry.VERDICT_SECONDS.observe(time.perf_counter() - started)
+    if act:
+        acted = await _act(rt, facts, mem, seen)
+    if isinstance(acted, TickResult):  # the intent or the scale could not be written: reported
+        return acted
+    if acted is not None:  # scaled: the decision's status is written after the lock is released
+        result = await _explain(rt, facts, mem, seen, applied=True, state=acted)
+        crash_point("after-status")
+        return result
     return await _explain(rt, facts, mem, seen, applied=False, state=facts.decision.state)
 
 
@@ -600,11 +621,12 @@ async def _gate_stage(rt: Runtime, facts: Facts, seen: Observed, target: Target 
         )
 
 
-async def _act(rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed) -> TickResult:
-    """Scale, crash-safely: write the intent (the scale event plus ``history.pending``) first, then scale, then
-    write the decision and clear the intent. A crash between any two steps leaves a status that
-    :func:`resolve_pending` reconciles. The intent write touches ``status.history`` only, so nothing reading the
-    status (replicas, conditions, the decision) sees a scale before the Deployment has it."""
+async def _act(rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed) -> PoolState | TickResult:
+    """Scale, crash-safely: write the intent (the scale event plus ``history.pending``) first, then scale; the
+    caller then writes the decision and clears the intent (:func:`_explain`). A crash between any two steps leaves
+    a status that :func:`resolve_pending` reconciles. The intent write touches ``status.history`` only, so nothing
+    reading the status (replicas, conditions, the decision) sees a scale before the Deployment has it. Returns the
+    learning state with the scale recorded, or the failure's result."""
     key, now, d, current = (seen.ns, seen.name), facts.now, facts.decision, seen.current
     state = record_scale(d.state, now=now, from_replicas=current, to_replicas=d.desired)
     pending = {"from": current, "to": d.desired, "time": round(now, 3)}
@@ -628,9 +650,7 @@ async def _act(rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed) -> Ti
     rt.last_scale_write[key] = (d.desired, now)
     telemetry.SCALES.labels(seen.ns, seen.name, "up" if d.desired > current else "down").inc()
     seen.events.append(("Normal", "Scaled", f"{current} -> {d.desired}: {d.reason}"))
-    result = await _explain(rt, facts, mem, seen, applied=True, state=state)
-    crash_point("after-status")
-    return result
+    return state
 
 
 async def _explain(
@@ -682,10 +702,13 @@ def _publish_metrics(facts: Facts, replicas: int) -> None:
 
 
 def _peers(rt: Runtime, ns: str, name: str, target: Target | None, now: float) -> list[dict[str, Any]]:
-    """The namespace's other pools for the budget guard: kopf's WorkerPool index plus our own recent writes."""
+    """The namespace's other pools for the budget guard: kopf's WorkerPool index plus our own recent reservations
+    and writes (the index lags them)."""
     if target is None or target.peers is None:
         return []
-    recent = {n: r for (pns, n), (r, t) in rt.last_scale_write.items() if pns == ns and now - t < 2 * rt.config.tick}
+    recent: dict[str, int] = {}
+    for writes in (rt.last_scale_write, rt.reserved):  # a reservation is at least as new as the last write
+        recent.update({n: r for (pns, n), (r, t) in writes.items() if pns == ns and now - t < 2 * rt.config.tick})
     pools, deployments = target.peers()
     return namespace_pools(pools, deployments, recent, exclude=name)
 

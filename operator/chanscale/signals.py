@@ -149,7 +149,11 @@ class PrometheusReader:
     async def query(self, address: str, query: str, max_age: float | None = None) -> Result:
         """One instant query, served from the cache within ``ttl`` (or ``max_age``, if shorter); concurrent
         callers share one request. The fast path (chanscale.fastpath) refreshes the cheap signals every second
-        with a short ``max_age``, so a decision it triggers reads them fresh."""
+        with a short ``max_age``, so a decision it triggers reads them fresh.
+
+        While a refresh is under way, other callers without ``max_age`` get the previous answer (if it is younger
+        than ``ttl`` + ``timeout``) instead of waiting for it: with 1 000 pools, every decision taken during a slow
+        Prometheus answer would otherwise wait for it; only the caller that started the refresh does."""
         key = (address, query)
         now = self._clock()
         hit = self._cache.get(key)
@@ -160,6 +164,9 @@ class PrometheusReader:
             return hit[1]
         fut = self._inflight.get(key)
         if fut is not None:
+            previous = hit[1] if hit is not None and now - hit[0] < self.ttl + self.timeout else None
+            if max_age is None and previous is not None and not isinstance(previous, QueryError):
+                return previous
             return await asyncio.shield(fut)
         fut = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut

@@ -18,7 +18,21 @@ DECISIONS = Counter(
 )
 DECISION_SECONDS = Histogram(
     "chanscale_decision_duration_seconds",
-    "Wall time of one pool's tick: signals, decision, policy gate and scale write.",
+    "Wall time of one pool's tick: signals, decision, policy gate, scale write and status write.",
+    buckets=_LAT,
+    registry=REGISTRY,
+)
+VERDICT_SECONDS = Histogram(
+    "chanscale_verdict_duration_seconds",
+    "Wall time from the start of one pool's tick to its gated verdict: signals, decision and policy gate (when a "
+    "change is proposed), before any write.",
+    buckets=_LAT,
+    registry=REGISTRY,
+)
+LOOP_LAG_SECONDS = Histogram(
+    "chanscale_event_loop_lag_seconds",
+    "How late the ticker's 0.25 s steps wake up: time the event loop was busy with other work (or the process "
+    "was not scheduled). Every evaluation's latency includes it.",
     buckets=_LAT,
     registry=REGISTRY,
 )

@@ -267,12 +267,21 @@ def pool_index_entry(name: str, spec: Mapping[str, Any], status: Mapping[str, An
 def target_owner(pools: Iterable[Mapping[str, Any]], target: str) -> str | None:
     """The pool that owns a target Deployment: the oldest Active pool naming it (ties: the smaller name). A DryRun
     pool never writes, so it owns nothing: it may shadow the owner (docs/migrate-from-keda.md)."""
-    claims = sorted(
-        (p.get("created") or "", p["name"])
-        for p in pools
-        if p.get("target") == target and p.get("mode", "Active") != "DryRun"
-    )
-    return claims[0][1] if claims else None
+    return target_owners(p for p in pools if p.get("target") == target).get(target)
+
+
+def target_owners(pools: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """:func:`target_owner` of every target named by ``pools``, in one pass (a namespace of 1 000 pools asked
+    pool by pool costs a million comparisons per policy call)."""
+    best: dict[str, tuple[str, str]] = {}
+    for p in pools:
+        if p.get("mode", "Active") == "DryRun":
+            continue
+        target, claim = str(p.get("target")), (p.get("created") or "", p["name"])
+        held = best.get(target)
+        if p.get("target") is not None and (held is None or claim < held):
+            best[target] = claim
+    return {target: claim[1] for target, claim in best.items()}
 
 
 def _int_or_zero(x: Any) -> int:
@@ -293,9 +302,10 @@ def namespace_pools(
     twice.
     """
     pools = list(pools)
+    owners = target_owners(pools)
     out = []
     for p in sorted(pools, key=lambda p: p["name"]):
-        if p["name"] == exclude or target_owner(pools, p["target"]) != p["name"]:
+        if p["name"] == exclude or owners.get(p["target"]) != p["name"]:
             continue
         replicas = max(
             deployment_replicas.get(p["target"], 0),

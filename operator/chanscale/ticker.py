@@ -4,7 +4,9 @@ A kopf timer is an asyncio task per pool that holds the pool's last full body (m
 whole life, plus kopf's per-object daemon bookkeeping and a finalizer on every pool. The ticker keeps one task
 for all pools: every ``resolution`` seconds it starts the pools that are due, each at a stable phase inside the
 interval (a hash of its key), so 1 000 pools spread evenly over the tick instead of arriving at once, and at
-most ``concurrency`` evaluations run at the same time. A pool whose previous evaluation is still running is not
+most ``concurrency`` evaluations run at the same time. Due pools come off a heap of next slots, so a step costs
+what it starts, not the number of pools; the list of pools is read again every ``resync`` seconds (new pools get
+their first slot, gone pools are forgotten). A pool whose previous evaluation is still running is not
 started again (no overlap, as with kopf timers). What a pool is evaluated with comes from :func:`slim_body` — the
 fields the tick reads, without managedFields or kopf's own annotations.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -75,11 +78,15 @@ class Ticker:
     run_one: Callable[[PoolKey, bool], Awaitable[None]]  # (pool, forced by the fast path)
     concurrency: int = 16
     resolution: float = 0.25
+    resync: float = 1.0
     clock: Callable[[], float] = _loop_time
     next_due: dict[PoolKey, float] = field(default_factory=dict)
+    heap: list[tuple[float, PoolKey]] = field(default_factory=list)  # (slot, pool); stale entries are skipped
+    synced_at: float | None = None
     inflight: dict[PoolKey, asyncio.Task[None]] = field(default_factory=dict)
     started: int = 0
     forced: set[PoolKey] = field(default_factory=set)
+    on_lag: Callable[[float], None] | None = None  # seconds each step came late: how busy the event loop is
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -90,20 +97,37 @@ class Ticker:
         cycles = (now - off) // self.interval + 1
         return off + cycles * self.interval
 
-    def due(self, now: float) -> list[PoolKey]:
-        """The pools to start now; advances their next slot. New pools get their first slot (never a burst)."""
-        out: list[PoolKey] = []
-        seen: set[PoolKey] = set()
-        for key in self.keys():
-            seen.add(key)
-            when = self.next_due.get(key)
-            if when is None:
-                self.next_due[key] = self._slot_after(key, now)
-            elif when <= now and key not in self.inflight:
-                out.append(key)
-                self.next_due[key] = self._slot_after(key, now)
+    def _schedule(self, key: PoolKey, now: float) -> None:
+        when = self.next_due[key] = self._slot_after(key, now)
+        heapq.heappush(self.heap, (when, key))
+
+    def sync(self, now: float) -> None:
+        """Read the pools again: new ones get their first slot (never a burst), gone ones are forgotten."""
+        seen = set(self.keys())
+        for key in seen:
+            if key not in self.next_due:
+                self._schedule(key, now)
         for key in [k for k in self.next_due if k not in seen]:
             del self.next_due[key]
+        self.synced_at = now
+
+    def due(self, now: float) -> list[PoolKey]:
+        """The pools to start now; advances their next slot. A pool still running stays due until it is done."""
+        if self.synced_at is None or not 0 <= now - self.synced_at < self.resync:
+            self.sync(now)
+        out: list[PoolKey] = []
+        busy: list[tuple[float, PoolKey]] = []
+        while self.heap and self.heap[0][0] <= now:
+            when, key = heapq.heappop(self.heap)
+            if self.next_due.get(key) != when:
+                continue  # forgotten or rescheduled since
+            if key in self.inflight:
+                busy.append((when, key))
+                continue
+            out.append(key)
+            self._schedule(key, now)
+        for item in busy:
+            heapq.heappush(self.heap, item)
         return out
 
     def trigger(self, key: PoolKey) -> None:
@@ -136,8 +160,11 @@ class Ticker:
             await ready.wait()
         try:
             while True:
-                self.step(self.clock())
+                now = self.clock()
+                self.step(now)
                 await asyncio.sleep(self.resolution)
+                if self.on_lag is not None:
+                    self.on_lag(max(0.0, self.clock() - now - self.resolution))
         finally:
             for task in list(self.inflight.values()):
                 task.cancel()

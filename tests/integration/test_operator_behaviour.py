@@ -212,7 +212,8 @@ def test_burst_scales_up_and_drain_scales_down(
         procs(op),
     )
     status = pool_status(kubectl, namespace)
-    assert status["lastDecision"]["from"] < status["lastDecision"]["to"], status["lastDecision"]
+    # a scale-up is recorded (on a slow machine the decision after it may already trim the count as backlog drains)
+    assert any(d > 0 for _t, d in status["history"]["scaleEvents"]), status["history"]
     assert "Scaled" in event_reasons(kubectl, namespace)
     assert 'direction="up"' in op.metrics_text()
 

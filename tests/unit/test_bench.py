@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench import control_quality, reaction_time, sizing_accuracy, traces
-from bench.at_scale import hist_quantile, pool_gaps
+from bench.at_scale import _per_pool_minute, hist_quantile, pool_gaps
 from bench.harness import Config, run
 from bench.promsim import PromView, bucket_quantile, extrapolated_rate
 from bench.realloop import metric_sum, parse_metrics
@@ -199,6 +199,15 @@ def test_parse_metrics_and_histogram_quantile_of_a_delta() -> None:
     )
     assert metric_sum(before, "chanscale_decisions_total", pool="p0") == 3.0
     assert hist_quantile(before, after, "x_seconds", 0.5) == pytest.approx(0.05)
+
+
+def test_status_writes_per_pool_per_minute_count_only_the_chosen_pools() -> None:
+    name = "chanscale_status_writes_total"
+    before = [(name, {"pool": "p0"}, 1.0), (name, {"pool": "p1"}, 5.0)]
+    after = [(name, {"pool": "p0"}, 3.0), (name, {"pool": "p1"}, 5.0), (name, {"pool": "p2"}, 9.0)]
+    assert _per_pool_minute(before, after, name, ["p0", "p1"], 120.0) == pytest.approx(0.5)
+    assert _per_pool_minute(before, after, name, ["p2"], 60.0) == pytest.approx(9.0)
+    assert _per_pool_minute(before, after, name, [], 60.0) is None
 
 
 def test_pool_gaps_follow_counter_increases() -> None:

@@ -1,5 +1,6 @@
 """One tick end to end with fakes: the status, the Events, the scale write, and what must never happen."""
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -128,6 +129,20 @@ async def test_quiet_ticks_do_not_rewrite_status() -> None:
     rt.clock[0] += rt.config.status_refresh  # type: ignore[attr-defined]
     third = await tick(rt, body, t)
     assert third.status is not None  # refreshed observations every status_refresh seconds
+
+
+async def test_a_pool_proposing_no_change_does_not_wait_for_the_namespace_lock() -> None:
+    rt = runtime()
+    steady = Target(name="worker", exists=True, replicas=13, ready=13)
+    async with rt.tenancy.locks("ns"):  # another pool of the namespace is gating and scaling
+        quiet = await asyncio.wait_for(tick(rt, pool(), steady), timeout=5)
+        assert quiet.decision is not None and quiet.decision.desired == 13
+        other = pool()
+        other["metadata"]["name"] = "payments"
+        change = asyncio.ensure_future(tick(rt, other, TARGET))
+        await asyncio.sleep(0.05)
+        assert not change.done() and rt.scaler.calls == []  # type: ignore[attr-defined]  # a change waits for it
+    assert (await change).scaled_to == 13
 
 
 @pytest.mark.parametrize("how", ["spec", "annotation", "dryrun"])

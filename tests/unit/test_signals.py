@@ -108,3 +108,36 @@ async def test_no_address_is_a_clear_error() -> None:
 def test_render_custom_only_replaces_placeholders() -> None:
     assert render_custom('x{channel="$channel"}', "ns", "c") == 'x{channel="c"}'
     assert not math.isnan(1.0)
+
+
+async def test_a_refresh_under_way_serves_the_previous_answer_to_others() -> None:
+    now = [0.0]
+    gate = asyncio.Event()
+    fake = FakeProm()
+
+    async def slow(address: str, query: str) -> list[Any]:
+        if now[0] > 0:
+            await gate.wait()  # a slow Prometheus answer
+        return await fake(address, query)
+
+    reader = PrometheusReader("http://prom", ttl=5, timeout=5, query_fn=slow, clock=lambda: now[0])
+    q = default_queries("1m")["backlog"]
+    first = await reader.query("http://prom", q)
+    now[0] = 6.0
+    starter = asyncio.ensure_future(reader.query("http://prom", q))  # starts the refresh and waits for it
+    await asyncio.sleep(0)
+    assert await reader.query("http://prom", q) == first  # does not wait
+    fast = asyncio.ensure_future(reader.query("http://prom", q, max_age=1.0))  # the fast path wants it fresh
+    await asyncio.sleep(0)
+    assert not fast.done()
+    gate.set()
+    assert await starter == await fast
+    now[0] = 20.0  # the previous answer is too old (> ttl + timeout): wait for the refresh
+    gate.clear()
+    late = asyncio.ensure_future(reader.query("http://prom", q))
+    await asyncio.sleep(0)
+    other = asyncio.ensure_future(reader.query("http://prom", q))
+    await asyncio.sleep(0)
+    assert not other.done()
+    gate.set()
+    await asyncio.gather(late, other)

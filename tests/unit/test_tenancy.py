@@ -18,6 +18,7 @@ from chanscale.tenancy import (
     parse_profiles,
     refusal,
     target_owner,
+    target_owners,
 )
 
 pytestmark = pytest.mark.unit
@@ -218,6 +219,23 @@ def test_second_pool_on_a_target_is_a_conflict() -> None:
     assert owner.conflict is None
     assert second.conflict is not None and "WorkerPool a" in second.conflict
     assert owner.peers is not None and owner.peers()[1] == {"web": 4}
+
+
+def test_target_owners_in_one_pass_match_target_owner() -> None:
+    pools = [*POOLS, {"name": "d", "target": "web", "created": "2025-12-31T00:00:00Z", "mode": "DryRun"}]
+    assert target_owners(pools) == {t: target_owner(pools, t) for t in ("web", "api")}
+
+
+def test_conflict_from_the_claims_index_matches_the_namespace_scan() -> None:
+    index = {"ns": POOLS}
+    claims: dict[tuple[str, str], list[dict]] = {}
+    for p in POOLS:
+        claims.setdefault(("ns", p["target"]), []).append(p)
+    deployments = {("ns", "web"): [{"replicas": 4, "ready": 4}]}
+    for who in ("a", "b"):
+        scanned = target_from_indexes("ns", "web", deployments, {}, {}, index, pool=who)
+        indexed = target_from_indexes("ns", "web", deployments, {}, {}, index, pool=who, claims=claims)
+        assert scanned.conflict == indexed.conflict
 
 
 def test_paused_scaledobject_is_a_conflict() -> None:

@@ -129,3 +129,31 @@ def test_a_triggered_pool_runs_at_the_next_step_and_keeps_its_slot() -> None:
         assert runs == [True] and t.next_due[("ns", "a")] == slot
 
     asyncio.run(main())
+
+
+def test_pools_are_read_once_per_resync_and_steps_cost_what_they_start() -> None:
+    keys = [("ns", f"p{i}") for i in range(100)]
+    reads = 0
+
+    def listed() -> list[tuple[str, str]]:
+        nonlocal reads
+        reads += 1
+        return keys
+
+    async def nothing(_key: tuple[str, str], _forced: bool) -> None:
+        return None
+
+    t = Ticker(interval=10.0, keys=listed, run_one=nothing, clock=lambda: 0.0, resync=1.0)
+    started: list[tuple[str, str]] = []
+    now = 0.0
+    while now < 20.0:
+        started += t.due(now)
+        now += 0.25
+    assert reads == 20  # once per second, not at every step
+    assert set(started) == set(keys) and {started.count(k) for k in keys} <= {1, 2}  # once per 10 s interval
+    keys.append(("ns", "new"))
+    while now < 32.0:
+        started += t.due(now)
+        now += 0.25
+    assert ("ns", "new") in started  # picked up at the next read, started at its own slot
+    assert len(t.heap) <= len(keys) + 1  # no stale entries pile up

@@ -89,6 +89,9 @@ class LocalControlPlane(ManagedGroup):
     keep_workdir: bool = False
     ready_timeout: float = 120.0
     extra_apiserver_flags: list[str] = field(default_factory=list)
+    # Controllers left out of the controller-manager, e.g. ("deployment", "replicaset") for a benchmark whose
+    # Deployments need only exist (no ReplicaSets, no Pending pods, no status churn for the API server to serve).
+    controllers_off: tuple[str, ...] = ()
     timings: StartupTimings = field(default_factory=StartupTimings)
 
     def __post_init__(self) -> None:
@@ -279,7 +282,7 @@ class LocalControlPlane(ManagedGroup):
             # Nothing here has nodes or a cloud; these controllers would only log noise.
             "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,"
             "-node-route-controller,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,"
-            "-ephemeral-volume-controller",
+            "-ephemeral-volume-controller" + "".join(f",-{c}" for c in self.controllers_off),
             "--concurrent-deployment-syncs=5",
             "--v=1",
         ]
