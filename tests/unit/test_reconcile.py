@@ -142,7 +142,7 @@ async def test_a_pool_proposing_no_change_does_not_wait_for_the_namespace_lock()
         change = asyncio.ensure_future(tick(rt, other, TARGET))
         await asyncio.sleep(0.05)
         assert not change.done() and rt.scaler.calls == []  # type: ignore[attr-defined]  # a change waits for it
-    assert (await change).scaled_to == 13
+    assert (await change).scaled_to == 12
 
 
 @pytest.mark.parametrize("how", ["spec", "annotation", "dryrun"])
