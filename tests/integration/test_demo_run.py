@@ -88,12 +88,24 @@ def test_short_demo_scales_up_writes_plot_and_summary_and_leaks_nothing(tmp_path
     assert (out / "logs" / "operator.log").is_file()
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_tears_everything_down_and_keeps_a_partial_plot(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     run_id = uuid.uuid4().hex
     argv = [sys.executable, "-m", "chanscale", "demo", "--duration", "300", "--no-tui", "--out", str(out)]
     proc = subprocess.Popen(
-        argv, env=demo_env(run_id), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+        argv,
+        env=demo_env(run_id),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        # Ctrl-C as a terminal delivers it: a run started in the background (`cmd &` without job control, as a CI
+        # runner may) inherits SIGINT ignored, and Python then never installs its KeyboardInterrupt handler.
+        preexec_fn=_sigint_default,
     )
     lines: list[str] = []
     try:
