@@ -113,6 +113,8 @@ class Runtime:
     last_eval: dict[tuple[str, str], float] = field(default_factory=dict)
     last_written: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     last_scale_write: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    # the counts our recent writes moved away from, with when: an index still showing one of them is behind us
+    scaled_from: dict[tuple[str, str], list[tuple[int, float]]] = field(default_factory=dict)
     # (replicas, when) a pool was allowed to scale to, recorded under the namespace's lock before the writes: the
     # other pools' budget checks count it from that moment (see _tick)
     reserved: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
@@ -130,6 +132,7 @@ class Runtime:
             self.last_eval,
             self.last_written,
             self.last_scale_write,
+            self.scaled_from,
             self.reserved,
             self.memory,
             self.evaluated,
@@ -414,9 +417,12 @@ def external_change(
 
 
 def _current(rt: Runtime, key: tuple[str, str], target: Target, now: float) -> int:
-    """Our own recent write wins over an index that has not caught up with it yet."""
+    """Our own recent write wins over an index that has not caught up with it yet: one that still shows a count
+    our recent writes moved away from. Any other count is newer than our write (another writer's): the target's."""
     written = rt.last_scale_write.get(key)
-    if written is not None and now - written[1] < 2 * rt.config.tick and target.replicas != written[0]:
+    recent = now - 2 * rt.config.tick
+    behind = {count for count, at in rt.scaled_from.get(key, ()) if at > recent}
+    if written is not None and written[1] > recent and target.replicas != written[0] and target.replicas in behind:
         return written[0]
     return target.replicas
 
@@ -648,6 +654,8 @@ async def _act(rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed) -> Po
         return await _fail(rt, key, mem, seen.old, seen.gen, now, seen.target_name, reason, brief(*key, str(e)))
     crash_point("after-scale")
     rt.last_scale_write[key] = (d.desired, now)
+    moved = [(c, t) for c, t in rt.scaled_from.get(key, ()) if t > now - 2 * rt.config.tick]
+    rt.scaled_from[key] = [*moved, (current, now)]
     telemetry.SCALES.labels(seen.ns, seen.name, "up" if d.desired > current else "down").inc()
     seen.events.append(("Normal", "Scaled", f"{current} -> {d.desired}: {d.reason}"))
     return state

@@ -7,7 +7,7 @@ import pytest
 
 from chanscale.kube import ScaleError
 from chanscale.policy import PolicyUnavailable, Verdict
-from chanscale.reconcile import Config, Runtime, Target, tick
+from chanscale.reconcile import Config, Runtime, Target, _current, tick
 from chanscale.signals import PrometheusReader
 from chanscale.tenancy import Guardrails
 
@@ -129,6 +129,18 @@ async def test_quiet_ticks_do_not_rewrite_status() -> None:
     rt.clock[0] += rt.config.status_refresh  # type: ignore[attr-defined]
     third = await tick(rt, body, t)
     assert third.status is not None  # refreshed observations every status_refresh seconds
+
+
+def test_an_index_behind_our_write_counts_ours_but_another_writers_newer_count_wins() -> None:
+    rt = runtime()
+    key, now, tick_s = ("ns", "orders"), 1000.0, rt.config.tick
+    rt.last_scale_write[key] = (2, now)
+    rt.scaled_from[key] = [(1, now)]
+    behind = Target(name="worker", exists=True, replicas=1, ready=1)
+    assert _current(rt, key, behind, now + tick_s) == 2  # the index has not seen our 1 -> 2 yet
+    kubectl = Target(name="worker", exists=True, replicas=6, ready=1)
+    assert _current(rt, key, kubectl, now + tick_s) == 6  # `kubectl scale` after our write: newer, never masked
+    assert _current(rt, key, behind, now + 3 * tick_s) == 1  # two ticks on, the index is the truth
 
 
 async def test_a_pool_proposing_no_change_does_not_wait_for_the_namespace_lock() -> None:
