@@ -126,6 +126,10 @@ class Runtime:
     scale_any: Any = None  # scaletarget.ScaleSubresource: targets other than Deployments
     direct: Any = None  # direct.DirectPath with --direct-metrics (its readings are taken by the fast path)
 
+    def index_lag_start(self, now: float) -> float:
+        """Writes after this moment may not be in kopf's indexes yet (two ticks: the window our own writes win)."""
+        return now - 2 * self.config.tick
+
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         for d in (
@@ -420,7 +424,7 @@ def _current(rt: Runtime, key: tuple[str, str], target: Target, now: float) -> i
     """Our own recent write wins over an index that has not caught up with it yet: one that still shows a count
     our recent writes moved away from. Any other count is newer than our write (another writer's): the target's."""
     written = rt.last_scale_write.get(key)
-    recent = now - 2 * rt.config.tick
+    recent = rt.index_lag_start(now)
     behind = {count for count, at in rt.scaled_from.get(key, ()) if at > recent}
     if written is not None and written[1] > recent and target.replicas != written[0] and target.replicas in behind:
         return written[0]
@@ -654,7 +658,7 @@ async def _act(rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed) -> Po
         return await _fail(rt, key, mem, seen.old, seen.gen, now, seen.target_name, reason, brief(*key, str(e)))
     crash_point("after-scale")
     rt.last_scale_write[key] = (d.desired, now)
-    moved = [(c, t) for c, t in rt.scaled_from.get(key, ()) if t > now - 2 * rt.config.tick]
+    moved = [(c, t) for c, t in rt.scaled_from.get(key, ()) if t > rt.index_lag_start(now)]
     rt.scaled_from[key] = [*moved, (current, now)]
     telemetry.SCALES.labels(seen.ns, seen.name, "up" if d.desired > current else "down").inc()
     seen.events.append(("Normal", "Scaled", f"{current} -> {d.desired}: {d.reason}"))
@@ -716,7 +720,7 @@ def _peers(rt: Runtime, ns: str, name: str, target: Target | None, now: float) -
         return []
     recent: dict[str, int] = {}
     for writes in (rt.last_scale_write, rt.reserved):  # a reservation is at least as new as the last write
-        recent.update({n: r for (pns, n), (r, t) in writes.items() if pns == ns and now - t < 2 * rt.config.tick})
+        recent.update({n: r for (pns, n), (r, t) in writes.items() if pns == ns and t > rt.index_lag_start(now)})
     pools, deployments = target.peers()
     return namespace_pools(pools, deployments, recent, exclude=name)
 
