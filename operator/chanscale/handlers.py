@@ -294,43 +294,76 @@ def build_registry(
     ``fast_period``: seconds between polls of the cheap signals (chanscale.fastpath; 0 disables; ticker only).
     ``direct_settings``: enable the direct path (chanscale.direct) and its index of labelled pods."""
     registry = kopf.OperatorRegistry()
+    _register_lifecycle(registry, config, elector, direct_settings)
+    _register_indexes(registry, direct_settings)
+    _register_pool_handlers(registry, config, scheduler, fast_period, direct_settings)
+    return registry
+
+
+def _apply_settings(settings: kopf.OperatorSettings, direct_settings: DirectSettings | None) -> None:
+    """kopf's settings, and the loop's executor for our blocking clients."""
+    # Timeouts so a silently dropped watch is re-established (kopf #698).
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING  # our own Events are explicit; warnings from kopf still post
+    settings.execution.max_workers = 8
+    if direct_settings is not None:  # only the labelled pods reach us (server-side selector), and only then
+        settings.watching.label_selectors["", "v1", "pods"] = LABEL_SELECTOR
+    # Our blocking clients (kubernetes, prometheus-api-client) run in the loop's default executor: with 1 000
+    # pools its default of cpu+4 threads queued status writes behind each other (docs/scaling.md).
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="chanscale-io")
+    )
+
+
+def _make_runtime(config: Config) -> Runtime:
+    """The operator's state and its I/O adapters (Prometheus, the policy gate, the Kubernetes writers)."""
+    from .policy import make_gate
+
+    return Runtime(
+        config=config,
+        reader=PrometheusReader(
+            config.prometheus_url,
+            ttl=max(1.0, config.tick * 0.8),
+            timeout=config.query_timeout,
+            on_query=telemetry.observe_query,
+            auth=config.prometheus_auth,
+            allowed=tenancy.allowed_addresses(config.guardrails, config.prometheus_url),
+        ),
+        gate=make_gate(config.opa),
+        scaler=kube.KubeScaler(),
+        scale_any=ScaleSubresource(),
+        writer=kube.KubeStatusWriter(),
+    )
+
+
+async def _start_gate(gate: Any, logger: Any) -> None:
+    """Start a supervised local OPA now, so the first decision does not pay for it; failing here is not fatal
+    (the gate retries with back-off and each pool's failurePolicy applies meanwhile)."""
+    from .policy import PolicyUnavailable
+
+    start = getattr(gate, "start", None)
+    if start is not None:
+        try:
+            await start()
+        except PolicyUnavailable as e:
+            logger.warning("policy gate not available yet: %s", e)
+
+
+def _register_lifecycle(
+    registry: kopf.OperatorRegistry, config: Config, elector: Elector | None, direct_settings: DirectSettings | None
+) -> None:
+    """Start-up (settings, the runtime, health, the gate, the election), login and clean-up."""
 
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
-        # Timeouts so a silently dropped watch is re-established (kopf #698).
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
-        settings.watching.connect_timeout = 30
-        settings.networking.request_timeout = 60
-        settings.persistence.finalizer = f"{GROUP}/finalizer"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-        settings.posting.level = logging.WARNING  # our own Events are explicit; warnings from kopf still post
-        settings.execution.max_workers = 8
-        if direct_settings is not None:  # only the labelled pods reach us (server-side selector), and only then
-            settings.watching.label_selectors["", "v1", "pods"] = LABEL_SELECTOR
-        # Our blocking clients (kubernetes, prometheus-api-client) run in the loop's default executor: with 1 000
-        # pools its default of cpu+4 threads queued status writes behind each other (docs/scaling.md).
-        asyncio.get_running_loop().set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="chanscale-io")
-        )
-        from .policy import PolicyUnavailable, make_gate
-
-        memo.runtime = Runtime(
-            config=config,
-            reader=PrometheusReader(
-                config.prometheus_url,
-                ttl=max(1.0, config.tick * 0.8),
-                timeout=config.query_timeout,
-                on_query=telemetry.observe_query,
-                auth=config.prometheus_auth,
-                allowed=tenancy.allowed_addresses(config.guardrails, config.prometheus_url),
-            ),
-            gate=make_gate(config.opa),
-            scaler=kube.KubeScaler(),
-            scale_any=ScaleSubresource(),
-            writer=kube.KubeStatusWriter(),
-        )
+        _apply_settings(settings, direct_settings)
+        memo.runtime = _make_runtime(config)
         health = memo.health = Health(
             tick=config.tick,
             stale_intervals=config.stale_intervals,
@@ -348,14 +381,7 @@ def build_registry(
             config.prometheus_auth.describe(),
             config.opa,
         )
-        # Start a supervised local OPA now, so the first decision does not pay for it; failing here is not fatal
-        # (the gate retries with back-off and each pool's failurePolicy applies meanwhile).
-        start = getattr(memo.runtime.gate, "start", None)
-        if start is not None:
-            try:
-                await start()
-            except PolicyUnavailable as e:
-                logger.warning("policy gate not available yet: %s", e)
+        await _start_gate(memo.runtime.gate, logger)
         # kopf gives each object a shallow copy of the memo: state the first event handler sets must live in a
         # shared container, or every pool would start (and drop) a ticker of its own.
         memo.scheduler = {"task": None}
@@ -376,42 +402,34 @@ def build_registry(
 
     @kopf.on.cleanup(id="shutdown", registry=registry)
     async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-        for task in (getattr(memo, "scheduler", {}).get(k) for k in ("task", "fast")):
-            if task is not None:
-                task.cancel()
-        election = getattr(memo, "elector_task", None)
-        if election is not None:  # cancelling releases the Leases: a standby takes over at its next round
-            election.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await election
-        watchdog = getattr(memo, "watchdog", None)
-        if watchdog is not None:
-            watchdog.cancel()
-        runner = getattr(memo, "health_runner", None)
-        if runner is not None:
-            await runner.cleanup()
-        rt = getattr(memo, "runtime", None)
-        if rt is not None:
-            await rt.gate.close()
-            if rt.direct is not None:
-                await rt.direct.close()
+        await _shutdown(memo)
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, id="known", registry=registry)
-    async def known(
-        event: Mapping[str, Any], meta: kopf.Meta, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
-    ) -> None:
-        """Every pool kopf sees must keep being evaluated: liveness checks each against its last tick (a pool being
-        deleted no longer is). A deleted pool's in-memory state is dropped. The first event starts the ticker."""
-        if scheduler == "ticker" and getattr(memo, "scheduler", {"task": 0})["task"] is None:
-            start_ticker(memo, config, kwargs, fast_period, direct_settings)
-        key = (namespace or "", name)
-        health: Health | None = getattr(memo, "health", None)
-        gone = event.get("type") == "DELETED" or bool(meta.get("deletionTimestamp"))
-        if health is not None:
-            (health.gone if gone else health.seen)(key)
-        rt: Runtime | None = getattr(memo, "runtime", None)
-        if rt is not None and event.get("type") == "DELETED":
-            rt.forget(*key)
+
+async def _shutdown(memo: kopf.Memo) -> None:
+    """Stop the ticker and the fast path, release the Leases, stop health, close the gate and the direct path."""
+    for task in (getattr(memo, "scheduler", {}).get(k) for k in ("task", "fast")):
+        if task is not None:
+            task.cancel()
+    election = getattr(memo, "elector_task", None)
+    if election is not None:  # cancelling releases the Leases: a standby takes over at its next round
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+    watchdog = getattr(memo, "watchdog", None)
+    if watchdog is not None:
+        watchdog.cancel()
+    runner = getattr(memo, "health_runner", None)
+    if runner is not None:
+        await runner.cleanup()
+    rt = getattr(memo, "runtime", None)
+    if rt is not None:
+        await rt.gate.close()
+        if rt.direct is not None:
+            await rt.direct.close()
+
+
+def _register_indexes(registry: kopf.OperatorRegistry, direct_settings: DirectSettings | None) -> None:
+    """The in-memory views every cross-object read uses: targets, competing autoscalers, pools, direct pods."""
 
     @kopf.index("apps", "v1", "deployments", id="deployments", registry=registry)
     async def deployments(
@@ -445,6 +463,20 @@ def build_registry(
         paused = any(k.startswith("autoscaling.keda.sh/paused") for k in (meta.get("annotations") or {}))
         return {(namespace or "", ref.get("kind") or "Deployment", ref.get("name", "")): (name, paused)}
 
+    _register_pool_indexes(registry)
+    if direct_settings is not None:
+
+        @kopf.index("", "v1", "pods", id="directpods", when=_direct_pod, registry=registry)
+        async def directpods(body: kopf.Body, **_: Any) -> Any:
+            """Ready, labelled pods with a declared metrics port, by (namespace, owning Deployment): what the direct
+            path may read (chanscale.direct.pod_entry). A pod that stops qualifying leaves the index."""
+            entry = pod_entry(body)
+            return None if entry is None else {entry[0]: entry[1]}
+
+
+def _register_pool_indexes(registry: kopf.OperatorRegistry) -> None:
+    """WorkerPools three ways: by target (claims), by namespace (budgets), by key (the ticker)."""
+
     @kopf.index(GROUP, VERSION, PLURAL, id="claims", registry=registry)
     async def claims(
         namespace: str | None, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], meta: kopf.Meta, **_: Any
@@ -461,19 +493,37 @@ def build_registry(
         """Every WorkerPool by namespace, from the first tick on: for budgets and for one pool per Deployment."""
         return {namespace or "": _pool_entry(name, spec, status, meta)}
 
-    if direct_settings is not None:
-
-        @kopf.index("", "v1", "pods", id="directpods", when=_direct_pod, registry=registry)
-        async def directpods(body: kopf.Body, **_: Any) -> Any:
-            """Ready, labelled pods with a declared metrics port, by (namespace, owning Deployment): what the direct
-            path may read (chanscale.direct.pod_entry). A pod that stops qualifying leaves the index."""
-            entry = pod_entry(body)
-            return None if entry is None else {entry[0]: entry[1]}
-
     @kopf.index(GROUP, VERSION, PLURAL, id="pools", registry=registry)
     async def pools(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
         """Every WorkerPool by key, as the tick reads it (:func:`chanscale.ticker.slim_body`)."""
         return {(namespace or "", name): slim_body(body)}
+
+
+def _register_pool_handlers(
+    registry: kopf.OperatorRegistry,
+    config: Config,
+    scheduler: str,
+    fast_period: float,
+    direct_settings: DirectSettings | None,
+) -> None:
+    """Per-pool handlers: liveness bookkeeping (and the ticker's start), spec.template, the former timers."""
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="known", registry=registry)
+    async def known(
+        event: Mapping[str, Any], meta: kopf.Meta, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        """Every pool kopf sees must keep being evaluated: liveness checks each against its last tick (a pool being
+        deleted no longer is). A deleted pool's in-memory state is dropped. The first event starts the ticker."""
+        if scheduler == "ticker" and getattr(memo, "scheduler", {"task": 0})["task"] is None:
+            start_ticker(memo, config, kwargs, fast_period, direct_settings)
+        key = (namespace or "", name)
+        health: Health | None = getattr(memo, "health", None)
+        gone = event.get("type") == "DELETED" or bool(meta.get("deletionTimestamp"))
+        if health is not None:
+            (health.gone if gone else health.seen)(key)
+        rt: Runtime | None = getattr(memo, "runtime", None)
+        if rt is not None and event.get("type") == "DELETED":
+            rt.forget(*key)
 
     # Only template pools have change-detecting handlers: kopf then stores its last-handled-configuration
     # annotation (a copy of the spec) and a finalizer on those alone, not on every pool.
@@ -487,32 +537,7 @@ def build_registry(
         GROUP, VERSION, PLURAL, field="spec.template", when=_template_here, id="template", registry=registry
     )
     async def ensure_template(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-        """A pool with spec.template owns a Deployment named after it (garbage-collected with the pool)."""
-        if not spec.get("template"):
-            return
-        try:
-            ps = PoolSpec.from_dict(spec)
-        except SpecError as e:
-            raise kopf.PermanentError(f"invalid spec: {e}") from e
-        rt = memo.runtime
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        if not rt.config.guardrails.allows_templates(key[0]):
-            return  # the tick reports TemplatesDisabled on the pool's conditions
-        try:
-            what = await kube.ensure_template_deployment(body, ps.template or {}, max(ps.min_replicas, 0))
-        except kube.ScaleError as e:
-            kopf.warn(body, reason=e.reason, message=str(e))
-            raise kopf.PermanentError(str(e)) from e
-        except kube.TemplateRejected as e:
-            # The API server refused it: retrying cannot help until spec.template changes (this handler is
-            # called again then). The tick reports it: Ready=False/TemplateRejected and one Event.
-            rt.tenancy.template_errors[key] = (kube.template_digest(ps.template or {}), str(e))
-            logger.warning("Deployment from spec.template refused: %s", e)
-            return
-        except Exception as e:
-            raise kopf.TemporaryError(f"could not create or update the Deployment: {e}", delay=15) from e
-        rt.tenancy.template_errors.pop(key, None)
-        logger.info("Deployment %s %s from spec.template", body["metadata"]["name"], what)
+        await _ensure_template(body, spec, memo.runtime, logger)
 
     if scheduler == "timers":  # the former design, kept to measure against (bench.at_scale --scheduler timers)
 
@@ -523,4 +548,30 @@ def build_registry(
             if owns is None or owns((body["metadata"].get("namespace") or "", body["metadata"]["name"])):
                 await evaluate(memo.runtime, body, kwargs)
 
-    return registry
+
+async def _ensure_template(body: kopf.Body, spec: kopf.Spec, rt: Runtime, logger: Any) -> None:
+    """A pool with spec.template owns a Deployment named after it (garbage-collected with the pool)."""
+    if not spec.get("template"):
+        return
+    try:
+        ps = PoolSpec.from_dict(spec)
+    except SpecError as e:
+        raise kopf.PermanentError(f"invalid spec: {e}") from e
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    if not rt.config.guardrails.allows_templates(key[0]):
+        return  # the tick reports TemplatesDisabled on the pool's conditions
+    try:
+        what = await kube.ensure_template_deployment(body, ps.template or {}, max(ps.min_replicas, 0))
+    except kube.ScaleError as e:
+        kopf.warn(body, reason=e.reason, message=str(e))
+        raise kopf.PermanentError(str(e)) from e
+    except kube.TemplateRejected as e:
+        # The API server refused it: retrying cannot help until spec.template changes (this handler is
+        # called again then). The tick reports it: Ready=False/TemplateRejected and one Event.
+        rt.tenancy.template_errors[key] = (kube.template_digest(ps.template or {}), str(e))
+        logger.warning("Deployment from spec.template refused: %s", e)
+        return
+    except Exception as e:
+        raise kopf.TemporaryError(f"could not create or update the Deployment: {e}", delay=15) from e
+    rt.tenancy.template_errors.pop(key, None)
+    logger.info("Deployment %s %s from spec.template", body["metadata"]["name"], what)
