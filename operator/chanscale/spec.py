@@ -253,6 +253,46 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
             "spec.channel",
             f"must be 1-128 letters, digits, '.', '_', ':' or '-' (no quotes or PromQL), got {channel!r}",
         )
+    target, kind, api_version, template = _target(spec)
+    min_r, max_r = _replica_bounds(spec)
+    model = _obj(spec.get("model"), "spec.model")
+    behavior = _obj(spec.get("behavior"), "spec.behavior")
+    paused = spec.get("paused", False)
+    if not isinstance(paused, bool):
+        raise SpecError("spec.paused", f"must be true or false, got {paused!r}")
+    return PoolSpec(
+        channel=channel,
+        scale_target=target,
+        scale_kind=kind,
+        scale_api_version=api_version,
+        template=template,
+        min_replicas=min_r,
+        max_replicas=max_r,
+        idle_seconds=int(_int(spec, "idleSeconds", "spec", 300, 0, 86400) or 0),
+        polling_interval=_int(spec, "pollingInterval", "spec", None, 1, 3600),
+        mode=_enum(spec, "mode", "spec", "Active", ("Active", "DryRun")),
+        paused=paused,
+        slo=_slo(spec),
+        target_utilization=float(_num(model, "targetUtilization", "spec.model", 1.0, 0.1, 1.0) or 1.0),
+        service_rate_hint=_num(model, "serviceRateHint", "spec.model", None, 0.0, 1e6, positive=True),
+        latency_correction=bool(model.get("latencyCorrection", True)),
+        metrics=_metrics(spec),
+        scale_up=_rules(
+            _obj(behavior.get("scaleUp"), "spec.behavior.scaleUp"), "spec.behavior.scaleUp", DEFAULT_SCALE_UP
+        ),
+        scale_down=_rules(
+            _obj(behavior.get("scaleDown"), "spec.behavior.scaleDown"),
+            "spec.behavior.scaleDown",
+            DEFAULT_SCALE_DOWN,
+        ),
+        fallback=_fallback(spec),
+        policy=_policy(spec),
+        external_scale=_external_scale(spec),
+    )
+
+
+def _target(spec: Mapping[str, Any]) -> tuple[str | None, str, str, Any]:
+    """Exactly one of spec.scaleTargetRef or spec.template: (name, kind, apiVersion, template)."""
     ref = spec.get("scaleTargetRef")
     template = spec.get("template")
     if (ref is None) == (template is None):
@@ -260,45 +300,51 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
             "spec",
             "set exactly one of spec.scaleTargetRef (an existing Deployment) or spec.template (a pod template)",
         )
-    target, kind, api_version = None, "Deployment", "apps/v1"
-    if ref is not None:
-        ref = _obj(ref, "spec.scaleTargetRef")
-        kind, api_version = ref.get("kind") or kind, ref.get("apiVersion") or api_version
-        if not isinstance(kind, str) or not KIND_RE.match(kind):
-            raise SpecError("spec.scaleTargetRef.kind", f"must be a Kubernetes kind such as StatefulSet, got {kind!r}")
-        if not isinstance(api_version, str) or not API_VERSION_RE.match(api_version):
-            raise SpecError(
-                "spec.scaleTargetRef.apiVersion",
-                f"must be <group>/<version> such as apps/v1 or argoproj.io/v1alpha1, got {api_version!r}",
-            )
-        target = ref.get("name")
-        if not isinstance(target, str) or not target:
-            raise SpecError("spec.scaleTargetRef.name", "is required: the name of the resource to scale")
-    else:
+    if ref is None:
         template = _obj(template, "spec.template")
         containers = _obj(template.get("spec"), "spec.template.spec").get("containers")
         if not isinstance(containers, list) or not containers:
             raise SpecError("spec.template.spec.containers", "must list at least one container")
+        return None, "Deployment", "apps/v1", template
+    ref = _obj(ref, "spec.scaleTargetRef")
+    kind, api_version = ref.get("kind") or "Deployment", ref.get("apiVersion") or "apps/v1"
+    if not isinstance(kind, str) or not KIND_RE.match(kind):
+        raise SpecError("spec.scaleTargetRef.kind", f"must be a Kubernetes kind such as StatefulSet, got {kind!r}")
+    if not isinstance(api_version, str) or not API_VERSION_RE.match(api_version):
+        raise SpecError(
+            "spec.scaleTargetRef.apiVersion",
+            f"must be <group>/<version> such as apps/v1 or argoproj.io/v1alpha1, got {api_version!r}",
+        )
+    target = ref.get("name")
+    if not isinstance(target, str) or not target:
+        raise SpecError("spec.scaleTargetRef.name", "is required: the name of the resource to scale")
+    return target, kind, api_version, None
 
+
+def _replica_bounds(spec: Mapping[str, Any]) -> tuple[int, int]:
     min_r = int(_int(spec, "minReplicas", "spec", 1, 0, 10_000) or 0)
     max_r = _int(spec, "maxReplicas", "spec", None, 1, 10_000)
     if max_r is None:
         raise SpecError("spec.maxReplicas", "is required (1..10000)")
     if min_r > max_r:
         raise SpecError("spec.minReplicas", f"({min_r}) must be <= spec.maxReplicas ({max_r})")
+    return min_r, max_r
 
+
+def _slo(spec: Mapping[str, Any]) -> SLO:
     slo_m = _obj(spec.get("slo"), "spec.slo")
     p99 = _num(slo_m, "p99LatencySeconds", "spec.slo", None, 0.0, 86400.0, positive=True)
     if p99 is None:
         raise SpecError("spec.slo.p99LatencySeconds", "is required: the P99 enqueue-to-done latency objective")
-    slo = SLO(
+    return SLO(
         p99_latency_seconds=p99,
         max_backlog=_int(slo_m, "maxBacklog", "spec.slo", None, 0, 1_000_000_000),
         backlog_drain_seconds=_num(slo_m, "backlogDrainSeconds", "spec.slo", None, 0.0, 86400.0, positive=True),
         max_error_rate=_num(slo_m, "maxErrorRate", "spec.slo", None, 0.0, 1.0),
     )
 
-    model = _obj(spec.get("model"), "spec.model")
+
+def _metrics(spec: Mapping[str, Any]) -> MetricsSpec:
     metrics_m = _obj(spec.get("metrics"), "spec.metrics")
     queries = dict(_obj(metrics_m.get("queries"), "spec.metrics.queries"))
     for k, q in queries.items():
@@ -315,23 +361,30 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
     address = metrics_m.get("prometheusAddress")
     if address is not None and (not isinstance(address, str) or not re.match(r"^https?://\S+$", address)):
         raise SpecError("spec.metrics.prometheusAddress", f"must be an http(s) URL, got {address!r}")
+    return MetricsSpec(
+        prometheus_address=address,
+        rate_window=rate_window,
+        stale_after_seconds=int(_int(metrics_m, "staleAfterSeconds", "spec.metrics", 60, 5, 3600) or 60),
+        queries=queries,
+        direct=direct,
+    )
 
-    behavior = _obj(spec.get("behavior"), "spec.behavior")
+
+def _fallback(spec: Mapping[str, Any]) -> Fallback:
     fb = _obj(spec.get("fallback"), "spec.fallback")
     fallback = Fallback(
         failure_threshold=int(_int(fb, "failureThreshold", "spec.fallback", 3, 1, 1000) or 3),
         behavior=_enum(
-            fb,
-            "behavior",
-            "spec.fallback",
-            "currentReplicas",
-            ("currentReplicas", "static", "currentReplicasIfHigher"),
+            fb, "behavior", "spec.fallback", "currentReplicas", ("currentReplicas", "static", "currentReplicasIfHigher")
         ),
         replicas=_int(fb, "replicas", "spec.fallback", None, 0, 10_000),
     )
     if fallback.behavior != "currentReplicas" and fallback.replicas is None:
         raise SpecError("spec.fallback.replicas", f"is required when spec.fallback.behavior is {fallback.behavior}")
+    return fallback
 
+
+def _policy(spec: Mapping[str, Any]) -> PolicySpec:
     pol = _obj(spec.get("policy"), "spec.policy")
     for admin_only in ("path", "failurePolicy"):
         if admin_only in pol:
@@ -343,50 +396,12 @@ def _parse(spec: Mapping[str, Any]) -> PoolSpec:
     profile = pol.get("profile", "default")
     if not isinstance(profile, str) or not PROFILE_RE.match(profile):
         raise SpecError("spec.policy.profile", f"must be a profile name like default, got {profile!r}")
+    return PolicySpec(profile=profile, parameters=dict(_obj(pol.get("parameters"), "spec.policy.parameters")))
+
+
+def _external_scale(spec: Mapping[str, Any]) -> ExternalScale:
     ext = _obj(spec.get("externalScale"), "spec.externalScale")
-    external_scale = ExternalScale(
+    return ExternalScale(
         action=_enum(ext, "action", "spec.externalScale", "HoldOff", ("HoldOff", "Reassert")),
         cooldown_seconds=int(_int(ext, "cooldownSeconds", "spec.externalScale", 300, 0, 86400) or 0),
-    )
-    paused = spec.get("paused", False)
-    if not isinstance(paused, bool):
-        raise SpecError("spec.paused", f"must be true or false, got {paused!r}")
-
-    return PoolSpec(
-        channel=channel,
-        scale_target=target,
-        scale_kind=kind,
-        scale_api_version=api_version,
-        template=template,
-        min_replicas=min_r,
-        max_replicas=max_r,
-        idle_seconds=int(_int(spec, "idleSeconds", "spec", 300, 0, 86400) or 0),
-        polling_interval=_int(spec, "pollingInterval", "spec", None, 1, 3600),
-        mode=_enum(spec, "mode", "spec", "Active", ("Active", "DryRun")),
-        paused=paused,
-        slo=slo,
-        target_utilization=float(_num(model, "targetUtilization", "spec.model", 1.0, 0.1, 1.0) or 1.0),
-        service_rate_hint=_num(model, "serviceRateHint", "spec.model", None, 0.0, 1e6, positive=True),
-        latency_correction=bool(model.get("latencyCorrection", True)),
-        metrics=MetricsSpec(
-            prometheus_address=address,
-            rate_window=rate_window,
-            stale_after_seconds=int(_int(metrics_m, "staleAfterSeconds", "spec.metrics", 60, 5, 3600) or 60),
-            queries=queries,
-            direct=direct,
-        ),
-        scale_up=_rules(
-            _obj(behavior.get("scaleUp"), "spec.behavior.scaleUp"), "spec.behavior.scaleUp", DEFAULT_SCALE_UP
-        ),
-        scale_down=_rules(
-            _obj(behavior.get("scaleDown"), "spec.behavior.scaleDown"),
-            "spec.behavior.scaleDown",
-            DEFAULT_SCALE_DOWN,
-        ),
-        fallback=fallback,
-        policy=PolicySpec(
-            profile=profile,
-            parameters=dict(_obj(pol.get("parameters"), "spec.policy.parameters")),
-        ),
-        external_scale=external_scale,
     )
