@@ -332,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"chanscale {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _add_run_parser(sub)
+    _add_explain_parser(sub)
+    _add_migrate_parser(sub)
+    _add_sim_parser(sub)
+    _add_demo_parser(sub)
+    return p
+
+
+def _add_run_parser(sub: Any) -> None:
+    """`chanscale run`: connection, the loop, endpoints, guardrails, Prometheus auth."""
     r = sub.add_parser("run", help="run the operator (a thin wrapper over `kopf run`)")
     r.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable; globs ok)")
     r.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster (the default)")
@@ -355,6 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="without --opa-url: 'local' supervises an `opa run --server` child with the packaged "
         "policies, 'none' disables the gate (default: local)",
     )
+    _add_loop_flags(r)
+    _add_endpoint_flags(r)
+    r.add_argument("--verbose", "-v", action="store_true")
+    _add_guardrail_flags(r)
+    _add_prometheus_auth_flags(r)
+    r.set_defaults(func=_run)
+
+
+def _add_loop_flags(r: argparse.ArgumentParser) -> None:
+    """The evaluation loop: tick, status refresh, election, fast and direct paths, scheduler, policy timeout."""
     r.add_argument(
         "--tick",
         type=float,
@@ -392,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
         "timer per pool (the former design, kept for comparison; docs/scaling.md)",
     )
     r.add_argument("--policy-timeout", type=float, default=2.0, help="seconds per policy evaluation")
+
+
+def _add_endpoint_flags(r: argparse.ArgumentParser) -> None:
+    """The operator's own /metrics and health endpoints."""
     r.add_argument("--metrics-port", type=int, default=8080, help="port of the operator's /metrics (0 disables)")
     r.add_argument("--metrics-addr", default="0.0.0.0", help="address of the operator's /metrics")
     r.add_argument(
@@ -405,11 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         help="liveness fails when a pool has not been evaluated for this many ticks",
     )
-    r.add_argument("--verbose", "-v", action="store_true")
-    _add_guardrail_flags(r)
-    _add_prometheus_auth_flags(r)
-    r.set_defaults(func=_run)
 
+
+def _add_explain_parser(sub: Any) -> None:
+    """`chanscale explain`: why did it scale?"""
     e = sub.add_parser("explain", help="why did it scale? print a pool's last decision")
     e.add_argument("pool", help="<namespace>/<name>")
     e.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
@@ -421,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=_explain)
 
+
+def _add_migrate_parser(sub: Any) -> None:
+    """`chanscale migrate`: KEDA ScaledObjects into WorkerPools."""
     m = sub.add_parser(
         "migrate",
         help="turn KEDA ScaledObjects into WorkerPools (DryRun by default: shadow the ScaledObject first)",
@@ -437,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--active", action="store_true", help="mode Active instead of DryRun (delete the ScaledObject)")
     m.set_defaults(func=_migrate)
 
+
+def _add_sim_parser(sub: Any) -> None:
+    """`chanscale sim`: the channel simulator."""
     s = sub.add_parser("sim", help="channel simulator: serves the metrics contract for simulated channels")
     s.add_argument("--config", required=True, help="YAML file listing the channels (see docs/simulator.md)")
     s.add_argument("--listen", default="127.0.0.1:9400", help="host:port of /metrics and /control")
@@ -454,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1)
     s.set_defaults(func=_sim)
 
+
+def _add_demo_parser(sub: Any) -> None:
+    """`chanscale demo`: the local demo."""
     d = sub.add_parser("demo", help="the local demo: control plane, Prometheus, OPA, operator and a bursty channel")
     d.add_argument("--kubeconfig", help="use this cluster instead of starting the local control plane")
     d.add_argument("--duration", type=float, default=240.0, help="seconds of simulated load")
@@ -466,7 +498,6 @@ def build_parser() -> argparse.ArgumentParser:
         "local processes, one worker per replica (docs/sdk.md); needs Go and `hack/tools.sh nats-server`",
     )
     d.set_defaults(func=_demo)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
