@@ -229,15 +229,28 @@ def plot_run(rec: DemoRecord, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     s = rec.samples
     fig, (ax_load, ax_p99, ax_rep) = plt.subplots(
         3, 1, figsize=(11, 8.5), sharex=True, gridspec_kw={"height_ratios": [1.1, 1, 1.2]}
     )
     end = max([s[-1].t if s else 0.0] + [p.end for p in rec.phases if s and p.start < s[-1].t])
-    for ax in (ax_load, ax_p99, ax_rep):
+    _shade((ax_load, ax_p99, ax_rep), rec)
+    _plot_load(ax_load, rec)
+    _plot_p99(ax_p99, rec)
+    _plot_replicas(ax_rep, rec)
+    ax_rep.set_xlim(0, max(end, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _shade(axes: Any, rec: DemoRecord) -> None:
+    """Burst phases shaded and policy marks as vertical lines in every panel; phase labels on the top one."""
+    s = rec.samples
+    for ax in axes:
         for ph in rec.phases:
             if ph.burst and (not s or ph.start < s[-1].t):
                 ax.axvspan(ph.start, ph.end, color="0.92", zorder=0)
@@ -246,7 +259,7 @@ def plot_run(rec: DemoRecord, path: Path) -> Path:
         ax.grid(True, alpha=0.3)
     for ph in rec.phases:
         if ph.burst and (not s or ph.start < s[-1].t):
-            ax_load.annotate(
+            axes[0].annotate(
                 ph.label,
                 xy=(ph.start, 1.0),
                 xycoords=("data", "axes fraction"),
@@ -256,7 +269,13 @@ def plot_run(rec: DemoRecord, path: Path) -> Path:
                 color="0.35",
             )
 
-    # Load: arrivals (left) and backlog (right).
+
+def _plot_load(ax_load: Any, rec: DemoRecord) -> None:
+    """Arrivals (left axis) and backlog (right axis)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    s = rec.samples
     t, arr = _series(s, "arrival_rate")
     ax_load.plot(t, arr, color="tab:blue", lw=1.4, drawstyle="steps-post", label="arrivals (msgs/s)")
     ax_load.set_ylabel("arrivals, msgs/s", color="tab:blue")
@@ -278,7 +297,10 @@ def plot_run(rec: DemoRecord, path: Path) -> Path:
     )
     ax_load.set_title(f"chanscale demo — {rec.pool}", fontsize=11)
 
-    # P99 against the SLO.
+
+def _plot_p99(ax_p99: Any, rec: DemoRecord) -> None:
+    """P99 against the SLO line, the excess shaded."""
+    s = rec.samples
     t, p = _series(s, "p99")
     ax_p99.plot(t, p, color="tab:green", lw=1.4, label="P99 latency (operator's view)")
     ax_p99.axhline(rec.slo_p99, color="tab:red", ls="--", lw=1.2, label=f"SLO {rec.slo_p99:g} s")
@@ -300,7 +322,13 @@ def plot_run(rec: DemoRecord, path: Path) -> Path:
     ax_p99.set_ylabel("P99, seconds")
     ax_p99.legend(loc="upper right", fontsize=8)
 
-    # Replicas.
+
+def _plot_replicas(ax_rep: Any, rec: DemoRecord) -> None:
+    """Model recommendation, desired, the Deployment's replicas and ready workers; the legend for every panel."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    s = rec.samples
     for attr, style, label in (
         ("recommended", dict(color="0.55", ls=":", lw=1.2), "model recommends"),
         ("desired", dict(color="tab:pink", ls="--", lw=1.3), "desired (after behaviour + policy)"),
@@ -322,12 +350,6 @@ def plot_run(rec: DemoRecord, path: Path) -> Path:
         Patch(color="0.92", label="burst"),
     ]
     ax_rep.legend(handles=handles, loc="upper left", fontsize=8, ncol=4)
-    ax_rep.set_xlim(0, max(end, 1.0))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def write_outputs(rec: DemoRecord, out: Path) -> tuple[Path, Path, Path, dict[str, Any]]:
