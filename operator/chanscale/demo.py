@@ -670,29 +670,13 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     kubeconfig = Path(args.kubeconfig).expanduser() if getattr(args, "kubeconfig", None) else None
     duration = float(args.duration)
+    real = bool(getattr(args, "real", False))
     tui = not args.no_tui and sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
     stream = sys.stdout
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if duration < 20:
-        print(
-            "error: --duration must be at least 20 seconds (the operator needs a few ticks per phase)", file=sys.stderr
-        )
-        return 2
-    real = bool(getattr(args, "real", False))
-    if real and kubeconfig is not None:
-        print(
-            "error: --real runs the workers as local processes for the local control plane; on a cluster, apply "
-            "examples/nats/jetstream.yaml instead (docs/sdk.md)",
-            file=sys.stderr,
-        )
-        return 2
-    if kubeconfig is not None and not kubeconfig.is_file():
-        print(f"error: --kubeconfig {kubeconfig} does not exist", file=sys.stderr)
-        return 2
-    try:
-        check_binaries(external_cluster=kubeconfig is not None, real=real)
-    except DemoError as e:
-        print(f"error: {e}", file=sys.stderr)
+    problem = _check_args(duration, real, kubeconfig)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
 
     sc = Scenario()
@@ -704,15 +688,44 @@ def main(args: argparse.Namespace) -> int:
         policy_parameters=sc.policy_parameters,
     )
     stack = DemoStack(out=out, scenario=sc, kubeconfig=kubeconfig, real=real, say=lambda m: print(m, flush=True))
-    view = LiveView(stream, tui, duration, sc.slo_p99)
-    code = 0
-    explain: str | None = None
     print(
         f"chanscale demo: {duration:.0f}s of bursty load on {NAMESPACE}/{POOL}"
         + (" (NATS JetStream, Go SDK workers) " if real else " ")
         + f"(SLO P99 {sc.slo_p99:g}s, policy step limit +{sc.step_up}/-{sc.step_down} per decision)",
         flush=True,
     )
+    code, explain = _run(stack, rec, duration, LiveView(stream, tui, duration, sc.slo_p99))
+    if len(rec.samples) >= 2:
+        _png, md, _data, _summary = write_outputs(rec, out)
+        _print_summary(stream, md.read_text(encoding="utf-8"), explain, out)
+        if kubeconfig is not None:
+            print(f"The demo objects stay in your cluster; remove them with `kubectl delete namespace {NAMESPACE}`.")
+    elif code == 0:
+        code = 1
+    return code
+
+
+def _check_args(duration: float, real: bool, kubeconfig: Path | None) -> str | None:
+    """What is wrong with the arguments or the machine, before anything starts (None: nothing)."""
+    if duration < 20:
+        return "--duration must be at least 20 seconds (the operator needs a few ticks per phase)"
+    if real and kubeconfig is not None:
+        return (
+            "--real runs the workers as local processes for the local control plane; on a cluster, apply "
+            "examples/nats/jetstream.yaml instead (docs/sdk.md)"
+        )
+    if kubeconfig is not None and not kubeconfig.is_file():
+        return f"--kubeconfig {kubeconfig} does not exist"
+    try:
+        check_binaries(external_cluster=kubeconfig is not None, real=real)
+    except DemoError as e:
+        return str(e)
+    return None
+
+
+def _run(stack: DemoStack, rec: DemoRecord, duration: float, view: LiveView) -> tuple[int, str | None]:
+    """Start everything, play the trace, stop everything whatever happens: (exit code, the explain text)."""
+    code, explain = 0, None
     with _sigterm_as_interrupt():
         try:
             stack.start()
@@ -745,14 +758,7 @@ def main(args: argparse.Namespace) -> int:
             with _uninterruptible():
                 print("stopping the operator, simulator, Prometheus and the control plane ...", flush=True)
                 stack.stop()
-    if len(rec.samples) >= 2:
-        _png, md, _data, _summary = write_outputs(rec, out)
-        _print_summary(stream, md.read_text(encoding="utf-8"), explain, out)
-        if kubeconfig is not None:
-            print(f"The demo objects stay in your cluster; remove them with `kubectl delete namespace {NAMESPACE}`.")
-    elif code == 0:
-        code = 1
-    return code
+    return code, explain
 
 
 def _explain(stack: DemoStack) -> str | None:
