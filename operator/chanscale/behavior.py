@@ -163,39 +163,3 @@ def apply_rate_limits(
     if desired < min_replicas:
         return Limited(min_replicas, Limit("minReplicas", LimitKind.MIN_REPLICAS))
     return Limited(desired, None)
-
-
-# ------------------------------------------------------------------------------------------ the learnt scale-down hold
-
-#: The learnt scale-down hold's range (only while ``behavior.scaleDown.stabilizationWindowSeconds`` is unset): from
-#: the KPA's 60 s stable window — about twice what re-buying capacity takes here (scrape, tick, pod start-up) — to
-#: the HPA's 300 s default, which is also the horizon within which a scale-up makes a scale-down a regretted one.
-HOLD_MIN = 60.0
-HOLD_MAX = 300.0
-
-HOLD_START = HOLD_MIN
-REGRET_TO_MAX = True
-
-Hold = tuple[float, float | None]  # (hold seconds, the earliest scale-down not yet judged)
-
-
-def hold_after_scale(hold: Hold, now: float, up: bool, last_down: float | None) -> Hold:
-    """Judge by this scale: a scale-up within :data:`HOLD_MAX` of the last scale-down (``last_down``) regrets it —
-    the load came back while the longest hold would still have had the capacity — and the hold goes to the
-    maximum. A scale-down waits to be judged."""
-    seconds, pending = hold
-    if not up:
-        return seconds, pending if pending is not None else now
-    if last_down is not None and now - last_down <= HOLD_MAX:
-        return (HOLD_MAX if REGRET_TO_MAX else min(HOLD_MAX, 2.0 * seconds)), None
-    return seconds, None
-
-
-def hold_relaxed(hold: Hold, now: float, last_down: float | None) -> Hold:
-    """A scale-down that stood :data:`HOLD_MAX` without the load coming back was not regretted: halve the hold.
-    The next one judged is the latest scale-down, if later."""
-    seconds, pending = hold
-    if pending is not None and now - pending > HOLD_MAX:
-        later = last_down if last_down is not None and last_down > pending else None
-        return max(HOLD_MIN, seconds / 2.0), later
-    return hold

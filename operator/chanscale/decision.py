@@ -23,7 +23,7 @@ from typing import Any
 
 from . import behavior, queueing
 from .limits import Limit, LimitKind, kind_of
-from .spec import PoolSpec, ScalingRules
+from .spec import PoolSpec
 
 #: Smoothing of the measured service rate (per tick).
 MU_ALPHA = 0.3
@@ -71,8 +71,6 @@ class PoolState:
     backlog_growth: float | None = None  # msgs/s, from the last two distinct samples
     calm_since: float | None = None  # since when the backlog has been small (the variability is learnt after a window)
     calm_ready: int | None = None  # the ready count the calm window is observed with (a change restarts the window)
-    down_hold: float = behavior.HOLD_START  # the learnt scale-down hold (while the spec leaves the window unset)
-    down_pending: float | None = None  # the last scale-down not yet judged regretted or not
     at: float | None = None  # the tick this state was learnt at: the newer of memory and status.history wins
 
     def to_status(self) -> dict[str, Any]:
@@ -90,8 +88,6 @@ class PoolState:
             "backlogGrowth": _round(self.backlog_growth),
             "calmSince": self.calm_since,
             "calmReady": self.calm_ready,
-            "downHold": self.down_hold,
-            "downPending": self.down_pending,
             "at": self.at,
         }
 
@@ -139,8 +135,6 @@ class PoolState:
             backlog_growth=num("backlogGrowth"),
             calm_since=num("calmSince"),
             calm_ready=_count(h.get("calmReady")),
-            down_hold=min(max(num("downHold") or behavior.HOLD_START, behavior.HOLD_MIN), behavior.HOLD_MAX),
-            down_pending=num("downPending"),
             at=num("at"),
         )
 
@@ -496,8 +490,7 @@ def normalize(spec: PoolSpec, rec: Recommendation, now: float) -> Decision:
         now,
         max(spec.scale_up.stabilization_window_seconds, spec.scale_down.stabilization_window_seconds),
     )
-    state, down = _scale_down_rules(spec, state, now)
-    stab = behavior.stabilize(runs, now, current, rec.held, spec.scale_up, down)
+    stab = behavior.stabilize(runs, now, current, rec.held, spec.scale_up, spec.scale_down)
     if stab.limited_by:
         limited.append(stab.limited_by)
     events = behavior.prune_events(state.scale_events, now, EVENT_KEEP_SECONDS)
@@ -526,24 +519,6 @@ def normalize(spec: PoolSpec, rec: Recommendation, now: float) -> Decision:
         scale_events=tuple(events),
     )
     return _decision(rec, desired, outcome, reason, limited, new_state)
-
-
-#: The learnt scale-down hold applies where the spec leaves ``behavior.scaleDown.stabilizationWindowSeconds`` unset.
-LEARNT_HOLD = True
-
-
-def _scale_down_rules(spec: PoolSpec, state: PoolState, now: float) -> tuple[PoolState, ScalingRules]:
-    """The scaleDown rules in force: the spec's, with the learnt hold as the window when the spec leaves it unset
-    (:func:`chanscale.behavior.hold_relaxed` judges a scale-down that stood the whole horizon)."""
-    if not (LEARNT_HOLD and spec.scale_down.window_unset):
-        return state, spec.scale_down
-    seconds, pending = behavior.hold_relaxed((state.down_hold, state.down_pending), now, _last_down(state))
-    state = replace(state, down_hold=seconds, down_pending=pending)
-    return state, replace(spec.scale_down, stabilization_window_seconds=round(seconds))
-
-
-def _last_down(state: PoolState) -> float | None:
-    return state.last_scale_time if state.last_scale_direction == "down" else None
 
 
 def _fallback(spec: PoolSpec, rec: Recommendation) -> Decision:
@@ -629,15 +604,9 @@ def record_scale(state: PoolState, *, now: float, from_replicas: int, to_replica
         return state
     events = behavior.prune_events(state.scale_events, now, EVENT_KEEP_SECONDS)
     events.append((now, to_replicas - from_replicas))
-    up = to_replicas > from_replicas
-    down_hold, down_pending = behavior.hold_after_scale(
-        (state.down_hold, state.down_pending), now, up, _last_down(state)
-    )
     return replace(
         state,
         scale_events=tuple(events),
         last_scale_time=now,
-        last_scale_direction="up" if up else "down",
-        down_hold=down_hold,
-        down_pending=down_pending,
+        last_scale_direction="up" if to_replicas > from_replicas else "down",
     )

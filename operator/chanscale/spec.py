@@ -44,7 +44,6 @@ class ScalingRules:
     select_policy: str  # Max | Min | Disabled
     policies: tuple[ScalingPolicy, ...]
     tolerance: float
-    window_unset: bool = False  # stabilizationWindowSeconds left to the default (scaleDown: the learnt hold may apply)
 
 
 #: scaleUp defaults: HPA vocabulary, Knative's limit. The HPA's {100 %, 4 pods}/15 s exists because its
@@ -66,7 +65,6 @@ DEFAULT_SCALE_DOWN = ScalingRules(
     select_policy="Max",
     policies=(ScalingPolicy("Percent", 100, 15),),
     tolerance=0.1,
-    window_unset=True,
 )
 
 
@@ -240,7 +238,6 @@ def _rules(m: Mapping[str, Any], path: str, default: ScalingRules) -> ScalingRul
         select_policy=select,
         policies=policies,
         tolerance=float(_num(m, "tolerance", path, default.tolerance, 0.0, 1.0) or 0.0),
-        window_unset=default.window_unset and "stabilizationWindowSeconds" not in m,
     )
 
 
