@@ -332,6 +332,22 @@ def test_one_window_of_p99_is_one_piece_of_evidence() -> None:
     assert st.service_scv > 3.0
 
 
+def test_variability_explains_the_p99_by_the_windows_completion_rate() -> None:
+    # The P99 is of the messages completed in the window; on rising load λ (irate, backlog growth) reads ahead of
+    # it. The fit must explain the window's P99 by the window's load, or it learns too little variability.
+    from chanscale import queueing
+
+    s = spec(slo={"p99LatencySeconds": 1.0})
+    sig = {"arrival_rate": 130.0, "processed_rate": 100.0, "busy_rate": 5.0, "p99_latency": 0.6}
+    st = PoolState()
+    for i in range(8):
+        st = decide(s, st, obs(now=1000 + 10 * i, current=7, **sig)).state
+    fitted = queueing.fit_scv(7, 100.0, 20.0, 0.6)
+    assert fitted is not None
+    expected = 2.0 * math.exp(0.3 * math.log((1.0 + fitted) / 2.0)) - 1.0  # one fit from s² = 1, gain 0.3
+    assert st.service_scv == pytest.approx(expected, rel=1e-6)
+
+
 def test_variability_raises_the_latency_term_not_the_throughput() -> None:
     s = spec(slo={"p99LatencySeconds": 1.0}, maxReplicas=1000)
     heavy = PoolState(service_scv=16.0)
