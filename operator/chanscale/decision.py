@@ -70,6 +70,7 @@ class PoolState:
     backlog_sample: tuple[float, float] | None = None  # (sample time, backlog): baseline for backlog growth
     backlog_growth: float | None = None  # msgs/s, from the last two distinct samples
     calm_since: float | None = None  # since when the backlog has been small (the variability is learnt after a window)
+    calm_ready: int | None = None  # the ready count the calm window is observed with (a change restarts the window)
     at: float | None = None  # the tick this state was learnt at: the newer of memory and status.history wins
 
     def to_status(self) -> dict[str, Any]:
@@ -86,6 +87,7 @@ class PoolState:
             "backlogSample": list(self.backlog_sample) if self.backlog_sample else None,
             "backlogGrowth": _round(self.backlog_growth),
             "calmSince": self.calm_since,
+            "calmReady": self.calm_ready,
             "at": self.at,
         }
 
@@ -132,6 +134,7 @@ class PoolState:
             backlog_sample=_pair(h.get("backlogSample")),
             backlog_growth=num("backlogGrowth"),
             calm_since=num("calmSince"),
+            calm_ready=_count(h.get("calmReady")),
             at=num("at"),
         )
 
@@ -186,6 +189,10 @@ def _backlog_growth(
     if ts - prev[0] < GROWTH_MIN_SECONDS:
         return prev, state.backlog_growth
     return (ts, backlog), (backlog - prev[1]) / (ts - prev[0])
+
+
+def _count(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
 def _round(v: float | None, nd: int = 4) -> float | None:
@@ -270,24 +277,32 @@ def _update_variability(
 
     The metrics give λ, μ and the latency histogram but not the service-time variance: the SCV is the one M/G/c
     parameter left, fitted so the model's P99 at the ready count matches the observed one (smoothed). Steady state
-    means the backlog has stayed small (at most λ·t) for a whole ``rate()`` window: the observed P99 is computed
-    over that window, so right after a drain it still holds the drained messages' latencies and would teach the
-    model a variability the service does not have. Returns (SCV, calm since).
+    means a whole ``rate()`` window with the backlog small (at most λ·t) and the same ready count: the observed P99
+    is computed over that window, so right after a drain it still holds the drained messages' latencies, and right
+    after a scale it holds the latencies of the count before. Fitted against the new count, those would teach the
+    model a variability the service does not have — and after a scale-up a larger one at every step, which asks for
+    the next scale-up (a loop that fed on its own action). Returns (SCV, calm since).
     """
     scv = state.service_scv
     calm = lam > 0 and (obs.backlog or 0) <= lam * spec.slo.p99_latency_seconds
+    calm = calm and obs.ready_replicas is not None and obs.ready_replicas == state.calm_ready
     calm_since = (state.calm_since if state.calm_since is not None else obs.now) if calm else None
     if not spec.latency_correction or mu is None or obs.p99_latency is None or not obs.ready_replicas:
         return scv, calm_since
     if calm_since is None or obs.now - calm_since < _window_seconds(spec.metrics.rate_window):
         return scv, calm_since
-    fitted = queueing.fit_scv(obs.ready_replicas, lam, mu, obs.p99_latency)
+    # The P99 is of the messages completed in the window, at the window's completion rate: that is the load the
+    # fit must explain (λ itself reads ahead of the window, by irate and the backlog's growth, when load rises).
+    done = (obs.processed_rate or 0.0) + (obs.failed_rate or 0.0)
+    fitted = queueing.fit_scv(obs.ready_replicas, done if done > 0 else lam, mu, obs.p99_latency)
     if fitted is None:
         return scv, calm_since
     # Smoothed as the factor (1 + s²)/2 the waits scale by, in log space: the fit rests on a histogram quantile
     # whose error is relative, and one window the model cannot explain must not multiply the waits tenfold.
+    # Each window is one piece of evidence: the next fit waits for a fresh window (the same P99, read again at every
+    # tick and fast-path decision in between, would otherwise count many times and the smoothing would not smooth).
     f, f_hat = math.log((1.0 + scv) / 2.0), math.log((1.0 + fitted) / 2.0)
-    return 2.0 * math.exp(f + SCV_ALPHA * (f_hat - f)) - 1.0, calm_since
+    return 2.0 * math.exp(f + SCV_ALPHA * (f_hat - f)) - 1.0, obs.now
 
 
 def _scv(v: float | None) -> float:
@@ -421,6 +436,7 @@ def recommend(spec: PoolSpec, state: PoolState, obs: Observation) -> Recommendat
         backlog_sample=sample,
         backlog_growth=growth,
         calm_since=calm_since,
+        calm_ready=clean.ready_replicas,
         consecutive_failures=failures,
         service_rate=mu,
         service_samples=mu_samples,

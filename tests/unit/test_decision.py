@@ -303,6 +303,51 @@ def test_variability_waits_a_calm_rate_window_after_a_drain() -> None:
     assert d.state.service_scv > 1.0
 
 
+def test_variability_is_not_learnt_across_a_change_of_the_ready_count() -> None:
+    # After a scale-up the 1-minute P99 still holds the latencies of the smaller count. Fitted against the new
+    # count, it reads as a larger variability at every step, which asked for the next scale-up (issue 12: the
+    # lognormal reversals, SCV 3 -> 10 -> 14 -> 17 in four ticks).
+    s = spec(slo={"p99LatencySeconds": 1.0})
+    st = PoolState(service_scv=3.0)
+    sig = {"arrival_rate": 100.0, "processed_rate": 100.0, "busy_rate": 5.0, "p99_latency": 2.4}
+    for i in range(12):  # the ready count grows by one every 10 s for two minutes: never a whole window at one count
+        st = decide(s, st, obs(now=1000 + 10 * i, current=6 + i, **sig)).state
+    assert st.service_scv == 3.0
+    restored = PoolState.from_status(st.to_status())
+    assert restored.calm_ready == st.calm_ready == 17
+
+
+def test_one_window_of_p99_is_one_piece_of_evidence() -> None:
+    # The same 1-minute P99, read again at every tick (and every fast-path decision), must move the variability
+    # once per window, not once per read.
+    s = spec(slo={"p99LatencySeconds": 1.0})
+    sig = {"arrival_rate": 100.0, "processed_rate": 100.0, "busy_rate": 5.0, "p99_latency": 0.9}
+    st = PoolState(service_scv=3.0)
+    moves = []
+    for i in range(60):  # 2 s apart for two minutes: one calm window's warm-up, then at most two fits
+        before = st.service_scv
+        st = decide(s, st, obs(now=1000 + 2 * i, current=7, **sig)).state
+        moves.append(st.service_scv != before)
+    assert sum(moves) == 1
+    assert st.service_scv > 3.0
+
+
+def test_variability_explains_the_p99_by_the_windows_completion_rate() -> None:
+    # The P99 is of the messages completed in the window; on rising load λ (irate, backlog growth) reads ahead of
+    # it. The fit must explain the window's P99 by the window's load, or it learns too little variability.
+    from chanscale import queueing
+
+    s = spec(slo={"p99LatencySeconds": 1.0})
+    sig = {"arrival_rate": 130.0, "processed_rate": 100.0, "busy_rate": 5.0, "p99_latency": 0.6}
+    st = PoolState()
+    for i in range(8):
+        st = decide(s, st, obs(now=1000 + 10 * i, current=7, **sig)).state
+    fitted = queueing.fit_scv(7, 100.0, 20.0, 0.6)
+    assert fitted is not None
+    expected = 2.0 * math.exp(0.3 * math.log((1.0 + fitted) / 2.0)) - 1.0  # one fit from s² = 1, gain 0.3
+    assert st.service_scv == pytest.approx(expected, rel=1e-6)
+
+
 def test_variability_raises_the_latency_term_not_the_throughput() -> None:
     s = spec(slo={"p99LatencySeconds": 1.0}, maxReplicas=1000)
     heavy = PoolState(service_scv=16.0)
