@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 
 import pytest
+from bench.kopf_startup import simulate_start_up
 from kopf._cogs.aiokits import aiotoggles
 
 from chanscale import kopf_toggles
@@ -178,41 +179,8 @@ async def test_random_operations_agree_with_kopf(seed: int) -> None:
             assert len(ours) == len(theirs)
 
 
-async def _kopf_start_up(cls: type[KopfToggleSet], objects: int) -> int:
-    """kopf's start-up wait for one indexed resource kind (orchestration.spawn_missing_watchers, queueing.watcher,
-    processing.process_resource_event), step by step; returns how many times the set's state was evaluated."""
-    evaluations = 0
-
-    class Counted(cls):  # type: ignore[valid-type,misc]
-        def is_on(self) -> bool:
-            nonlocal evaluations
-            evaluations += 1
-            return bool(super().is_on())
-
-    ts = Counted(all)
-    blocker = await ts.make_toggle(name="orchestration blocker")
-    kind = await ts.make_toggle(name="the resource kind")
-    await ts.drop_toggle(blocker)
-
-    async def worker(toggle: aiotoggles.Toggle) -> None:
-        await asyncio.sleep(0)  # the index handlers
-        await ts.drop_toggle(toggle)
-        await ts.wait_for(True)
-
-    workers = []
-    for i in range(objects):  # the initial listing, one object at a time
-        assert not ts.is_on()
-        toggle = await ts.make_toggle(name=f"object {i}")
-        workers.append(asyncio.create_task(worker(toggle)))
-        await asyncio.sleep(0)  # the watcher reads the next event
-    await ts.drop_toggle(kind)  # the listing ended
-    await asyncio.wait_for(asyncio.gather(*workers), 60)
-    assert ts.is_on()
-    return evaluations
-
-
 async def test_start_up_wait_is_linear_in_the_objects_listed() -> None:
-    small, large = await _kopf_start_up(CountingToggleSet, 300), await _kopf_start_up(CountingToggleSet, 1200)
+    small, large = await simulate_start_up(CountingToggleSet, 300), await simulate_start_up(CountingToggleSet, 1200)
     # per object: the watcher's check, make and drop (before and after each), the waiter's first check and its one
     # wake-up at the end: 7
     assert small <= 8 * 300 and large <= 8 * 1200
@@ -221,7 +189,7 @@ async def test_start_up_wait_is_linear_in_the_objects_listed() -> None:
 
 async def test_kopfs_own_start_up_wait_is_quadratic() -> None:
     """The cause, measured the same way: every make and drop wakes every waiter."""
-    small, large = await _kopf_start_up(KopfToggleSet, 100), await _kopf_start_up(KopfToggleSet, 400)
+    small, large = await simulate_start_up(KopfToggleSet, 100), await simulate_start_up(KopfToggleSet, 400)
     assert small >= 100 * 100 / 4 and large >= 400 * 400 / 4  # n²/2 measured
     assert large >= 12 * small  # 4× the objects, about 16× the work
 
