@@ -201,7 +201,8 @@ def measure(
     pids = [op.proc.pid for op in ops if op.proc and op.proc.pid]
 
     def metrics(*names: str) -> Samples:
-        return [s for op in ops for s in parse_metrics(op.metrics_text(names))]
+        # every per-pool series of thousands of pools takes the busy operator more than the default 5 s to render
+        return [s for op in ops for s in parse_metrics(op.metrics_text(names, timeout=5 if names else 120))]
 
     def decided() -> dict[str, float]:
         return _decisions_by_pool(metrics("chanscale_decisions_total"))
