@@ -5,7 +5,8 @@ runs a small variant of each into out/bench-quick/ so that none of them rots (CI
 
 On-demand benchmarks run only when named, never in the default set or ``--quick``: ``kind_loop`` needs the kind
 cluster of the e2e suite (Docker; ``python -m bench kind_loop`` or ``python -m bench.kind_loop``); ``kind_build``
-times the offline image build (cold and warm) and kind cluster creation (``python -m bench.kind_build``).
+times the offline image build (cold and warm) and kind cluster creation (``python -m bench.kind_build``);
+``kopf_startup`` simulates kopf's start-up wait for its indexes, kopf's ToggleSet against chanscale's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import time
 
 BENCHMARKS = ("control_quality", "sizing_accuracy", "policy_latency", "reaction_time", "at_scale")
-ON_DEMAND = ("kind_loop", "kind_build")
+ON_DEMAND = ("kind_loop", "kind_build", "kopf_startup")
 
 
 def main(argv: list[str] | None = None) -> int:

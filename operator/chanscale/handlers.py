@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import kopf
 
-from . import GROUP, PLURAL, VERSION, kube, telemetry, tenancy
+from . import GROUP, PLURAL, VERSION, kopf_toggles, kube, telemetry, tenancy
 from .direct import LABEL_SELECTOR, DirectPath, pod_entry
 from .fastpath import FastPath
 from .health import Health, api_server_answers
@@ -281,6 +281,18 @@ def start_election(memo: kopf.Memo, elector: Elector) -> None:
     memo.elector_task = asyncio.create_task(elector.run(), name="chanscale-leader-election")
 
 
+def fix_startup_wait(logger: Any) -> None:
+    """Make kopf's wait for its indexes linear in the objects watched (chanscale.kopf_toggles). Runs in the startup
+    handler: kopf makes the set it waits with when its orchestrator starts, after the startup handlers."""
+    try:
+        if not kopf_toggles.install():
+            logger.warning(
+                "kopf's own ToggleSet kept (%s=kopf): start-up is quadratic in the objects watched", kopf_toggles.ENV
+            )
+    except kopf_toggles.KopfInternalsChanged as e:
+        raise kopf.PermanentError(str(e)) from e
+
+
 def build_registry(
     config: Config,
     scheduler: str = "ticker",
@@ -362,6 +374,7 @@ def _register_lifecycle(
 
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
+        fix_startup_wait(logger)
         _apply_settings(settings, direct_settings)
         memo.runtime = _make_runtime(config)
         health = memo.health = Health(

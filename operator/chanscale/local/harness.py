@@ -167,11 +167,11 @@ class OperatorProcess:
 
         wait_until(healthy, timeout, f"{self.name} liveness at {self.liveness_url}", [self.proc], interval=0.25)
 
-    def metrics_text(self, names: tuple[str, ...] = ()) -> str:
+    def metrics_text(self, names: tuple[str, ...] = (), timeout: float = 5) -> str:
         """The operator's /metrics; with ``names``, only those samples (prometheus_client's ``name[]`` filter), so a
         benchmark sampling often does not pay for rendering every per-pool series."""
         query = "?" + "&".join(f"name[]={n}" for n in names) if names else ""
-        with urllib.request.urlopen(self.metrics_url + query, timeout=5) as resp:
+        with urllib.request.urlopen(self.metrics_url + query, timeout=timeout) as resp:
             text: str = resp.read().decode()
             return text
 
