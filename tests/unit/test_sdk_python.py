@@ -65,3 +65,14 @@ def test_exposition_labels_and_bucket_names_match_the_go_sdk(monkeypatch: pytest
         ChannelMetrics("orders", registry=reg)
     with pytest.raises(ValueError, match=r"spec\.channel"):
         ChannelMetrics("", registry=reg)
+
+
+def test_a_new_registry_never_inherits_a_dead_registrys_channels() -> None:
+    """CPython reuses a freed object's id() at once: state keyed by id(registry) leaked into the next registry."""
+    import gc
+
+    for _ in range(50):
+        reg = CollectorRegistry()
+        ChannelMetrics("orders", registry=reg)
+        del reg
+        gc.collect()

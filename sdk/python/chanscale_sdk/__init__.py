@@ -22,6 +22,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,15 +86,17 @@ def _le(bound: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-_COLLECTORS: dict[int, _Collector] = {}
+# Keyed by the registry itself, weakly: an id() outlives its registry and is reused by the next one, which would
+# then inherit a dead registry's channels ("already registered").
+_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, _Collector] = weakref.WeakKeyDictionary()
 _COLLECTORS_LOCK = threading.Lock()
 
 
 def _collector(registry: CollectorRegistry) -> _Collector:
     with _COLLECTORS_LOCK:
-        c = _COLLECTORS.get(id(registry))
+        c = _COLLECTORS.get(registry)
         if c is None:
-            c = _COLLECTORS[id(registry)] = _Collector()
+            c = _COLLECTORS[registry] = _Collector()
             registry.register(c)  # type: ignore[arg-type]
         return c
 
