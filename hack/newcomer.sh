@@ -8,6 +8,7 @@
 #      `make test`.
 #
 #   hack/newcomer.sh [--full|--cheap] [SUITE]     # SUITE: bookworm (default) or trixie
+#   NEWCOMER_DEMO_ONLY=1 / NEWCOMER_TEST_ONLY=1 (with --full): only the two demo runs / only `make test`, cold
 #
 #   --full  (make newcomer): empty caches; step 3 runs both commands. `make test`'s kind stage uses this machine's
 #           Docker engine through its socket, on its own cluster (chanscale-newcomer-SUITE) and its own chanscale/* image
@@ -84,10 +85,12 @@ if [ "$STEPS" = cheap-prepared ]; then
   step demo bash -c 'make demo-quick && test -s out/demo/demo.png' || exit 1
   cp out/demo/demo.png out/demo/summary.md /out/ 2>/dev/null
 else
-  step demo bash -c 'make demo && test -s out/demo/demo.png' || exit 1
-  cp out/demo/demo.png out/demo/summary.md /out/ 2>/dev/null
-  rm -f out/demo/demo.png  # the warm figure: the same command again, .venv and ./bin now present
-  step demo_warm bash -c 'make demo && test -s out/demo/demo.png'
+  if [ "$STEPS" != full-test ]; then
+    step demo bash -c 'make demo && test -s out/demo/demo.png' || exit 1
+    cp out/demo/demo.png out/demo/summary.md /out/ 2>/dev/null
+    rm -f out/demo/demo.png  # the warm figure: the same command again, .venv and ./bin now present
+    step demo_warm bash -c 'make demo && test -s out/demo/demo.png'
+  fi
   [ "$STEPS" = full-demo ] && exit 0
   step test make test; rc=$?
   hack/e2e-cluster.sh down >/dev/null 2>&1 || true
@@ -125,8 +128,12 @@ main() {
       -v "chanscale-newcomer-cache-$SUITE:/root/.cache" || rc=$?
   else
     # make test's kind stage: this machine's engine, its own cluster and chanscale/* names, the shared image cache
-    # NEWCOMER_DEMO_ONLY=1: stop after the two demo runs (the cold and warm figures, without make test)
-    run "$BASE" "$([ -n "${NEWCOMER_DEMO_ONLY:-}" ] && echo full-demo || echo full)" -v /var/run/docker.sock:/var/run/docker.sock -v "$CACHE:/root/.cache/chanscale" \
+    # NEWCOMER_DEMO_ONLY=1: stop after the two demo runs (the cold and warm figures, without make test);
+    # NEWCOMER_TEST_ONLY=1: the README's second command alone, cold (when the demo's figures are already known)
+    local steps=full
+    [ -z "${NEWCOMER_DEMO_ONLY:-}" ] || steps=full-demo
+    [ -z "${NEWCOMER_TEST_ONLY:-}" ] || steps=full-test
+    run "$BASE" "$steps" -v /var/run/docker.sock:/var/run/docker.sock -v "$CACHE:/root/.cache/chanscale" \
       -e CHANSCALE_DEBIAN_IMAGE=chanscale/newcomer-debian:$SUITE \
       -e CHANSCALE_PYTHON_IMAGE=chanscale/newcomer-python:$SUITE \
       -e CHANSCALE_KIND_BASE_IMAGE=chanscale/newcomer-kind-base:$SUITE \
