@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import kopf
 
-from . import GROUP, PLURAL, VERSION, kube, telemetry, tenancy
+from . import GROUP, PLURAL, VERSION, kube, kubehttp, telemetry, tenancy
 from .direct import LABEL_SELECTOR, DirectPath, pod_entry
 from .fastpath import FastPath
 from .health import Health, api_server_answers
@@ -392,6 +392,7 @@ def build_registry(
             await runner.cleanup()
         rt = getattr(memo, "runtime", None)
         if rt is not None:
+            await kubehttp.shared().close()
             await rt.gate.close()
             if rt.direct is not None:
                 await rt.direct.close()
