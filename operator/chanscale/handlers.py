@@ -53,6 +53,24 @@ TICK_CONCURRENCY = 64
 GC_THRESHOLDS = (20_000, 10, 100)
 
 
+class SlimDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base (the "essence" it compares to detect changes), built without copying what it drops.
+
+    kopf builds an essence for every watch event of every watched resource: a deep copy of the whole body, from
+    which it then deletes ``status`` and all of ``metadata`` but labels and annotations. For a WorkerPool that is
+    its status history and managedFields, copied and dropped on each of its status writes (5 % of the operator's
+    CPU at 1 000 pools). The same essence is built from a body without them; the result is identical.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        fields = [f if isinstance(f, str) else ".".join(f) for f in extra_fields or ()]
+        raw = {k: v for k, v in body.items() if k != "status" or any(f.startswith("status") for f in fields)}
+        if not any(f.startswith("metadata") for f in fields):
+            meta = body.get("metadata") or {}
+            raw["metadata"] = {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, raw)), extra_fields=fields)
+
+
 def _deployment_key(namespace: str, name: str) -> tuple[str, str]:
     return (namespace, name)
 
@@ -304,7 +322,7 @@ def build_registry(
         settings.networking.request_timeout = 60
         settings.persistence.finalizer = f"{GROUP}/finalizer"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = SlimDiffBase(prefix=GROUP)
         settings.posting.level = logging.WARNING  # our own Events are explicit; warnings from kopf still post
         settings.execution.max_workers = 8
         if direct_settings is not None:  # only the labelled pods reach us (server-side selector), and only then

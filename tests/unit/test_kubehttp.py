@@ -77,7 +77,7 @@ async def test_label_write_patches_the_object(api: Any) -> None:
 @pytest.mark.parametrize("status", [404, 409, 422, 500])
 async def test_status_write_refused_is_not_written(api: Any, status: int) -> None:
     fake, http = api
-    fake.answers = [(status, {"kind": "Status", "message": "workerpools.chanscale.dev \"p1\" is bad"})]
+    fake.answers = [(status, {"kind": "Status", "message": 'workerpools.chanscale.dev "p1" is bad'})]
     with pytest.raises(StatusWriteError, match=f"HTTP {status} workerpools"):
         await KubeStatusWriter(http=http).write_status("ns", "p1", {"replicas": 3})
 
@@ -102,7 +102,8 @@ async def test_scale_patches_the_scale_subresource(api: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "reason", "retryable"), [(404, "TargetNotFound", False), (403, "Forbidden", False), (422, "ApiError", True)]
+    ("status", "reason", "retryable"),
+    [(404, "TargetNotFound", False), (403, "Forbidden", False), (422, "ApiError", True)],
 )
 async def test_scale_refusals_are_typed(api: Any, status: int, reason: str, retryable: bool) -> None:
     fake, http = api
