@@ -117,12 +117,13 @@ def target_from_indexes(
     conflict = _conflict(namespace, pool, name, hpas, scaledobjects or {}, claimants)
 
     def peers() -> tuple[list[dict[str, Any]], dict[str, int]]:
-        members = [dict(p) for p in pools.get(namespace, ())]
-        return members, {
-            p["target"]: e["replicas"]
-            for p in members
-            for e in list(deployments.get(_deployment_key(namespace, p["target"]), ()))[:1]
-        }
+        members = list(pools.get(namespace, ()))  # the index's own entries: read, never changed
+        replicas: dict[str, int] = {}
+        for p in members:  # one policy call at 1 000 pools: 1 000 lookups, no copies
+            for e in deployments.get(_deployment_key(namespace, p["target"]), ()):
+                replicas[p["target"]] = e["replicas"]
+                break
+        return members, replicas
 
     entries = list(deployments.get(_deployment_key(namespace, name), ()))
     if not entries:

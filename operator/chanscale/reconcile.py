@@ -7,6 +7,7 @@ returned status through kopf's patch object.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -99,6 +100,16 @@ class PoolMemory:
     written: str | None = None  # digest of the last status written
     written_at: float = 0.0
     state: PoolState | None = None  # the learning state, kept between ticks (status.history is its restart copy)
+    parsed: tuple[dict[str, Any], PoolSpec] | None = None  # (a copy of the spec, its parse): parsed once per change
+
+    def spec(self, raw: Mapping[str, Any]) -> PoolSpec:
+        """The parsed spec, parsed again only when the spec changed (a dict comparison, not a validation per
+        tick). Raises :class:`SpecError` for a bad spec, every time."""
+        if self.parsed is None or self.parsed[0] != raw:
+            self.parsed = None
+            parsed = PoolSpec.from_dict(raw)
+            self.parsed = (copy.deepcopy(dict(raw)), parsed)
+        return self.parsed[1]
 
 
 @dataclass
@@ -206,7 +217,7 @@ def _memory(rt: Runtime, key: tuple[str, str], body: Mapping[str, Any]) -> PoolM
         prev = mem
         mem = PoolMemory(status=dict(server), server=server, rv=rv)
         if prev is not None:  # a newer body: what we wrote is in it; keep the write bookkeeping and the learning
-            mem.written, mem.written_at, mem.state = prev.written, prev.written_at, prev.state
+            mem.written, mem.written_at, mem.state, mem.parsed = prev.written, prev.written_at, prev.state, prev.parsed
             mem.status = _carry_counters(prev.status, mem.status)
         rt.memory[key] = mem
     return mem
@@ -334,7 +345,7 @@ async def tick(rt: Runtime, body: Mapping[str, Any], target: Target | None, *, f
     mem = _memory(rt, key, body)
     old = mem.status
     try:
-        spec = PoolSpec.from_dict(spec_raw)
+        spec = mem.spec(spec_raw)
     except SpecError as e:
         return await _fail(rt, key, mem, old, gen, now, None, "InvalidSpec", f"invalid spec: {e}")
     if not force and not due(rt, key, spec, now):
