@@ -36,7 +36,7 @@ VERDICT_SECONDS = Histogram(
 )
 LOOP_LAG_SECONDS = Histogram(
     "chanscale_event_loop_lag_seconds",
-    "How late the ticker's 0.25 s steps wake up: time the event loop was busy with other work (or the process "
+    "How late the ticker's steps (every 0.1 s) wake up: time the event loop was busy with other work (or the process "
     "was not scheduled). Every evaluation's latency includes it.",
     buckets=_LAT,
     registry=REGISTRY,
