@@ -284,8 +284,11 @@ def _material(status: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
 
 
-async def _write_status(rt: Runtime, key: tuple[str, str], mem: PoolMemory, status: dict[str, Any], now: float) -> bool:
-    """Merge-patch ``status`` over what the server holds. False (logged, retried next tick) when it fails."""
+async def _write_status(
+    rt: Runtime, key: tuple[str, str], mem: PoolMemory, status: dict[str, Any], now: float, material: str | None = None
+) -> bool:
+    """Merge-patch ``status`` over what the server holds. False (logged, retried next tick) when it fails.
+    ``material``: the status's :func:`_material` digest, if the caller has it."""
     from .kube import StatusWriteError
 
     patch = status_patch(mem.server, status)
@@ -303,7 +306,7 @@ async def _write_status(rt: Runtime, key: tuple[str, str], mem: PoolMemory, stat
         return False
     telemetry.STATUS_WRITES.labels(*key).inc()
     mem.server, mem.rv = status, rv
-    mem.written, mem.written_at = _material(status), now
+    mem.written, mem.written_at = material or _material(status), now
     return True
 
 
@@ -312,11 +315,12 @@ async def _finish(
 ) -> TickResult:
     """Remember the status; write it only on a material change (or every ``status_refresh`` for observations)."""
     mem.status = status
-    if mem.written == _material(status) and now - mem.written_at < rt.config.status_refresh:
+    material = _material(status)
+    if mem.written == material and now - mem.written_at < rt.config.status_refresh:
         result.status = None
     else:
         result.status = status
-        result.written = await _write_status(rt, key, mem, status, now)
+        result.written = await _write_status(rt, key, mem, status, now, material)
     if result.labels:
         await _write_labels(rt, key, result.labels)
     return result
