@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import kopf
 
-from . import GROUP, PLURAL, VERSION, kube, kubehttp, telemetry, tenancy
+from . import GROUP, PLURAL, VERSION, kube, telemetry, tenancy
 from .direct import LABEL_SELECTOR, DirectPath, pod_entry
 from .fastpath import FastPath
 from .health import Health, api_server_answers
@@ -41,7 +41,7 @@ from .ticker import Ticker, slim_body
 
 log = logging.getLogger("chanscale")
 
-#: Threads for blocking Prometheus and rare API requests; the ticker runs at most TICK_CONCURRENCY pools at once.
+#: Threads for blocking API and Prometheus requests; the ticker runs at most TICK_CONCURRENCY pools at once.
 EXECUTOR_THREADS = 16
 TICK_CONCURRENCY = 64
 #: The collector's thresholds (CPython's are 700, 10, 10). Every watch event leaves a new body that lives until the
@@ -328,9 +328,10 @@ def build_registry(
         settings.execution.max_workers = 8
         if direct_settings is not None:  # only the labelled pods reach us (server-side selector), and only then
             settings.watching.label_selectors["", "v1", "pods"] = LABEL_SELECTOR
-        # Our blocking clients (prometheus-api-client; the kubernetes client for rare requests such as template
-        # Deployments and Leases) run in the loop's default executor: its default of cpu+4 threads queued requests
-        # behind each other at 1 000 pools. Status, label and scale writes are on the loop (chanscale.kubehttp).
+        # Our blocking clients (kubernetes, prometheus-api-client) run in the loop's default executor: with 1 000
+        # pools its default of cpu+4 threads queued status writes behind each other (docs/scaling.md). Writes through
+        # aiohttp on the loop were measured and not kept: no less CPU per write (aiohttp's request handling and
+        # asyncio's TLS are Python too), and the work moved onto the loop (bench/RESULTS.md, section 6).
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="chanscale-io")
         )
@@ -412,7 +413,6 @@ def build_registry(
             await runner.cleanup()
         rt = getattr(memo, "runtime", None)
         if rt is not None:
-            await kubehttp.shared().close()
             await rt.gate.close()
             if rt.direct is not None:
                 await rt.direct.close()

@@ -1,9 +1,8 @@
 """The Kubernetes edge: scaling through the Deployment's scale subresource, and owning template Deployments.
 
-The frequent writes (scale, status, labels) are merge patches over one aiohttp session on the event loop
-(:mod:`chanscale.kubehttp`); the rare ones (template Deployments) use the official ``kubernetes`` client (blocking;
-run in a worker thread). Every write carries the stable field manager ``chanscale``, so ``kubectl get deploy -o
-yaml --show-managed-fields`` and Argo CD's ``managedFieldsManagers`` can tell our replica writes from Git's.
+Uses the official ``kubernetes`` client (blocking; run in a worker thread). Every write carries the stable field
+manager ``chanscale``, so ``kubectl get deploy -o yaml --show-managed-fields`` and Argo CD's
+``managedFieldsManagers`` can tell our replica writes from Git's.
 """
 
 from __future__ import annotations
@@ -17,10 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
-
-from . import FIELD_MANAGER, GROUP, PLURAL, VERSION, kubehttp
-from .kubehttp import KubeHttp
+from . import FIELD_MANAGER, GROUP, PLURAL, VERSION
 from .telemetry import KUBE_REQUESTS
 
 POOL_LABEL = "chanscale.dev/pool"
@@ -71,35 +67,48 @@ class Scaler(Protocol):
 
 @dataclass
 class KubeScaler:
-    """Writes ``spec.replicas`` through ``deployments/scale`` (merge patch, field manager ``chanscale``), over the
-    shared aiohttp session (:mod:`chanscale.kubehttp`)."""
+    """Writes ``spec.replicas`` through ``deployments/scale`` (merge patch, field manager ``chanscale``)."""
 
     attempts: int = 3
-    timeout: float = 10.0
-    http: KubeHttp | None = None
+
+    def _api(self) -> Any:
+        from kubernetes import client
+
+        return client.AppsV1Api(api_client())
+
+    def _scale_sync(self, namespace: str, name: str, replicas: int) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        api = self._api()
+        last: Exception | None = None
+        for _ in range(self.attempts):
+            try:
+                KUBE_REQUESTS.labels("patch", "deployments/scale").inc()
+                api.patch_namespaced_deployment_scale(
+                    name,
+                    namespace,
+                    {"spec": {"replicas": replicas}},
+                    field_manager=FIELD_MANAGER,
+                    _request_timeout=10,
+                )
+                return
+            except ApiException as e:
+                last = e
+                if e.status == 404:
+                    raise ScaleError("TargetNotFound", f"Deployment {namespace}/{name} not found", False) from e
+                if e.status == 403:
+                    raise ScaleError(
+                        "Forbidden", f"not allowed to scale {namespace}/{name}: check chanscale's RBAC", False
+                    ) from e
+                if e.status in (409, 429, 500, 503, 504):
+                    continue  # conflict or overload: retry (merge patches carry no resourceVersion)
+                raise ScaleError("ApiError", f"scale {namespace}/{name}: {e.status} {e.reason}", True) from e
+            except Exception as e:  # connection errors
+                last = e
+        raise ScaleError("ApiError", f"scale {namespace}/{name} failed: {last}", True)
 
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
-        http = self.http or kubehttp.shared()
-        path = kubehttp.path_of("apps", "v1", namespace, "deployments", name, "scale")
-        last = ""
-        for _ in range(self.attempts):
-            KUBE_REQUESTS.labels("patch", "deployments/scale").inc()
-            try:
-                answer = await http.patch(path, {"spec": {"replicas": replicas}}, timeout=self.timeout)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:  # connection errors: retry
-                last = _short_error(e)
-                continue
-            if answer.ok:
-                return
-            last = f"{answer.status} {answer.reason}"
-            if answer.status == 404:
-                raise ScaleError("TargetNotFound", f"Deployment {namespace}/{name} not found", False)
-            if answer.status == 403:
-                raise ScaleError("Forbidden", f"not allowed to scale {namespace}/{name}: check chanscale's RBAC", False)
-            if answer.status in (409, 429, 500, 503, 504):
-                continue  # conflict or overload: retry (merge patches carry no resourceVersion)
-            raise ScaleError("ApiError", f"scale {namespace}/{name}: {last}", True)
-        raise ScaleError("ApiError", f"scale {namespace}/{name} failed: {last}", True)
+        await asyncio.to_thread(self._scale_sync, namespace, name, replicas)
 
 
 def load_client_config(kubeconfig: str | None = None) -> None:
@@ -208,8 +217,7 @@ class StatusWriter(Protocol):
 
 @dataclass
 class KubeStatusWriter:
-    """Merge-patches ``/status`` (and labels) of a WorkerPool itself, not through kopf's patch object, over the
-    shared aiohttp session (:mod:`chanscale.kubehttp`).
+    """Merge-patches ``/status`` (and labels) of a WorkerPool itself, not through kopf's patch object.
 
     kopf retries a failed patch of a timer for ~55 s and then lets the error end the timer for good (kopf
     ``_timer`` → ``patch_and_check`` raises out of the loop; ``_runner`` marks it ``forever_stopped``). Writing
@@ -217,28 +225,52 @@ class KubeStatusWriter:
     """
 
     timeout: float = 10.0
-    http: KubeHttp | None = None
 
-    async def _patch(self, sub: str, name: str, namespace: str, body: Mapping[str, Any]) -> Any:
-        """The patched object; any failure (connection, timeout, 4xx such as the 404 of a just-deleted pool, 5xx)
-        raises :class:`StatusWriteError`: not written."""
-        path = kubehttp.path_of(GROUP, VERSION, namespace, PLURAL, name, sub)
-        KUBE_REQUESTS.labels("patch", f"{PLURAL}/{sub}" if sub else PLURAL).inc()
+    def _write_status_sync(self, namespace: str, name: str, patch: Mapping[str, Any]) -> str | None:
+        from kubernetes import client
+
+        KUBE_REQUESTS.labels("patch", "workerpools/status").inc()
         try:
-            answer = await (self.http or kubehttp.shared()).patch(path, body, timeout=self.timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            res = client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": dict(patch)},
+                field_manager=FIELD_MANAGER,
+                _request_timeout=self.timeout,
+                _content_type="application/merge-patch+json",
+            )
+        except Exception as e:  # connection errors, 5xx, 404 of a just-deleted pool: all mean "not written"
             raise StatusWriteError(_short_error(e)) from e
-        if not answer.ok:
-            raise StatusWriteError(answer.message())
-        return answer.body
-
-    async def write_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> str | None:
-        res = await self._patch("status", name, namespace, {"status": dict(patch)})
         rv = ((res or {}).get("metadata") or {}).get("resourceVersion") if isinstance(res, Mapping) else None
         return str(rv) if rv is not None else None
 
+    def _write_labels_sync(self, namespace: str, name: str, labels: Mapping[str, str | None]) -> None:
+        from kubernetes import client
+
+        KUBE_REQUESTS.labels("patch", "workerpools").inc()
+        try:
+            client.CustomObjectsApi(api_client()).patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"metadata": {"labels": dict(labels)}},
+                field_manager=FIELD_MANAGER,
+                _request_timeout=self.timeout,
+                _content_type="application/merge-patch+json",
+            )
+        except Exception as e:
+            raise StatusWriteError(_short_error(e)) from e
+
+    async def write_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> str | None:
+        return await asyncio.to_thread(self._write_status_sync, namespace, name, patch)
+
     async def write_labels(self, namespace: str, name: str, labels: Mapping[str, str | None]) -> None:
-        await self._patch("", name, namespace, {"metadata": {"labels": dict(labels)}})
+        await asyncio.to_thread(self._write_labels_sync, namespace, name, labels)
 
 
 def _short_error(e: Exception) -> str:
