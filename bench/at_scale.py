@@ -129,6 +129,16 @@ def _per_pool_minute(before: Samples, after: Samples, name: str, pools: list[str
     return sum(a.get(p, 0.0) - b.get(p, 0.0) for p in pools) / len(pools) / seconds * 60
 
 
+def _outcomes(before: Samples, after: Samples, ticks: float) -> dict[str, float]:
+    """Decisions per tick by outcome (ScaleUp, NoChange, Blocked, ...): how many proposed a change."""
+    out: dict[str, float] = defaultdict(float)
+    for sign, samples in ((-1.0, before), (1.0, after)):
+        for n, lbl, v in samples:
+            if n == "chanscale_decisions_total":
+                out[lbl.get("outcome", "")] += sign * v
+    return {k: v / ticks for k, v in sorted(out.items()) if v > 0}
+
+
 def _load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -295,6 +305,8 @@ def measure(
         "prometheus_query_p99_s": hist_quantile(before, after, "chanscale_prometheus_query_duration_seconds", 0.99),
         "loop_lag_p50_s": hist_quantile(before, after, "chanscale_event_loop_lag_seconds", 0.5),
         "loop_lag_p99_s": hist_quantile(before, after, "chanscale_event_loop_lag_seconds", 0.99),
+        "policy_calls_per_tick": delta("chanscale_policy_duration_seconds_count") / ticks,
+        "decisions_per_tick_by_outcome": _outcomes(before, after, ticks),
         "policy_p50_s": hist_quantile(before, after, "chanscale_policy_duration_seconds", 0.5),
         "policy_p99_s": hist_quantile(before, after, "chanscale_policy_duration_seconds", 0.99),
         "operator_rss_mib": use_after["rss_mib"],

@@ -53,6 +53,24 @@ TICK_CONCURRENCY = 64
 GC_THRESHOLDS = (20_000, 10, 100)
 
 
+class SlimDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base (the "essence" it compares to detect changes), built without copying what it drops.
+
+    kopf builds an essence for every watch event of every watched resource: a deep copy of the whole body, from
+    which it then deletes ``status`` and all of ``metadata`` but labels and annotations. For a WorkerPool that is
+    its status history and managedFields, copied and dropped on each of its status writes (5 % of the operator's
+    CPU at 1 000 pools). The same essence is built from a body without them; the result is identical.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        fields = [f if isinstance(f, str) else ".".join(f) for f in extra_fields or ()]
+        raw = {k: v for k, v in body.items() if k != "status" or any(f.startswith("status") for f in fields)}
+        if not any(f.startswith("metadata") for f in fields):
+            meta = body.get("metadata") or {}
+            raw["metadata"] = {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, raw)), extra_fields=fields)
+
+
 def _deployment_key(namespace: str, name: str) -> tuple[str, str]:
     return (namespace, name)
 
@@ -99,12 +117,13 @@ def target_from_indexes(
     conflict = _conflict(namespace, pool, name, hpas, scaledobjects or {}, claimants)
 
     def peers() -> tuple[list[dict[str, Any]], dict[str, int]]:
-        members = [dict(p) for p in pools.get(namespace, ())]
-        return members, {
-            p["target"]: e["replicas"]
-            for p in members
-            for e in list(deployments.get(_deployment_key(namespace, p["target"]), ()))[:1]
-        }
+        members = list(pools.get(namespace, ()))  # the index's own entries: read, never changed
+        replicas: dict[str, int] = {}
+        for p in members:  # one policy call at 1 000 pools: 1 000 lookups, no copies
+            for e in deployments.get(_deployment_key(namespace, p["target"]), ()):
+                replicas[p["target"]] = e["replicas"]
+                break
+        return members, replicas
 
     entries = list(deployments.get(_deployment_key(namespace, name), ()))
     if not entries:
@@ -321,13 +340,15 @@ def _apply_settings(settings: kopf.OperatorSettings, direct_settings: DirectSett
     settings.networking.request_timeout = 60
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = SlimDiffBase(prefix=GROUP)
     settings.posting.level = logging.WARNING  # our own Events are explicit; warnings from kopf still post
     settings.execution.max_workers = 8
     if direct_settings is not None:  # only the labelled pods reach us (server-side selector), and only then
         settings.watching.label_selectors["", "v1", "pods"] = LABEL_SELECTOR
     # Our blocking clients (kubernetes, prometheus-api-client) run in the loop's default executor: with 1 000
-    # pools its default of cpu+4 threads queued status writes behind each other (docs/scaling.md).
+    # pools its default of cpu+4 threads queued status writes behind each other (docs/scaling.md). Writes through
+    # aiohttp on the loop were measured and not kept: no less CPU per write (aiohttp's request handling and
+    # asyncio's TLS are Python too), and the work moved onto the loop (bench/RESULTS.md, section 6).
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="chanscale-io")
     )

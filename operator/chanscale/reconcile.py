@@ -7,6 +7,7 @@ returned status through kopf's patch object.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -99,6 +100,16 @@ class PoolMemory:
     written: str | None = None  # digest of the last status written
     written_at: float = 0.0
     state: PoolState | None = None  # the learning state, kept between ticks (status.history is its restart copy)
+    parsed: tuple[dict[str, Any], PoolSpec] | None = None  # (a copy of the spec, its parse): parsed once per change
+
+    def spec(self, raw: Mapping[str, Any]) -> PoolSpec:
+        """The parsed spec, parsed again only when the spec changed (a dict comparison, not a validation per
+        tick). Raises :class:`SpecError` for a bad spec, every time."""
+        if self.parsed is None or self.parsed[0] != raw:
+            self.parsed = None
+            parsed = PoolSpec.from_dict(raw)
+            self.parsed = (copy.deepcopy(dict(raw)), parsed)
+        return self.parsed[1]
 
 
 @dataclass
@@ -206,7 +217,7 @@ def _memory(rt: Runtime, key: tuple[str, str], body: Mapping[str, Any]) -> PoolM
         prev = mem
         mem = PoolMemory(status=dict(server), server=server, rv=rv)
         if prev is not None:  # a newer body: what we wrote is in it; keep the write bookkeeping and the learning
-            mem.written, mem.written_at, mem.state = prev.written, prev.written_at, prev.state
+            mem.written, mem.written_at, mem.state, mem.parsed = prev.written, prev.written_at, prev.state, prev.parsed
             mem.status = _carry_counters(prev.status, mem.status)
         rt.memory[key] = mem
     return mem
@@ -273,8 +284,11 @@ def _material(status: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
 
 
-async def _write_status(rt: Runtime, key: tuple[str, str], mem: PoolMemory, status: dict[str, Any], now: float) -> bool:
-    """Merge-patch ``status`` over what the server holds. False (logged, retried next tick) when it fails."""
+async def _write_status(
+    rt: Runtime, key: tuple[str, str], mem: PoolMemory, status: dict[str, Any], now: float, material: str | None = None
+) -> bool:
+    """Merge-patch ``status`` over what the server holds. False (logged, retried next tick) when it fails.
+    ``material``: the status's :func:`_material` digest, if the caller has it."""
     from .kube import StatusWriteError
 
     patch = status_patch(mem.server, status)
@@ -292,7 +306,7 @@ async def _write_status(rt: Runtime, key: tuple[str, str], mem: PoolMemory, stat
         return False
     telemetry.STATUS_WRITES.labels(*key).inc()
     mem.server, mem.rv = status, rv
-    mem.written, mem.written_at = _material(status), now
+    mem.written, mem.written_at = material or _material(status), now
     return True
 
 
@@ -301,11 +315,12 @@ async def _finish(
 ) -> TickResult:
     """Remember the status; write it only on a material change (or every ``status_refresh`` for observations)."""
     mem.status = status
-    if mem.written == _material(status) and now - mem.written_at < rt.config.status_refresh:
+    material = _material(status)
+    if mem.written == material and now - mem.written_at < rt.config.status_refresh:
         result.status = None
     else:
         result.status = status
-        result.written = await _write_status(rt, key, mem, status, now)
+        result.written = await _write_status(rt, key, mem, status, now, material)
     if result.labels:
         await _write_labels(rt, key, result.labels)
     return result
@@ -334,7 +349,7 @@ async def tick(rt: Runtime, body: Mapping[str, Any], target: Target | None, *, f
     mem = _memory(rt, key, body)
     old = mem.status
     try:
-        spec = PoolSpec.from_dict(spec_raw)
+        spec = mem.spec(spec_raw)
     except SpecError as e:
         return await _fail(rt, key, mem, old, gen, now, None, "InvalidSpec", f"invalid spec: {e}")
     if not force and not due(rt, key, spec, now):

@@ -155,18 +155,13 @@ class PrometheusReader:
         than ``ttl`` + ``timeout``) instead of waiting for it: with 1 000 pools, every decision taken during a slow
         Prometheus answer would otherwise wait for it; only the caller that started the refresh does."""
         key = (address, query)
-        now = self._clock()
-        hit = self._cache.get(key)
-        ttl = self.ttl if max_age is None else min(self.ttl, max_age)
-        if hit is not None and now - hit[0] < ttl:
-            if isinstance(hit[1], QueryError):
-                raise hit[1]
-            return hit[1]
+        ready = self.ready(address, query, max_age)
+        if ready is not None:
+            if isinstance(ready, QueryError):
+                raise ready
+            return ready
         fut = self._inflight.get(key)
         if fut is not None:
-            previous = hit[1] if hit is not None and now - hit[0] < self.ttl + self.timeout else None
-            if max_age is None and previous is not None and not isinstance(previous, QueryError):
-                return previous
             return await asyncio.shield(fut)
         fut = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
@@ -193,6 +188,27 @@ class PrometheusReader:
         fut.set_result(res)
         return res
 
+    def ready(self, address: str, query: str, max_age: float | None = None) -> Result | QueryError | None:
+        """The answer :meth:`query` gives without waiting: a fresh one (or its cached error), or, while a refresh is
+        under way and ``max_age`` is not set, the previous one if younger than ``ttl`` + ``timeout``. None: the
+        caller must wait for Prometheus."""
+        now = self._clock()
+        hit = self._cache.get((address, query))
+        if hit is None:
+            return None
+        ttl = self.ttl if max_age is None else min(self.ttl, max_age)
+        if now - hit[0] < ttl:
+            return hit[1]
+        refreshing = (address, query) in self._inflight
+        if (
+            refreshing
+            and max_age is None
+            and now - hit[0] < self.ttl + self.timeout
+            and not isinstance(hit[1], QueryError)
+        ):
+            return hit[1]
+        return None
+
     def address_for(self, spec: PoolSpec) -> str:
         address = spec.metrics.prometheus_address or self.default_address
         if not address:
@@ -215,7 +231,15 @@ class PrometheusReader:
             override = spec.metrics.queries.get(sig)
             want[sig] = (render_custom(override, namespace, spec.channel), True) if override else (defaults[sig], False)
         want["age"] = (defaults["age"], False)
-        results = await asyncio.gather(*(self.query(address, q) for q, _ in want.values()), return_exceptions=True)
+        # Answers the cache holds are taken as they are: at 1 000 pools a task per query per decision (8 000 a tick)
+        # and a trip through a busy event loop for each decision were most of a quiet pool's decision time.
+        results: list[Any] = [self.ready(address, q) for q, _ in want.values()]
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            queries = [q for q, _ in want.values()]
+            got = await asyncio.gather(*(self.query(address, queries[i]) for i in missing), return_exceptions=True)
+            for i, r in zip(missing, got, strict=True):
+                results[i] = r
         key = (namespace, spec.channel)
         for (sig, (q, is_custom)), res in zip(want.items(), results, strict=True):
             if isinstance(res, BaseException):

@@ -355,3 +355,20 @@ async def test_learning_is_kept_in_memory_and_status_history_is_its_restart_copy
     assert server["history"]["serviceRate"] > 20.0
     res = await tick(restarted, {**body, "status": server}, target, force=True)
     assert res.decision is not None and res.decision.state.service_rate > 20.0
+
+
+def test_a_pools_spec_is_parsed_once_per_change() -> None:
+    from chanscale.reconcile import PoolMemory
+    from chanscale.spec import SpecError
+
+    mem = PoolMemory(status={}, server={}, rv=None)
+    body = pool()
+    first = mem.spec(body["spec"])
+    assert mem.spec(pool()["spec"]) is first  # an equal spec (a new body from a watch event): no new parse
+    body["spec"]["maxReplicas"] = 7  # changed in place: parsed again
+    assert mem.spec(body["spec"]).max_replicas == 7
+    bad = pool(minReplicas=9, maxReplicas=2)["spec"]
+    for _ in range(2):  # a bad spec fails every time, never served from the cache
+        with pytest.raises(SpecError):
+            mem.spec(bad)
+    assert mem.spec(pool()["spec"]).max_replicas == 50

@@ -52,6 +52,17 @@ async def test_queries_per_tick_do_not_grow_with_pools() -> None:
     assert len(fake.calls) == 7  # still cached
 
 
+async def test_a_cached_read_never_waits_for_the_event_loop() -> None:
+    fake = FakeProm(n_channels=3)
+    reader = PrometheusReader("http://prom", ttl=5, query_fn=fake)
+    first = await reader.read("ns", spec("c1"))
+    coro = reader.read("ns", spec("c2"))
+    with pytest.raises(StopIteration) as done:  # ran to the end without yielding: no task, no turn of the loop
+        coro.send(None)
+    assert done.value.value.values["backlog"] == first.values["backlog"] == 5.0
+    assert len(fake.calls) == 7
+
+
 async def test_cache_expires_after_ttl() -> None:
     now = [0.0]
     fake = FakeProm()
