@@ -12,12 +12,14 @@ Each credential is also checked the other way: without it the same query fails w
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import http.server
+import secrets
 import ssl
 import threading
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,12 +40,16 @@ TOKEN, TENANT = "token-one", "team-a"
 
 
 def bcrypt_hash(password: str) -> str:
-    """Prometheus' web config wants bcrypt; libxcrypt's crypt(3) makes it (the stdlib wrapper is deprecated)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt
-
-    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 4))
+    """Prometheus' web config wants bcrypt; libxcrypt's crypt(3) makes it. Through ctypes: Python 3.13 (Debian 13's)
+    removed the stdlib ``crypt`` wrapper. The salt's 22nd character carries only two bits, so it is one whose low
+    four are zero (canonical for every bcrypt implementation)."""
+    alphabet = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    salt = "$2b$04$" + "".join(secrets.choice(alphabet) for _ in range(21)) + secrets.choice(alphabet[::16])
+    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+    lib.crypt.restype, lib.crypt.argtypes = ctypes.c_char_p, [ctypes.c_char_p, ctypes.c_char_p]
+    hashed = lib.crypt(password.encode(), salt.encode())
+    assert hashed and hashed.startswith(b"$2b$04$"), f"crypt(3) made no bcrypt hash: {hashed!r}"
+    return str(hashed.decode())
 
 
 def query_once(address: str, auth: PrometheusAuth, expr: str = "vector(1)") -> dict[object, float]:
