@@ -441,7 +441,7 @@ def _current(rt: Runtime, key: tuple[str, str], target: Target, now: float) -> i
     written = rt.last_scale_write.get(key)
     recent = rt.index_lag_start(now)
     behind = {count for count, at in rt.scaled_from.get(key, ()) if at > recent}
-    if written is not None and written[1] > recent and target.replicas != written[0] and target.replicas in behind:
+    if written is not None and written[1] > recent and target.replicas in behind:
         return written[0]
     return target.replicas
 
