@@ -533,7 +533,18 @@ def normalize(spec: PoolSpec, rec: Recommendation, now: float) -> Decision:
     )
     if lim.limited_by:
         limited.append(lim.limited_by)
-    desired = lim.replicas
+    outcome, reason = _outcome(rec, lim.replicas, limited)
+    new_state = replace(
+        state,
+        recommendations=tuple(behavior.add_recommendation(runs, now, rec.held)[-MAX_RUNS:]),
+        scale_events=tuple(events),
+    )
+    return _decision(rec, lim.replicas, outcome, reason, limited, new_state)
+
+
+def _outcome(rec: Recommendation, desired: int, limited: list[str]) -> tuple[str, str]:
+    """The decision's outcome and its one human sentence: what drove the count, and the first limit on it."""
+    current = rec.current
     if not rec.metrics_ok and rec.held == current:
         outcome = "Hold"
     else:
@@ -545,14 +556,7 @@ def normalize(spec: PoolSpec, rec: Recommendation, now: float) -> Decision:
         reason = f"{driver} asks for {rec.replicas}, held at {current}"
     else:
         reason = f"{current} replicas meet the SLO ({driver})"
-    if limited:
-        reason += f" (limited by {limited[0]})"
-    new_state = replace(
-        state,
-        recommendations=tuple(behavior.add_recommendation(runs, now, rec.held)[-MAX_RUNS:]),
-        scale_events=tuple(events),
-    )
-    return _decision(rec, desired, outcome, reason, limited, new_state)
+    return outcome, reason + (f" (limited by {limited[0]})" if limited else "")
 
 
 def _fallback(spec: PoolSpec, rec: Recommendation) -> Decision:
