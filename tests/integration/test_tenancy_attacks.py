@@ -449,6 +449,7 @@ def test_second_pool_on_one_deployment_is_refused(
     op = platform.operator(operator_process, namespace)
     wait_until(has_condition(kubectl, namespace, "Ready", "True", pool="first"), 60, "the first pool Ready", procs(op))
     with ObjectWatch(k8s, "deployment", namespace, "worker") as worker:
+        wait_until(lambda: bool(worker.versions), 30, "the Deployment's watch to list it", procs(op))
         assert _apply_as(kubectl, tenant, fast_pool("second", minReplicas=5), namespace).returncode == 0
         wait_until(
             has_condition(kubectl, namespace, "Ready", "False", "TargetConflict", pool="second"),
