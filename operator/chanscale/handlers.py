@@ -358,8 +358,10 @@ def _apply_settings(settings: kopf.OperatorSettings, direct_settings: DirectSett
 
 def _make_runtime(config: Config) -> Runtime:
     """The operator's state and its I/O adapters (Prometheus, the policy gate, the Kubernetes writers)."""
+    from .peerlist import make_probe
     from .policy import make_gate
 
+    gate = make_gate(config.opa)
     return Runtime(
         config=config,
         reader=PrometheusReader(
@@ -370,7 +372,8 @@ def _make_runtime(config: Config) -> Runtime:
             auth=config.prometheus_auth,
             allowed=tenancy.allowed_addresses(config.guardrails, config.prometheus_url),
         ),
-        gate=make_gate(config.opa),
+        gate=gate,
+        peer_list=make_probe(config.policy_peers, gate),
         scaler=kube.KubeScaler(),
         scale_any=ScaleSubresource(),
         writer=kube.KubeStatusWriter(),

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -52,6 +52,7 @@ class Config:
     tick: float = 10.0  # the operator's timer; a pool's pollingInterval is rounded up to a multiple of it
     status_refresh: float = 60.0  # rewrite an unchanged status at most this often (observations only)
     policy_timeout: float = 2.0
+    policy_peers: str = "auto"  # whether policy calls carry input.namespace.pools (chanscale.peerlist)
     query_timeout: float = 5.0
     health_url: str | None = None  # serve /healthz (this URL's path) and /readyz on its host:port
     stale_intervals: float = 3.0  # liveness fails when a pool has not been evaluated for this many ticks
@@ -136,6 +137,8 @@ class Runtime:
     tenancy: TenancyState = field(default_factory=TenancyState)
     scale_any: Any = None  # scaletarget.ScaleSubresource: targets other than Deployments
     direct: Any = None  # direct.DirectPath with --direct-metrics (its readings are taken by the fast path)
+    # whether this policy call carries the namespace's pool list (chanscale.peerlist); None: it always does
+    peer_list: Callable[[], Awaitable[bool]] | None = None
 
     def index_lag_start(self, now: float) -> float:
         """Writes after this moment may not be in kopf's indexes yet (two ticks: the window our own writes win)."""
@@ -772,6 +775,7 @@ async def _gate(
         },
         now=datetime.fromtimestamp(now, tz=timezone.utc),
         namespace_pools=others,
+        peer_list=rt.peer_list is None or await rt.peer_list(),
     )
     path = rt.config.guardrails.policy_path(spec.policy.profile) or ""  # refusal() has checked it is published
     started = time.perf_counter()
