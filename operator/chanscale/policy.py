@@ -477,6 +477,7 @@ def build_input(
     now: datetime,
     namespace_pools: Sequence[Mapping[str, Any]],
     peer_list: bool = True,
+    others: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The input document for OPA, exactly as ``policies/input.schema.json`` describes it.
 
@@ -484,12 +485,15 @@ def build_input(
     this pool is left out of the namespace's view so a budget never counts it twice, and ``now`` is explicit so a
     recorded input replays to the same decision. ``namespace.others`` summarises the other pools; their list,
     ``namespace.pools``, goes in only with ``peer_list`` (chanscale.peerlist: only when a policy reads it).
+    ``others`` is the summary when the caller has it already (chanscale.tenancy.other_claims), else it is summed
+    from ``namespace_pools``.
     """
     meta = pool.get("metadata") or {}
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     annotations = {k: str(v) for k, v in (meta.get("annotations") or {}).items() if k not in _DROPPED_ANNOTATIONS}
     peers = _peers(namespace_pools, name)
-    namespace_view: dict[str, Any] = {"name": namespace, "others": peer_summary(peers)}
+    summary = dict(others) if others is not None else peer_summary(peers)
+    namespace_view: dict[str, Any] = {"name": namespace, "others": summary}
     if peer_list:
         namespace_view["pools"] = peers
     return {

@@ -40,7 +40,7 @@ from .kube import ScaleError, Scaler, template_digest
 from .promauth import PrometheusAuth
 from .signals import PrometheusReader, signal_errors_for_required
 from .spec import PoolSpec, SpecError
-from .tenancy import Guardrails, TenancyState, namespace_pools, refusal
+from .tenancy import Guardrails, TenancyState, other_claims, other_pools, peer_claims, refusal
 
 log = logging.getLogger("chanscale")
 
@@ -731,16 +731,28 @@ def _publish_metrics(facts: Facts, replicas: int) -> None:
     telemetry.METRICS_AVAILABLE.labels(ns, name).set(1 if d.metrics_ok else 0)
 
 
-def _peers(rt: Runtime, ns: str, name: str, target: Target | None, now: float) -> list[dict[str, Any]]:
-    """The namespace's other pools for the budget guard: kopf's WorkerPool index plus our own recent reservations
-    and writes (the index lags them)."""
+#: How long one pass over a namespace's pools (kopf's indexes) serves its budget checks. Our own writes and
+#: reservations are added fresh at every check; only others' changes (another replica's, a user's) may show this
+#: much later than the index has them.
+PEER_CLAIMS_TTL = 1.0
+
+
+def _peers(
+    rt: Runtime, ns: str, name: str, target: Target | None, now: float, with_list: bool
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """The namespace's other pools for the budget guard, summed (and one by one ``with_list``): kopf's indexes plus
+    our own recent reservations and writes (the index lags them)."""
     if target is None or target.peers is None:
-        return []
+        return {"pools": 0, "replicas": 0, "claimed": 0}, []
     recent: dict[str, int] = {}
     for writes in (rt.last_scale_write, rt.reserved):  # a reservation is at least as new as the last write
         recent.update({n: r for (pns, n), (r, t) in writes.items() if pns == ns and t > rt.index_lag_start(now)})
-    pools, deployments = target.peers()
-    return namespace_pools(pools, deployments, recent, exclude=name)
+    cache, clock = rt.tenancy.peer_claims, time.monotonic()
+    held = cache.get(ns)
+    if held is None or not 0 <= clock - held[0] < min(PEER_CLAIMS_TTL, rt.config.tick / 4):
+        held = cache[ns] = (clock, peer_claims(*target.peers()))
+    claims = held[1]
+    return other_claims(claims, recent, name), (other_pools(claims, recent, name) if with_list else [])
 
 
 async def _gate(
@@ -757,7 +769,8 @@ async def _gate(
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     st = decision.state
-    others = _peers(rt, ns, name, target, now)
+    with_list = rt.peer_list is None or await rt.peer_list()
+    others, pools = _peers(rt, ns, name, target, now, with_list)
     doc = build_input(
         pool={
             "metadata": {k: meta.get(k) for k in ("namespace", "name", "labels", "annotations")},
@@ -774,8 +787,9 @@ async def _gate(
             "secondsSinceLastScale": (now - st.last_scale_time) if st.last_scale_time else None,
         },
         now=datetime.fromtimestamp(now, tz=timezone.utc),
-        namespace_pools=others,
-        peer_list=rt.peer_list is None or await rt.peer_list(),
+        namespace_pools=pools,
+        others=others,
+        peer_list=with_list,
     )
     path = rt.config.guardrails.policy_path(spec.policy.profile) or ""  # refusal() has checked it is published
     started = time.perf_counter()

@@ -137,7 +137,9 @@ class Ticker:
         """Evaluate this pool at the next step, ahead of its slot (chanscale.fastpath); its slot is kept."""
         self.forced.add(key)
 
-    async def _guarded(self, key: PoolKey, forced: bool) -> None:
+    async def _guarded(self, key: PoolKey, forced: bool, delay: float = 0.0) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         async with self._slots:
             try:
                 await self.run_one(key, forced)
@@ -151,8 +153,14 @@ class Ticker:
         due = self.due(now)
         forced = [k for k in self.forced if k not in self.inflight and k in self.next_due and k not in due]
         self.forced.difference_update(forced)
-        for key in due + forced:
-            task = asyncio.create_task(self._guarded(key, key in forced), name=f"chanscale-tick-{key[0]}/{key[1]}")
+        # Forced pools first and at once (the fast path's reaction); the step's other starts are spread over the
+        # step, so the loop serves I/O (policy answers, watch events) between them instead of after the whole batch.
+        batch = forced + due
+        spacing = self.resolution / len(batch) if batch else 0.0
+        for i, key in enumerate(batch):
+            delay = 0.0 if i < len(forced) else i * spacing
+            coro = self._guarded(key, i < len(forced), delay)
+            task = asyncio.create_task(coro, name=f"chanscale-tick-{key[0]}/{key[1]}")
             self.inflight[key] = task
             task.add_done_callback(functools.partial(self._done, key))
             self.started += 1
