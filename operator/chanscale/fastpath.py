@@ -92,6 +92,14 @@ class FastPath:
     baseline: dict[PoolKey, Reading] = field(default_factory=dict)  # at the pool's last evaluation
     triggered: int = 0
     direct: DirectPath | None = None
+    # key -> (the spec it was computed from, watched()): a spec is a new object whenever the pool changes
+    _watched: dict[PoolKey, tuple[Mapping[str, Any], tuple[str, str] | None]] = field(default_factory=dict)
+
+    def _watch(self, key: PoolKey, spec: Mapping[str, Any]) -> tuple[str, str] | None:
+        held = self._watched.get(key)
+        if held is None or held[0] is not spec:
+            held = self._watched[key] = (spec, watched(spec, self.address))
+        return held[1]
 
     def note(self, key: PoolKey) -> None:
         """The pool was just evaluated: measure movement from what it saw."""
@@ -128,8 +136,9 @@ class FastPath:
     async def poll_once(self) -> None:
         groups: dict[str, list[tuple[PoolKey, str]]] = {}
         watching = []
-        for key, spec in self.pools():
-            w = watched(spec, self.address)
+        listed = list(self.pools())
+        for key, spec in listed:
+            w = self._watch(key, spec)
             if w is not None:
                 groups.setdefault(w[1], []).append((key, w[0]))
                 watching.append((key, spec))
@@ -156,6 +165,9 @@ class FastPath:
         for gone in [k for k in self.latest if k not in seen]:
             self.latest.pop(gone, None)
             self.baseline.pop(gone, None)
+        if len(self._watched) > len(listed):  # pools gone since
+            keys = {k for k, _ in listed}
+            self._watched = {k: v for k, v in self._watched.items() if k in keys}
 
     async def run(self) -> None:
         while True:
