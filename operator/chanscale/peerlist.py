@@ -57,6 +57,7 @@ class PeerListProbe:
         self._sources, self.every, self.timeout, self._clock = sources, every, timeout, clock
         self._wanted = True
         self._checked: float | None = None
+        self._failing = False  # warn once per run of failed reads, not every minute
         self._lock = asyncio.Lock()
 
     def _fresh(self) -> bool:
@@ -75,8 +76,14 @@ class PeerListProbe:
         try:
             wanted = reads_peer_list(await asyncio.wait_for(self._sources(), self.timeout))
         except Exception as e:  # any failure: send the list (a policy that reads it must never miss it)
-            log.warning("cannot read the loaded policies to see whether one reads input.namespace.pools: %s", e)
+            (log.debug if self._failing else log.warning)(
+                "cannot read the loaded policies (%s); policy calls carry input.namespace.pools until they can be read "
+                "(or set --policy-peers list or summary)",
+                e,
+            )
+            self._failing = True
             return True
+        self._failing = False
         if wanted != self._wanted or self._checked is None:
             log.info(
                 "policy input: %s",
