@@ -38,6 +38,12 @@ Reading = tuple[float | None, float | None]  # (backlog, arrival rate)
 FLOORS = (10.0, 2.0)
 #: A move is material beyond this fraction of the signal's value (and beyond its floor).
 RELATIVE = 0.2
+#: The most of the time the fast path may spend polling: after a poll that took t seconds it waits at least
+#: t × (1 / DUTY - 1) before the next one. A poll's cost grows with the pools (the answers carry every channel)
+#: and with Prometheus' answer time; when either grows until a poll takes more than a tenth of its period, the
+#: fast path slows down instead of adding load to a Prometheus that is already behind (the interval path, and its
+#: decisions, are unaffected).
+DUTY = 0.1
 
 
 def watched(spec: Mapping[str, Any], default_address: str | None) -> tuple[str, str] | None:
@@ -91,6 +97,7 @@ class FastPath:
     latest: dict[PoolKey, Reading] = field(default_factory=dict)
     baseline: dict[PoolKey, Reading] = field(default_factory=dict)  # at the pool's last evaluation
     triggered: int = 0
+    last_pause: float = 0.0  # seconds between the last two polls (DUTY)
     direct: DirectPath | None = None
     # key -> (the spec it was computed from, watched()): a spec is a new object whenever the pool changes
     _watched: dict[PoolKey, tuple[Mapping[str, Any], tuple[str, str] | None]] = field(default_factory=dict)
@@ -169,13 +176,20 @@ class FastPath:
             keys = {k for k, _ in listed}
             self._watched = {k: v for k, v in self._watched.items() if k in keys}
 
+    def pause(self, spent: float) -> float:
+        """Seconds to wait after a poll that took ``spent``: the period, or longer if polls got slow (DUTY)."""
+        return max(self.period, spent * (1.0 / DUTY - 1.0))
+
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await self.poll_once()
             except Exception:  # never stop polling: the interval path is unaffected anyway
                 log.exception("fast path poll failed")
-            await asyncio.sleep(self.period)
+            self.last_pause = self.pause(loop.time() - started)
+            await asyncio.sleep(self.last_pause)
 
 
 def _finite(v: float | None) -> float | None:
