@@ -51,6 +51,7 @@ def _run(args: argparse.Namespace) -> int:
         tick=args.tick,
         status_refresh=args.status_refresh,
         policy_timeout=args.policy_timeout,
+        policy_peers=args.policy_peers,
         health_url=args.liveness or None,
         stale_intervals=args.stale_intervals,
         guardrails=guardrails_from_args(args),
@@ -412,6 +413,14 @@ def _add_loop_flags(r: argparse.ArgumentParser) -> None:
         "timer per pool (the former design, kept for comparison; docs/scaling.md)",
     )
     r.add_argument("--policy-timeout", type=float, default=2.0, help="seconds per policy evaluation")
+    r.add_argument(
+        "--policy-peers",
+        choices=["auto", "list", "summary"],
+        default=os.environ.get("CHANSCALE_POLICY_PEERS", "auto"),
+        help="whether policy calls carry the namespace's pool list, input.namespace.pools (input.namespace.others, "
+        "the sums, always goes): auto (when a loaded policy reads it), list (always), summary (never); "
+        "docs/policies.md",
+    )
 
 
 def _add_endpoint_flags(r: argparse.ArgumentParser) -> None:

@@ -38,6 +38,12 @@ Reading = tuple[float | None, float | None]  # (backlog, arrival rate)
 FLOORS = (10.0, 2.0)
 #: A move is material beyond this fraction of the signal's value (and beyond its floor).
 RELATIVE = 0.2
+#: The most of the time the fast path may spend polling: after a poll that took t seconds it waits at least
+#: t × (1 / DUTY - 1) before the next one. A poll's cost grows with the pools (the answers carry every channel)
+#: and with Prometheus' answer time; when either grows until a poll takes more than a tenth of its period, the
+#: fast path slows down instead of adding load to a Prometheus that is already behind (the interval path, and its
+#: decisions, are unaffected).
+DUTY = 0.1
 
 
 def watched(spec: Mapping[str, Any], default_address: str | None) -> tuple[str, str] | None:
@@ -91,7 +97,16 @@ class FastPath:
     latest: dict[PoolKey, Reading] = field(default_factory=dict)
     baseline: dict[PoolKey, Reading] = field(default_factory=dict)  # at the pool's last evaluation
     triggered: int = 0
+    last_pause: float = 0.0  # seconds between the last two polls (DUTY)
     direct: DirectPath | None = None
+    # key -> (the spec it was computed from, watched()): a spec is a new object whenever the pool changes
+    _watched: dict[PoolKey, tuple[Mapping[str, Any], tuple[str, str] | None]] = field(default_factory=dict)
+
+    def _watch(self, key: PoolKey, spec: Mapping[str, Any]) -> tuple[str, str] | None:
+        held = self._watched.get(key)
+        if held is None or held[0] is not spec:
+            held = self._watched[key] = (spec, watched(spec, self.address))
+        return held[1]
 
     def note(self, key: PoolKey) -> None:
         """The pool was just evaluated: measure movement from what it saw."""
@@ -128,8 +143,9 @@ class FastPath:
     async def poll_once(self) -> None:
         groups: dict[str, list[tuple[PoolKey, str]]] = {}
         watching = []
-        for key, spec in self.pools():
-            w = watched(spec, self.address)
+        listed = list(self.pools())
+        for key, spec in listed:
+            w = self._watch(key, spec)
             if w is not None:
                 groups.setdefault(w[1], []).append((key, w[0]))
                 watching.append((key, spec))
@@ -156,14 +172,24 @@ class FastPath:
         for gone in [k for k in self.latest if k not in seen]:
             self.latest.pop(gone, None)
             self.baseline.pop(gone, None)
+        if len(self._watched) > len(listed):  # pools gone since
+            keys = {k for k, _ in listed}
+            self._watched = {k: v for k, v in self._watched.items() if k in keys}
+
+    def pause(self, spent: float) -> float:
+        """Seconds to wait after a poll that took ``spent``: the period, or longer if polls got slow (DUTY)."""
+        return max(self.period, spent * (1.0 / DUTY - 1.0))
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await self.poll_once()
             except Exception:  # never stop polling: the interval path is unaffected anyway
                 log.exception("fast path poll failed")
-            await asyncio.sleep(self.period)
+            self.last_pause = self.pause(loop.time() - started)
+            await asyncio.sleep(self.last_pause)
 
 
 def _finite(v: float | None) -> float | None:

@@ -44,6 +44,8 @@ log = logging.getLogger("chanscale")
 #: Threads for blocking API and Prometheus requests; the ticker runs at most TICK_CONCURRENCY pools at once.
 EXECUTOR_THREADS = 16
 TICK_CONCURRENCY = 64
+#: Seconds one listing of the pools index serves the ticker's resync and the fast path's poll (both every second).
+BODIES_TTL = 0.5
 #: The collector's thresholds (CPython's are 700, 10, 10). Every watch event leaves a new body that lives until the
 #: next one, so thousands of objects a second survive the young passes and trigger full passes, stops of the whole
 #: process (8-10 of up to 0.3 s in 2.5 minutes at 300 pools with the defaults); that garbage is acyclic (freed by
@@ -228,7 +230,12 @@ def start_ticker(
     rt: Runtime = memo.runtime
     gc.freeze()  # see configure(): the first listing of every watched resource is in memory now
 
+    listed: list[Any] = [None, 0.0]  # (the last listing, when): the ticker's resync and the fast path share it
+
     def bodies() -> list[tuple[tuple[str, str], Mapping[str, Any]]]:
+        now = asyncio.get_running_loop().time()
+        if listed[0] is not None and 0 <= now - listed[1] < BODIES_TTL:
+            return cast(list[tuple[tuple[str, str], Mapping[str, Any]]], listed[0])
         out = []
         for key, store in list(pools.items()):
             body = next(iter(list(store or ())[:1]), None)
@@ -236,6 +243,7 @@ def start_ticker(
                 continue
             if owns is None or owns(key):
                 out.append((key, body))
+        listed[0], listed[1] = out, now
         return out
 
     async def run_one(key: tuple[str, str], forced: bool) -> None:
@@ -358,8 +366,10 @@ def _apply_settings(settings: kopf.OperatorSettings, direct_settings: DirectSett
 
 def _make_runtime(config: Config) -> Runtime:
     """The operator's state and its I/O adapters (Prometheus, the policy gate, the Kubernetes writers)."""
+    from .peerlist import make_probe
     from .policy import make_gate
 
+    gate = make_gate(config.opa)
     return Runtime(
         config=config,
         reader=PrometheusReader(
@@ -370,7 +380,8 @@ def _make_runtime(config: Config) -> Runtime:
             auth=config.prometheus_auth,
             allowed=tenancy.allowed_addresses(config.guardrails, config.prometheus_url),
         ),
-        gate=make_gate(config.opa),
+        gate=gate,
+        peer_list=make_probe(config.policy_peers, gate),
         scaler=kube.KubeScaler(),
         scale_any=ScaleSubresource(),
         writer=kube.KubeStatusWriter(),

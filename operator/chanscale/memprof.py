@@ -76,12 +76,13 @@ def start_from_env() -> None:
     threading.Thread(target=loop, name="chanscale-tracemalloc", daemon=True).start()
 
 
-def _gc_report(pauses: dict[int, list[float]]) -> str:
-    lines = ["generation collections total_s max_ms p99_ms"]
+def _gc_report(pauses: dict[int, list[float]], collected: dict[int, int] | None = None) -> str:
+    lines = ["generation collections total_s max_ms p99_ms objects_freed"]
     for gen, xs in sorted(pauses.items()):
         ys = sorted(xs)
         p99 = ys[min(len(ys) - 1, int(len(ys) * 0.99))] if ys else 0.0
-        lines.append(f"{gen} {len(ys)} {sum(ys):.3f} {1000 * max(ys, default=0.0):.1f} {1000 * p99:.1f}")
+        freed = (collected or {}).get(gen, 0)
+        lines.append(f"{gen} {len(ys)} {sum(ys):.3f} {1000 * max(ys, default=0.0):.1f} {1000 * p99:.1f} {freed}")
     return "\n".join(lines) + "\n"
 
 
@@ -91,6 +92,7 @@ def start_gclog_from_env() -> None:
     if not target:
         return
     pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    collected = {0: 0, 1: 0, 2: 0}  # objects in unreachable cycles each generation's passes freed
     began = [0.0]
 
     def callback(phase: str, info: dict[str, int]) -> None:
@@ -98,6 +100,7 @@ def start_gclog_from_env() -> None:
             began[0] = time.perf_counter()
         else:
             pauses[info["generation"]].append(time.perf_counter() - began[0])
+            collected[info["generation"]] += info.get("collected", 0)
 
     gc.callbacks.append(callback)
     path = Path(target)
@@ -105,6 +108,6 @@ def start_gclog_from_env() -> None:
     def loop() -> None:
         while True:
             time.sleep(20)
-            path.write_text(_gc_report(pauses))
+            path.write_text(_gc_report(pauses, collected))
 
     threading.Thread(target=loop, name="chanscale-gclog", daemon=True).start()

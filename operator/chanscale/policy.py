@@ -84,6 +84,8 @@ class PolicyGate(Protocol):
 
     async def close(self) -> None: ...
 
+    async def policy_sources(self) -> list[str]: ...
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Verdicts without OPA
@@ -127,6 +129,9 @@ class AllowAllGate:
 
     async def close(self) -> None:
         return None
+
+    async def policy_sources(self) -> list[str]:
+        return []
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -265,6 +270,14 @@ class OpaGate:
             raise PolicyUnavailable(f"OPA at {self.url} answered with a non-object body for data/{path}")
         return verdict_from_result(path, body, latency)
 
+    async def policy_sources(self) -> list[str]:
+        """The source of every module the server has loaded (``GET /v1/policies``, bundles' included)."""
+        await self._ensure_session()
+        sources = []
+        for module in await self._client.get_policies_list():
+            sources.append(str(((await self._client.get_policy(module)).get("result") or {}).get("raw") or ""))
+        return sources
+
     async def close(self) -> None:
         if self._opened:
             await self._client.close_connection()
@@ -361,6 +374,11 @@ class LocalOpaGate:
         gate = await self._ensure_running()
         return await gate.evaluate(path, input, timeout=timeout)
 
+    async def policy_sources(self) -> list[str]:
+        """The policies the child serves, read from their files (test modules are not loaded: OpaServer)."""
+        files = [f for p in self.paths for f in ([p] if p.is_file() else sorted(p.rglob("*.rego")))]
+        return [f.read_text(encoding="utf-8") for f in files if not f.name.endswith("_test.rego")]
+
     async def close(self) -> None:
         async with self._lock:
             if self._gate is not None:
@@ -408,6 +426,45 @@ def _count(value: Any) -> int | None:
     return None if sig is None else int(sig)
 
 
+def _peers(pools: Sequence[Mapping[str, Any]], exclude: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": str(p.get("name")),
+            "replicas": _count(p.get("replicas")),
+            "desiredReplicas": _count(p.get("desiredReplicas")),
+        }
+        for p in pools
+        if p.get("name") and p.get("name") != exclude
+    ]
+
+
+def peer_summary(peers: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """``input.namespace.others``: the other pools, their replicas, and their claims — each the larger of its current
+    and desired replicas (a pool half-way through a scale-up already holds its claim); missing counts count 0."""
+    current = [p.get("replicas") or 0 for p in peers]
+    return {
+        "pools": len(peers),
+        "replicas": sum(current),
+        "claimed": sum(max(c, p.get("desiredReplicas") or 0) for c, p in zip(current, peers, strict=True)),
+    }
+
+
+def _history(history: Mapping[str, Any]) -> dict[str, Any]:
+    last_time = history.get("lastScaleTime")
+    if isinstance(last_time, datetime):
+        last_time = _rfc3339(last_time)
+    last_dir = history.get("lastScaleDirection")
+    return {
+        "lastScaleTime": last_time if isinstance(last_time, str) and last_time else None,
+        "lastScaleDirection": last_dir if last_dir in ("up", "down") else None,
+        "secondsSinceLastScale": _signal(history.get("secondsSinceLastScale")),
+    }
+
+
+def _direction(current: int, recommended: int) -> str:
+    return "up" if recommended > current else ("down" if recommended < current else "none")
+
+
 def build_input(
     *,
     pool: Mapping[str, Any],
@@ -419,27 +476,26 @@ def build_input(
     history: Mapping[str, Any],
     now: datetime,
     namespace_pools: Sequence[Mapping[str, Any]],
+    peer_list: bool = True,
+    others: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The input document for OPA, exactly as ``policies/input.schema.json`` describes it.
 
     Only the documented keys go in (a policy must not come to depend on an accident of the operator's internals),
-    this pool is removed from ``namespace.pools`` so a budget never counts it twice, and ``now`` is explicit so a
-    recorded input replays to the same decision.
+    this pool is left out of the namespace's view so a budget never counts it twice, and ``now`` is explicit so a
+    recorded input replays to the same decision. ``namespace.others`` summarises the other pools; their list,
+    ``namespace.pools``, goes in only with ``peer_list`` (chanscale.peerlist: only when a policy reads it).
+    ``others`` is the summary when the caller has it already (chanscale.tenancy.other_claims), else it is summed
+    from ``namespace_pools``.
     """
     meta = pool.get("metadata") or {}
-    namespace = str(meta.get("namespace") or "")
-    name = str(meta.get("name") or "")
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     annotations = {k: str(v) for k, v in (meta.get("annotations") or {}).items() if k not in _DROPPED_ANNOTATIONS}
-    spec = _jsonable(pool.get("spec") or {})
-    direction = (
-        "up"
-        if recommended_replicas > current_replicas
-        else ("down" if recommended_replicas < current_replicas else "none")
-    )
-    last_time = history.get("lastScaleTime")
-    if isinstance(last_time, datetime):
-        last_time = _rfc3339(last_time)
-    last_dir = history.get("lastScaleDirection")
+    peers = _peers(namespace_pools, name)
+    summary = dict(others) if others is not None else peer_summary(peers)
+    namespace_view: dict[str, Any] = {"name": namespace, "others": summary}
+    if peer_list:
+        namespace_view["pools"] = peers
     return {
         "apiVersion": INPUT_API_VERSION,
         "pool": {
@@ -449,7 +505,7 @@ def build_input(
                 "labels": {k: str(v) for k, v in (meta.get("labels") or {}).items()},
                 "annotations": annotations,
             },
-            "spec": spec,
+            "spec": _jsonable(pool.get("spec") or {}),
         },
         "replicas": {
             "current": int(current_replicas),
@@ -457,26 +513,11 @@ def build_input(
             "min": int(min_replicas),
             "max": int(max_replicas),
         },
-        "direction": direction,
+        "direction": _direction(current_replicas, recommended_replicas),
         "signals": {key: _signal(signals.get(key)) for key in SIGNAL_KEYS},
-        "history": {
-            "lastScaleTime": last_time if isinstance(last_time, str) and last_time else None,
-            "lastScaleDirection": last_dir if last_dir in ("up", "down") else None,
-            "secondsSinceLastScale": _signal(history.get("secondsSinceLastScale")),
-        },
+        "history": _history(history),
         "now": _rfc3339(now),
-        "namespace": {
-            "name": namespace,
-            "pools": [
-                {
-                    "name": str(p.get("name")),
-                    "replicas": _count(p.get("replicas")),
-                    "desiredReplicas": _count(p.get("desiredReplicas")),
-                }
-                for p in namespace_pools
-                if p.get("name") and p.get("name") != name
-            ],
-        },
+        "namespace": namespace_view,
     }
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -40,7 +40,7 @@ from .kube import ScaleError, Scaler, template_digest
 from .promauth import PrometheusAuth
 from .signals import PrometheusReader, signal_errors_for_required
 from .spec import PoolSpec, SpecError
-from .tenancy import Guardrails, TenancyState, namespace_pools, refusal
+from .tenancy import Guardrails, TenancyState, other_claims, other_pools, peer_claims, refusal
 
 log = logging.getLogger("chanscale")
 
@@ -52,6 +52,7 @@ class Config:
     tick: float = 10.0  # the operator's timer; a pool's pollingInterval is rounded up to a multiple of it
     status_refresh: float = 60.0  # rewrite an unchanged status at most this often (observations only)
     policy_timeout: float = 2.0
+    policy_peers: str = "auto"  # whether policy calls carry input.namespace.pools (chanscale.peerlist)
     query_timeout: float = 5.0
     health_url: str | None = None  # serve /healthz (this URL's path) and /readyz on its host:port
     stale_intervals: float = 3.0  # liveness fails when a pool has not been evaluated for this many ticks
@@ -136,6 +137,8 @@ class Runtime:
     tenancy: TenancyState = field(default_factory=TenancyState)
     scale_any: Any = None  # scaletarget.ScaleSubresource: targets other than Deployments
     direct: Any = None  # direct.DirectPath with --direct-metrics (its readings are taken by the fast path)
+    # whether this policy call carries the namespace's pool list (chanscale.peerlist); None: it always does
+    peer_list: Callable[[], Awaitable[bool]] | None = None
 
     def index_lag_start(self, now: float) -> float:
         """Writes after this moment may not be in kopf's indexes yet (two ticks: the window our own writes win)."""
@@ -720,24 +723,36 @@ def _explain_direct(status: dict[str, Any], seen: Observed, now: float) -> None:
 
 def _publish_metrics(facts: Facts, replicas: int) -> None:
     d, ns, name = facts.decision, facts.ns, facts.name
-    telemetry.DECISIONS.labels(ns, name, facts.outcome).inc()
-    telemetry.REPLICAS.labels(ns, name).set(replicas)
-    telemetry.DESIRED.labels(ns, name).set(d.desired)
-    telemetry.RECOMMENDED.labels(ns, name).set(d.recommendation)
-    telemetry.SLO_MET.labels(ns, name).set({True: 1, False: 0, None: -1}[d.slo_met])
-    telemetry.METRICS_AVAILABLE.labels(ns, name).set(1 if d.metrics_ok else 0)
+    telemetry.child(telemetry.DECISIONS, ns, name, facts.outcome).inc()
+    telemetry.child(telemetry.REPLICAS, ns, name).set(replicas)
+    telemetry.child(telemetry.DESIRED, ns, name).set(d.desired)
+    telemetry.child(telemetry.RECOMMENDED, ns, name).set(d.recommendation)
+    telemetry.child(telemetry.SLO_MET, ns, name).set({True: 1, False: 0, None: -1}[d.slo_met])
+    telemetry.child(telemetry.METRICS_AVAILABLE, ns, name).set(1 if d.metrics_ok else 0)
 
 
-def _peers(rt: Runtime, ns: str, name: str, target: Target | None, now: float) -> list[dict[str, Any]]:
-    """The namespace's other pools for the budget guard: kopf's WorkerPool index plus our own recent reservations
-    and writes (the index lags them)."""
+#: How long one pass over a namespace's pools (kopf's indexes) serves its budget checks. Our own writes and
+#: reservations are added fresh at every check; only others' changes (another replica's, a user's) may show this
+#: much later than the index has them.
+PEER_CLAIMS_TTL = 1.0
+
+
+def _peers(
+    rt: Runtime, ns: str, name: str, target: Target | None, now: float, with_list: bool
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """The namespace's other pools for the budget guard, summed (and one by one ``with_list``): kopf's indexes plus
+    our own recent reservations and writes (the index lags them)."""
     if target is None or target.peers is None:
-        return []
+        return {"pools": 0, "replicas": 0, "claimed": 0}, []
     recent: dict[str, int] = {}
     for writes in (rt.last_scale_write, rt.reserved):  # a reservation is at least as new as the last write
         recent.update({n: r for (pns, n), (r, t) in writes.items() if pns == ns and t > rt.index_lag_start(now)})
-    pools, deployments = target.peers()
-    return namespace_pools(pools, deployments, recent, exclude=name)
+    cache, clock = rt.tenancy.peer_claims, time.monotonic()
+    held = cache.get(ns)
+    if held is None or not 0 <= clock - held[0] < min(PEER_CLAIMS_TTL, rt.config.tick / 4):
+        held = cache[ns] = (clock, peer_claims(*target.peers()))
+    claims = held[1]
+    return other_claims(claims, recent, name), (other_pools(claims, recent, name) if with_list else [])
 
 
 async def _gate(
@@ -754,7 +769,8 @@ async def _gate(
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     st = decision.state
-    others = _peers(rt, ns, name, target, now)
+    with_list = rt.peer_list is None or await rt.peer_list()
+    others, pools = _peers(rt, ns, name, target, now, with_list)
     doc = build_input(
         pool={
             "metadata": {k: meta.get(k) for k in ("namespace", "name", "labels", "annotations")},
@@ -771,7 +787,9 @@ async def _gate(
             "secondsSinceLastScale": (now - st.last_scale_time) if st.last_scale_time else None,
         },
         now=datetime.fromtimestamp(now, tz=timezone.utc),
-        namespace_pools=others,
+        namespace_pools=pools,
+        others=others,
+        peer_list=with_list,
     )
     path = rt.config.guardrails.policy_path(spec.policy.profile) or ""  # refusal() has checked it is published
     started = time.perf_counter()

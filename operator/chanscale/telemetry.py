@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
@@ -132,8 +133,24 @@ def observe_query(_address: str, seconds: float, ok: bool) -> None:
     QUERY_SECONDS.labels(result).observe(seconds)
 
 
+#: Each pool's labelled children, looked up once (``labels()`` takes a lock and builds its key on every call; a tick
+#: publishes six of them).
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, remembered until :func:`forget_pool`."""
+    key = (id(metric), *labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found
+
+
 def forget_pool(namespace: str, pool: str) -> None:
     """Drop a deleted pool's gauges so they do not linger as stale series."""
+    for key in [k for k in _CHILDREN if k[1:3] == (namespace, pool)]:
+        del _CHILDREN[key]
     for g in PER_POOL:
         with contextlib.suppress(KeyError):
             g.remove(namespace, pool)

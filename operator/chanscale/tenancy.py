@@ -12,8 +12,9 @@ addresses, or spend another pool's share of a namespace budget. Pure logic here 
   for the scrape interval). A refused pool is never scaled; its condition names the field and the fix.
 * :func:`confinement_problem` — parses PromQL with a real parser (``promql-parser``) and requires every selector to
   match ``namespace="<the pool's namespace>"`` exactly.
-* :func:`namespace_pools` / :func:`target_owner` — cross-pool views built from kopf's index of all WorkerPools, so a
-  namespace budget is right from the first tick after a restart and two pools never scale one Deployment.
+* :func:`peer_claims` / :func:`other_claims` / :func:`target_owner` — cross-pool views built from kopf's index of
+  all WorkerPools, so a namespace budget is right from the first tick after a restart and two pools never scale one
+  Deployment.
 * :class:`NamespaceLocks` — check-and-scale serialised per namespace, so two pools cannot spend the same headroom.
 """
 
@@ -288,32 +289,77 @@ def _int_or_zero(x: Any) -> int:
     return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0
 
 
+@dataclass(frozen=True)
+class PeerClaims:
+    """The pools of one namespace that own their target, as kopf's indexes show them: name -> (replicas, desired),
+    with the sums. ``replicas`` is the larger of what the Deployment runs and the pool's last recorded status;
+    ``desired`` comes from the pool's status."""
+
+    pools: Mapping[str, tuple[int, int]]
+    replicas: int
+    claimed: int
+
+
+def peer_claims(pools: Iterable[Mapping[str, Any]], deployment_replicas: Mapping[str, int]) -> PeerClaims:
+    """One pass over a namespace's pools. Pools that lost their target to another pool (two on one Deployment) are
+    not counted twice."""
+    pools = list(pools)
+    owners = target_owners(pools)
+    counted: dict[str, tuple[int, int]] = {}
+    for p in pools:
+        if owners.get(p["target"]) == p["name"]:
+            replicas = max(deployment_replicas.get(p["target"], 0), _int_or_zero(p.get("replicas")))
+            counted[p["name"]] = (replicas, _int_or_zero(p.get("desiredReplicas")))
+    return PeerClaims(
+        pools=counted,
+        replicas=sum(r for r, _ in counted.values()),
+        claimed=sum(max(r, d) for r, d in counted.values()),
+    )
+
+
+def _with_recent(claims: PeerClaims, recent: Mapping[str, int], name: str) -> tuple[int, int] | None:
+    held = claims.pools.get(name)
+    if held is None:
+        return None
+    return (max(held[0], recent.get(name, 0)), held[1])
+
+
+def other_claims(claims: PeerClaims, recent_writes: Mapping[str, int], exclude: str) -> dict[str, int]:
+    """``input.namespace.others``: the sums without ``exclude``, each pool's replicas raised to what this operator
+    just wrote or reserved for it (the index may lag our own writes by a moment). Costs the recent writes, not the
+    namespace's pools."""
+    pools, replicas, claimed = len(claims.pools), claims.replicas, claims.claimed
+    for name in {exclude, *recent_writes}:
+        held, now = claims.pools.get(name), _with_recent(claims, recent_writes, name)
+        if held is None or now is None:
+            continue
+        if name == exclude:
+            pools, replicas, claimed = pools - 1, replicas - held[0], claimed - max(held)
+        else:
+            replicas, claimed = replicas + now[0] - held[0], claimed + max(now) - max(held)
+    return {"pools": pools, "replicas": replicas, "claimed": claimed}
+
+
+def other_pools(claims: PeerClaims, recent_writes: Mapping[str, int], exclude: str) -> list[dict[str, Any]]:
+    """``input.namespace.pools``: the same pools one by one, sorted by name (sent only to policies that read it)."""
+    out = []
+    for name in sorted(claims.pools):
+        now = _with_recent(claims, recent_writes, name)
+        if name != exclude and now is not None:
+            out.append({"name": name, "replicas": now[0], "desiredReplicas": now[1]})
+    return out
+
+
 def namespace_pools(
     pools: Iterable[Mapping[str, Any]],
     deployment_replicas: Mapping[str, int],
     recent_writes: Mapping[str, int],
     exclude: str,
 ) -> list[dict[str, Any]]:
-    """The other pools of a namespace with their claims, for the budget guard.
-
-    ``replicas`` is the largest of what the Deployment runs (kopf's index), what this operator just wrote to it
-    (the index may lag our own write by a moment), and the pool's last recorded status; ``desiredReplicas`` comes
-    from the pool's status. Pools that lost their target to another pool (two on one Deployment) are not counted
-    twice.
-    """
-    pools = list(pools)
-    owners = target_owners(pools)
-    out = []
-    for p in sorted(pools, key=lambda p: p["name"]):
-        if p["name"] == exclude or owners.get(p["target"]) != p["name"]:
-            continue
-        replicas = max(
-            deployment_replicas.get(p["target"], 0),
-            recent_writes.get(p["name"], 0),
-            _int_or_zero(p.get("replicas")),
-        )
-        out.append({"name": p["name"], "replicas": replicas, "desiredReplicas": _int_or_zero(p.get("desiredReplicas"))})
-    return out
+    """The other pools of a namespace with their claims, for the budget guard: :func:`other_pools` of
+    :func:`peer_claims`. ``replicas`` is the largest of what the Deployment runs (kopf's index), what this operator
+    just wrote to it (the index may lag our own write by a moment), and the pool's last recorded status."""
+    return other_pools(peer_claims(pools, deployment_replicas), recent_writes, exclude)
 
 
 class NamespaceLocks:
@@ -337,3 +383,6 @@ class TenancyState:
     # (namespace, pool) -> (spec.template digest, the API server's refusal): template pools the API server refused;
     # retried only when spec.template changes.
     template_errors: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    # namespace -> (monotonic time, its pools' claims): one pass over the index serves a namespace's budget checks
+    # for a moment (reconcile.PEER_CLAIMS_TTL)
+    peer_claims: dict[str, tuple[float, PeerClaims]] = field(default_factory=dict)

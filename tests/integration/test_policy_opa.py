@@ -19,6 +19,7 @@ import jsonschema
 import pytest
 
 from chanscale.local.opa import OpaNotFound, OpaServer, find_opa_binary, free_port
+from chanscale.peerlist import PeerListProbe
 from chanscale.policy import (
     LocalOpaGate,
     OpaGate,
@@ -126,6 +127,34 @@ def doc(
         now=now,
         namespace_pools=others or [],
     )
+
+
+async def test_the_budget_reads_the_summary_without_the_list(gate: OpaGate) -> None:
+    """The shipped budget reads input.namespace.others: the same bound with and without the per-pool list."""
+    params = {"budget": {"maxReplicas": 20}}
+    others = [{"name": "payments", "replicas": 10, "desiredReplicas": 11}, {"name": "emails", "replicas": 2}]
+    with_list = await gate.evaluate(MAIN, doc(3, 30, params, others=others))
+    summary_only = doc(3, 30, params, others=others)
+    del summary_only["namespace"]["pools"]
+    without = await gate.evaluate(MAIN, summary_only)
+    assert (with_list.replicas, without.replicas) == (7, 7)
+    assert with_list.reasons == without.reasons
+
+
+async def test_a_remote_opa_is_asked_whether_a_policy_reads_the_list(opa: OpaServer, gate: OpaGate) -> None:
+    """--policy-peers auto with an OPA URL: the modules come from GET /v1/policies; one pushed through the API
+    that reads input.namespace.pools turns the list on at the next check."""
+    now = [0.0]
+    probe = PeerListProbe(gate.policy_sources, every=60.0, clock=lambda: now[0])
+    sources = await gate.policy_sources()
+    assert any("package acme.scaling" in s for s in sources) and any("package chanscale.budget" in s for s in sources)
+    assert await probe() is False
+    await gate._client.update_policy_from_string(
+        "package acme.peers\n\nbusy := count(input.namespace.pools) > 100\n", "acme-peers"
+    )
+    assert await probe() is False  # within the period: the last answer
+    now[0] = 61.0
+    assert await probe() is True
 
 
 async def test_allow(gate: OpaGate) -> None:

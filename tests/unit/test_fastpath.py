@@ -59,3 +59,13 @@ def test_one_poll_costs_two_queries_for_all_pools_and_triggers_only_movers() -> 
     asyncio.run(main())
     assert len(sent) == 4  # two polls × (backlog, arrivals), whatever the number of pools
     assert triggered == [("ns", "p7")]
+
+
+def test_slow_polls_slow_the_fast_path_down() -> None:
+    """A poll that takes more than a tenth of the period stretches the wait (fastpath.DUTY): at 5 000 channels on a
+    Prometheus that answers in seconds, the fast path backs off instead of adding load; quick polls keep the period."""
+    reader = PrometheusReader("http://p", ttl=60.0, query_fn=lambda *_: [])
+    fp = FastPath(reader, "http://p", pools=list, trigger=lambda _k: None, period=1.0)
+    assert fp.pause(0.02) == 1.0
+    assert fp.pause(0.1) == pytest.approx(1.0)
+    assert fp.pause(2.0) == pytest.approx(18.0)

@@ -327,9 +327,25 @@ def test_input_matches_schema_and_contract() -> None:
     assert doc["now"] == "2026-11-23T12:00:00Z"
     assert doc["namespace"] == {
         "name": "shop",
+        "others": {"pools": 1, "replicas": 4, "claimed": 6},
         "pools": [{"name": "payments", "replicas": 4, "desiredReplicas": 6}],
     }
     json.dumps(doc, allow_nan=False)  # plain JSON, no NaN
+
+
+def test_the_pool_list_goes_only_when_asked_for() -> None:
+    """The summary always goes; the per-pool list only when a policy reads it (chanscale.peerlist)."""
+    doc = built(
+        peer_list=False,
+        namespace_pools=[
+            {"name": "a", "replicas": 4, "desiredReplicas": 6},
+            {"name": "b", "replicas": 5, "desiredReplicas": None},
+            {"name": "c", "replicas": None, "desiredReplicas": 2},
+            {"name": "orders", "replicas": 99, "desiredReplicas": 99},  # this pool: never counted
+        ],
+    )
+    validate_input(doc)
+    assert doc["namespace"] == {"name": "shop", "others": {"pools": 3, "replicas": 9, "claimed": 13}}
 
 
 def test_input_with_nothing_known() -> None:
@@ -347,6 +363,7 @@ def test_input_with_nothing_known() -> None:
     assert set(doc["signals"].values()) == {None}
     assert doc["history"] == {"lastScaleTime": None, "lastScaleDirection": None, "secondsSinceLastScale": None}
     assert doc["namespace"]["pools"] == [{"name": "q", "replicas": None, "desiredReplicas": None}]
+    assert doc["namespace"]["others"] == {"pools": 1, "replicas": 0, "claimed": 0}
 
 
 def test_input_history_datetime_and_down() -> None:

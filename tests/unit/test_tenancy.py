@@ -14,8 +14,11 @@ from chanscale.tenancy import (
     Guardrails,
     confinement_problem,
     namespace_pools,
+    other_claims,
+    other_pools,
     parse_duration,
     parse_profiles,
+    peer_claims,
     refusal,
     target_owner,
     target_owners,
@@ -283,3 +286,73 @@ async def test_check_and_scale_is_serialised_per_namespace() -> None:
     await asyncio.gather(tick(rt, body("p1"), target("p1")), tick(rt, body("p2"), target("p2")))
     final = {"w-p1": 1, "w-p2": 1} | {name: r for _, name, r in rt.scaler.calls}  # type: ignore[attr-defined]
     assert sum(final.values()) == budget, final  # the first took its share, the second only what was left
+
+
+def test_the_summary_matches_the_list_whatever_the_recent_writes() -> None:
+    """other_claims (O(recent writes)) sums exactly what other_pools lists, for every pool left out."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        pools = [
+            {
+                "name": f"p{i}",
+                "target": f"t{rng.randrange(6)}",
+                "created": f"2026-01-0{rng.randrange(1, 9)}",
+                "mode": rng.choice(["Active", "Active", "DryRun"]),
+                "replicas": rng.choice([None, 0, 1, 3, 7]),
+                "desiredReplicas": rng.choice([None, 0, 2, 9]),
+            }
+            for i in range(rng.randrange(0, 9))
+        ]
+        deployments = {f"t{j}": rng.randrange(0, 10) for j in range(6) if rng.random() < 0.7}
+        recent = {f"p{i}": rng.randrange(0, 12) for i in range(10) if rng.random() < 0.3}
+        claims = peer_claims(pools, deployments)
+        for exclude in ["p0", "p3", "nobody"]:
+            listed = other_pools(claims, recent, exclude)
+            assert other_claims(claims, recent, exclude) == {
+                "pools": len(listed),
+                "replicas": sum(p["replicas"] for p in listed),
+                "claimed": sum(max(p["replicas"], p["desiredReplicas"]) for p in listed),
+            }
+            assert listed == namespace_pools(pools, deployments, recent, exclude)
+
+
+async def test_check_and_scale_is_serialised_per_namespace_with_the_summary_only() -> None:
+    """As above with the policy input's summary only (no per-pool list) and the namespace's claims cached: the
+    second pool's check still counts the first one's reservation, and the index is read once."""
+    budget, reads = 10, [0]
+    index: list[dict[str, Any]] = [
+        {"name": n, "target": f"w-{n}", "created": n, "replicas": 1, "desiredReplicas": 1} for n in ("p1", "p2")
+    ]
+
+    class BudgetGate(Gate):
+        async def evaluate(self, path: str, input: dict[str, Any], *, timeout: float = 2.0) -> Verdict:
+            assert "pools" not in input["namespace"]
+            others = input["namespace"]["others"]["claimed"]
+            await asyncio.sleep(0.01)  # let the other pool's tick run here if it could
+            allowed = max(min(input["replicas"]["recommended"], budget - others), input["replicas"]["current"])
+            return Verdict(allow=True, replicas=allowed, reasons=("budget",))
+
+    async def summary_only() -> bool:
+        return False
+
+    rt = runtime(gate=BudgetGate())
+    rt.peer_list = summary_only
+
+    def peers() -> tuple[list[dict[str, Any]], dict[str, int]]:
+        reads[0] += 1
+        return index, {}
+
+    def target(n: str) -> Target:
+        return Target(name=f"w-{n}", exists=True, replicas=1, ready=1, peers=peers)
+
+    def body(n: str) -> dict[str, Any]:
+        b = pool(scaleTargetRef={"name": f"w-{n}"})
+        b["metadata"]["name"] = n
+        return b
+
+    await asyncio.gather(tick(rt, body("p1"), target("p1")), tick(rt, body("p2"), target("p2")))
+    final = {"w-p1": 1, "w-p2": 1} | {name: r for _, name, r in rt.scaler.calls}  # type: ignore[attr-defined]
+    assert sum(final.values()) == budget, final
+    assert reads[0] == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import kopf
 import pytest
 
 from chanscale.ticker import Ticker, phase, slim_body
@@ -106,9 +107,12 @@ def test_slim_body_keeps_what_a_tick_reads_and_drops_the_rest() -> None:
         "labels": {"a": "b"},
         "annotations": {"chanscale.dev/paused": "true"},
     }
-    assert slim["spec"] == body["spec"] and slim["spec"] is not body["spec"]
+    assert slim["spec"] == body["spec"]  # the event's own dict, shared: nothing changes it
+    assert slim["metadata"] is not body["metadata"]  # managedFields are not kept alive
     assert slim["status"] == {"replicas": 2}
     assert slim["kind"] == "WorkerPool"
+    viewed = slim_body(kopf.Body(body))  # kopf's views become plain dicts
+    assert viewed == slim and type(viewed["spec"]) is dict and type(viewed["status"]) is dict
 
 
 def test_a_triggered_pool_runs_at_the_next_step_and_keeps_its_slot() -> None:

@@ -155,6 +155,8 @@ Each rule is exercised by the integration tests running under the chart's Servic
 {{- define "chanscale.guardrailArgs" -}}
 - --failure-policy
 - {{ .Values.policy.failurePolicy | quote }}
+- --policy-peers
+- {{ .Values.policy.peerList | default "auto" | quote }}
 {{- range $name, $path := .Values.policy.profiles }}
 - --policy-profile
 - {{ printf "%s=%s" $name $path | quote }}

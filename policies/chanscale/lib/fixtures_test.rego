@@ -22,7 +22,7 @@ base := {
 	},
 	"history": {"lastScaleTime": null, "lastScaleDirection": null, "secondsSinceLastScale": null},
 	"now": "2026-11-23T12:00:00Z",
-	"namespace": {"name": "shop", "pools": []},
+	"namespace": {"name": "shop", "others": {"pools": 0, "replicas": 0, "claimed": 0}},
 }
 
 # proposal(cur, rec, params) is the base input proposing cur -> rec with the pool's spec.policy.parameters.

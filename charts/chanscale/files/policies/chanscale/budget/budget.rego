@@ -14,18 +14,23 @@ p := lib.params("budget")
 
 budget := p.maxReplicas if is_number(p.maxReplicas)
 
-others := sum([max([lib.num(x.replicas), lib.num(object.get(x, "desiredReplicas", 0))]) |
-	some x in input.namespace.pools
-	x.name != lib.name
-])
+# The other pools' claims, summed by the operator (input.namespace.others.claimed: each pool counts the larger of
+# its current and desired replicas). Without it the budget cannot be checked, so a scale-up holds.
+others := input.namespace.others.claimed if is_number(input.namespace.others.claimed)
 
-available := max([budget - others, 0])
+available := max([budget - others, 0]) if is_number(others)
+
+else := 0
+
+held := sprintf("the others hold %d", [others]) if is_number(others)
+
+else := "the others' claims are missing (input.namespace.others)"
 
 limits contains {"guard": "budget", "kind": "upper", "bound": available, "reason": msg} if {
 	lib.scaling_up
 	available < lib.proposed
 	msg := sprintf(
-		"budget: namespace %q may run %d replicas across its pools; the others hold %d, so this pool may have at most %d (proposed %d)",
-		[lib.namespace, budget, others, available, lib.proposed],
+		"budget: namespace %q may run %d replicas across its pools; %s, so this pool may have at most %d (proposed %d)",
+		[lib.namespace, budget, held, available, lib.proposed],
 	)
 }
