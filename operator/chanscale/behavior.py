@@ -4,8 +4,8 @@ A faithful port of ``stabilizeRecommendationWithBehaviors`` and ``convertDesired
 (kubernetes/pkg/controller/podautoscaler/horizontal.go), pure and with explicit time, so the same semantics
 hold across operator restarts (the history lives in the WorkerPool's status, not in memory).
 
-History is kept compactly: the recommendations are stored as *runs* ``(first, last, replicas)`` — the same value
-recommended at every tick from ``first`` to ``last`` — a new entry only when the value changes. A window counts a
+History is kept compactly: the recommendations are stored as *runs* ``(first, last, replicas)`` — the value that
+was the latest recommendation from ``first`` to ``last`` — a new entry only when the value changes. A window counts a
 run when its last sample is inside the window, which is exactly the controller's rule for its per-sync samples
 (``timestamp.After(cutoff)``): a value recommended once 540 s ago does not count in a 180 s window however long
 ago the next value arrived.
@@ -38,6 +38,16 @@ def prune_runs(runs: Sequence[Run], now: float, keep_seconds: float) -> list[Run
     """Drop runs with no sample inside the longest window (the controller reuses such samples' slots)."""
     cutoff = now - keep_seconds
     return [r for r in runs if r[1] > cutoff]
+
+
+def record(runs: Sequence[Run], now: float, value: int, keep_seconds: float) -> list[Run]:
+    """The history after recommending ``value`` at ``now``: older runs no window can count are dropped, the
+    current one is kept (as the controller keeps its current sample) and extended while its value holds — even
+    when its earlier samples have left the window (a window shorter than the tick, or 0 s). A window counts a run
+    by its last sample only, so this decides as a fresh run would; but a steady recommendation stays one run,
+    and the status does not see a new one every tick."""
+    out = add_recommendation(runs, now, value)
+    return [*prune_runs(out[:-1], now, keep_seconds), out[-1]]
 
 
 def prune_events(events: Sequence[Event], now: float, keep_seconds: float) -> list[Event]:

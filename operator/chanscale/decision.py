@@ -519,11 +519,8 @@ def normalize(spec: PoolSpec, rec: Recommendation, now: float) -> Decision:
     if not rec.metrics_ok and rec.state.consecutive_failures >= spec.fallback.failure_threshold:
         return _fallback(spec, rec)
     state, current, limited = rec.state, rec.current, list(rec.limited_by)
-    runs = behavior.prune_runs(
-        state.recommendations,
-        now,
-        max(spec.scale_up.stabilization_window_seconds, spec.scale_down.stabilization_window_seconds),
-    )
+    keep = max(spec.scale_up.stabilization_window_seconds, spec.scale_down.stabilization_window_seconds)
+    runs = behavior.prune_runs(state.recommendations, now, keep)
     stab = behavior.stabilize(runs, now, current, rec.held, spec.scale_up, spec.scale_down)
     if stab.limited_by:
         limited.append(stab.limited_by)
@@ -536,7 +533,7 @@ def normalize(spec: PoolSpec, rec: Recommendation, now: float) -> Decision:
     outcome, reason = _outcome(rec, lim.replicas, limited)
     new_state = replace(
         state,
-        recommendations=tuple(behavior.add_recommendation(runs, now, rec.held)[-MAX_RUNS:]),
+        recommendations=tuple(behavior.record(state.recommendations, now, rec.held, keep)[-MAX_RUNS:]),
         scale_events=tuple(events),
     )
     return _decision(rec, lim.replicas, outcome, reason, limited, new_state)

@@ -117,3 +117,24 @@ def test_runs_are_compact_and_pruned() -> None:
     assert runs == [(NOW, NOW + 20, 3), (NOW + 30, NOW + 40, 5), (NOW + 50, NOW + 50, 4)]
     assert b.prune_runs(runs, NOW + 90, 60) == [(NOW + 30, NOW + 40, 5), (NOW + 50, NOW + 50, 4)]
     assert b.prune_runs(runs, NOW + 1000, 60) == []
+
+
+@pytest.mark.parametrize("window", [0, 5, 300])
+def test_a_steady_recommendation_is_one_run_whatever_the_window(window: int) -> None:
+    # Ticks 10 s apart: with a window shorter than the tick (or 0 s) the earlier samples leave the window between
+    # ticks, yet the value held, so the run goes on (the status must not see a new run every tick).
+    runs: list[tuple[float, float, int]] = []
+    for i in range(30):
+        runs = b.record(runs, NOW + 10 * i, 7, window)
+    assert runs == [(NOW, NOW + 290, 7)]
+    runs = b.record(runs, NOW + 300, 4, window)  # a new value: a new run; the old one stays while a window sees it
+    assert runs == ([(NOW, NOW + 290, 7)] if window > 10 else []) + [(NOW + 300, NOW + 300, 4)]
+
+
+def test_recording_decides_as_fresh_samples_would() -> None:
+    # A window counts a run by its last sample: extending an expired run changes no stabilisation.
+    down = rules(("Percent", 100, 15), window=5)
+    extended = b.record([(NOW - 100, NOW - 10, 9)], NOW, 9, 5)
+    fresh = b.add_recommendation(b.prune_runs([(NOW - 100, NOW - 10, 9)], NOW, 5), NOW, 9)
+    for later in (NOW + 3, NOW + 5, NOW + 8):
+        assert b.stabilize(extended, later, 9, 2, UP, down) == b.stabilize(fresh, later, 9, 2, UP, down)

@@ -1,6 +1,7 @@
 """One tick end to end with fakes: the status, the Events, the scale write, and what must never happen."""
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -372,3 +373,44 @@ def test_a_pools_spec_is_parsed_once_per_change() -> None:
         with pytest.raises(SpecError):
             mem.spec(bad)
     assert mem.spec(pool()["spec"]).max_replicas == 50
+
+
+ZERO_WINDOWS = {"scaleUp": {"stabilizationWindowSeconds": 0}, "scaleDown": {"stabilizationWindowSeconds": 0}}
+
+
+@pytest.mark.parametrize("behavior", [ZERO_WINDOWS, {"scaleDown": {"stabilizationWindowSeconds": 5}}, None])
+async def test_a_steady_pool_writes_its_status_only_at_the_refresh(behavior: dict[str, Any] | None) -> None:
+    """Whatever the windows (0 s, shorter than the tick, the defaults): steady signals, one write per refresh."""
+    rt = runtime()
+    body = pool(**({"behavior": behavior} if behavior else {}))
+    t = Target(name="worker", exists=True, replicas=13, ready=13)
+    written_at = []
+    for _ in range(30):  # 300 s of 10 s ticks
+        if (await tick(rt, body, t)).status is not None:
+            written_at.append(rt.clock[0])  # type: ignore[attr-defined]
+        rt.clock[0] += 10  # type: ignore[attr-defined]
+    assert len(rt.memory_writes) == len(written_at) == 5  # the first tick, then every status_refresh (60 s)
+    assert all(b - a >= rt.config.status_refresh for a, b in itertools.pairwise(written_at))
+
+
+async def test_the_status_keeps_what_a_restart_needs_to_hold_the_scale_down_window() -> None:
+    """Default windows (scaleDown 300 s): the drop's new run is written at once, and a restarted runtime that starts
+    from the server's copy holds the replicas where a forgetful one would scale down."""
+    prom = Prom()
+    rt = runtime(prom=prom)
+    body = pool()
+    t = Target(name="worker", exists=True, replicas=13, ready=13)
+    for _ in range(10):  # steady at 13, then the load drops to a tenth
+        await tick(rt, body, t)
+        rt.clock[0] += 10  # type: ignore[attr-defined]
+    prom.values.update(enqueued=20.0, processed=20.0, busy=1.0)
+    dropped = await tick(rt, body, t)
+    assert dropped.status is not None and dropped.decision is not None  # a new run: written now, not at the refresh
+    assert dropped.decision.desired == 13 and dropped.decision.recommendation < 13
+    server = rt.memory[("ns", "orders")].server
+    assert [r[2] for r in server["history"]["recommendations"]] == [13, dropped.decision.recommendation]
+    for memory in (True, False):  # a restart 200 s later (inside the window), with and without the status copy
+        restarted = runtime(prom=prom)
+        restarted.clock[0] = rt.clock[0] + 200  # type: ignore[attr-defined]
+        await tick(restarted, {**body, "status": server if memory else {}}, t)
+        assert (restarted.scaler.calls == []) is memory  # type: ignore[attr-defined]
