@@ -18,10 +18,11 @@ from .tenancy import Guardrails, parse_duration, parse_profiles
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .memprof import start_from_env, start_gclog_from_env
+    from .memprof import start_from_env, start_gclog_from_env, start_gctypes_from_env
 
     start_from_env()  # before kopf is imported, so its allocations are traced too (opt-in, for benchmarks)
     start_gclog_from_env()
+    start_gctypes_from_env()
     if args.kubeconfig:
         # Before kopf (and the kubernetes client it imports) read it: the client fixes its default kubeconfig
         # path at import time, and kopf's login handler loads that default.

@@ -48,11 +48,15 @@ TICK_CONCURRENCY = 64
 BODIES_TTL = 0.5
 #: The collector's thresholds (CPython's are 700, 10, 10). Every watch event leaves a new body that lives until the
 #: next one, so thousands of objects a second survive the young passes and trigger full passes, stops of the whole
-#: process (8-10 of up to 0.3 s in 2.5 minutes at 300 pools with the defaults); that garbage is acyclic (freed by
-#: reference counting), so the passes find almost nothing. Measured at 1 000 pools over the same ~5 minutes
-#: (bench.at_scale --gclog): (700, 10, 100) made 7 513 / 682 / 7 passes costing 10.6 / 6.4 / 2.2 s;
-#: (20 000, 10, 100) 161 / 14 / 1 passes costing 5.3 / 1.1 / 0.05 s.
-GC_THRESHOLDS = (20_000, 10, 100)
+#: process (8-10 of up to 0.3 s in 2.5 minutes at 300 pools with the defaults). And every event's body is freed by
+#: the young passes, not by reference counting: kopf's Body and Patch refer to their views and back (a cycle per
+#: event; CHANSCALE_GCTYPES), so a young pass frees all the bodies since the last one, and its pause grows with
+#: its threshold. Measured at 1 000 pools (bench.at_scale --gclog; bench/RESULTS.md section 6): (700, 10, 100) made
+#: 7 513 / 682 / 7 passes costing 10.6 / 6.4 / 2.2 s in ~5 minutes; (20 000, 10, 100) 161 / 14 / 1 costing
+#: 5.3 / 1.1 / 0.05 s, young pauses up to 128 ms (p99 100 ms); (5 000, 40, 100) — a middle young threshold, the same
+#: gen-1 period (200 000 allocations) — 456 / 16 / 1 costing 2.4 / 0.5 / 0.03 s in ~4 minutes, young pauses up to
+#: 55 ms (p99 38 ms).
+GC_THRESHOLDS = (5_000, 40, 100)
 
 
 class SlimDiffBase(kopf.AnnotationsDiffBaseStorage):

@@ -1,6 +1,8 @@
 """Opt-in memory profile of the running operator (tracemalloc), for ``bench.at_scale --tracemalloc``, and opt-in
 garbage-collector pauses (``CHANSCALE_GCLOG=<path>``: per generation, how many collections and how long they
-stopped the process, rewritten every 20 s), for ``bench.at_scale --gclog``.
+stopped the process, rewritten every 20 s), for ``bench.at_scale --gclog``. ``CHANSCALE_GCTYPES=<path>`` also
+counts, by type, the objects the collector found in unreachable cycles (the garbage that reference counting
+cannot free and that makes its passes long; it keeps each 20 s of garbage alive until counted: diagnosis only).
 
 With ``CHANSCALE_TRACEMALLOC=<path>`` in the environment, ``chanscale run`` starts tracemalloc before it imports
 kopf and rewrites ``<path>`` every ``CHANSCALE_TRACEMALLOC_EVERY`` seconds (default 20) with the top allocators,
@@ -19,6 +21,7 @@ from pathlib import Path
 
 ENV = "CHANSCALE_TRACEMALLOC"
 GC_ENV = "CHANSCALE_GCLOG"
+GC_TYPES_ENV = "CHANSCALE_GCTYPES"
 
 
 def _report(snapshot: tracemalloc.Snapshot, top: int) -> str:
@@ -111,3 +114,27 @@ def start_gclog_from_env() -> None:
             path.write_text(_gc_report(pauses, collected))
 
     threading.Thread(target=loop, name="chanscale-gclog", daemon=True).start()
+
+
+def start_gctypes_from_env(every: float = 20.0, top: int = 40) -> None:
+    """With ``CHANSCALE_GCTYPES``, keep what the collector frees (``gc.DEBUG_SAVEALL``) and rewrite the file every
+    ``every`` seconds with the running count of cyclic garbage by type, then drop it."""
+    target = os.environ.get(GC_TYPES_ENV)
+    if not target:
+        return
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    path = Path(target)
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def loop() -> None:
+        while True:
+            time.sleep(every)
+            garbage, gc.garbage[:] = list(gc.garbage), []
+            counts.update(f"{type(o).__module__}.{type(o).__qualname__}" for o in garbage)
+            del garbage
+            lines = [f"{n} {name}" for name, n in counts.most_common(top)]
+            path.write_text("objects in unreachable cycles, by type, since start\n" + "\n".join(lines) + "\n")
+
+    threading.Thread(target=loop, name="chanscale-gctypes", daemon=True).start()
