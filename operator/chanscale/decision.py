@@ -379,85 +379,119 @@ def _signals(spec: PoolSpec, obs: Observation) -> tuple[Observation, dict[str, f
 
 
 def recommend(spec: PoolSpec, state: PoolState, obs: Observation) -> Recommendation:
-    """The model's recommendation for this tick and the learning it updates. Pure."""
-    now, current = obs.now, obs.current_replicas
+    """The model's recommendation for this tick and the learning it updates: the HPA's replica calculator
+    (``computeReplicasForMetrics``). Pure.
+
+    Validate the signals (:func:`_signals`), learn from them (:func:`_learn`), size (:func:`_calculate`), then
+    hold what the HPA would not act on (:func:`_hold`); the sizing and the hold each say what limited them."""
     clean, signals, missing, stale = _signals(spec, obs)
-    backlog, lam, processed, failed = clean.backlog, clean.arrival_rate, clean.processed_rate, clean.failed_rate
-    metrics_ok = not missing
-    # Arrivals from the flow balance: inflow = completions + backlog growth. rate() over the window lags a step by
-    # up to the window; the backlog's growth between two scrapes shows it at once.
+    learnt, lam = _learn(spec, state, obs, clean, metrics_ok=not missing)
+    signals["serviceRate"] = _round(learnt.service_rate)
+    raw, sizing, sized_by = _calculate(spec, clean, lam, learnt)
+    held, held_by = _hold(spec, obs.current_replicas, raw, missing)
+    err_rate = _err_rate(clean.processed_rate, clean.failed_rate)
+    slo_met, slo_message = _slo(spec, clean.backlog, clean.p99_latency, err_rate)
+    return Recommendation(
+        replicas=raw,
+        held=held,
+        current=obs.current_replicas,
+        sizing=sizing,
+        signals=signals,
+        metrics_ok=not missing,
+        missing=missing,
+        slo_met=slo_met,
+        slo_message=slo_message,
+        limited_by=sized_by + held_by,
+        state=learnt,
+        why_missing="" if not missing else obs.error or ("stale samples" if stale else f"missing {', '.join(missing)}"),
+    )
+
+
+def _learn(
+    spec: PoolSpec, state: PoolState, obs: Observation, clean: Observation, *, metrics_ok: bool
+) -> tuple[PoolState, float | None]:
+    """This tick's learning (the backlog's growth, μ, the service-time SCV, when the channel was last active, the
+    failed reads) and the arrival rate λ to size for.
+
+    λ comes from the flow balance when that is ahead of ``rate()``: inflow = completions + backlog growth. rate()
+    over the window lags a step by up to the window; the backlog's growth between two scrapes shows it at once."""
+    backlog, processed, failed = clean.backlog, clean.processed_rate, clean.failed_rate
     sample, growth = _backlog_growth(state, obs, backlog)
-    lam_window = lam
+    lam = clean.arrival_rate
     if lam is not None and growth is not None and growth > 0:
-        inflow = (processed or 0.0) + (failed or 0.0) + growth
-        if inflow > lam:
-            lam = inflow
-    failures = 0 if metrics_ok else state.consecutive_failures + 1
+        lam = max(lam, (processed or 0.0) + (failed or 0.0) + growth)
     mu, mu_samples = _estimate_service_rate(spec, state, clean, backlog)
-    signals["serviceRate"] = _round(mu)
-    active = bool((backlog or 0) > 0 or (lam or 0) > 0 or (processed or 0) > 0)
-    last_active = now if active or state.last_active is None else state.last_active
     scv, calm_since = _update_variability(spec, state, clean, lam or 0.0, mu)
-    slo_met, slo_msg = _slo(spec, backlog, clean.p99_latency, _err_rate(processed, failed))
-    limited: list[str] = []
-
-    sizing: dict[str, Any]
-    if backlog is None and lam is None:
-        raw, sizing = current, {"driver": "hold", "note": "no usable signals"}
-    elif mu is None:
-        # Nothing measured yet and no hint: we cannot size; never guess. Activate from zero if work is waiting.
-        raw = max(current, 1) if active else current
-        sizing = {"driver": "unknown service rate", "note": "set spec.model.serviceRateHint to size before data"}
-        limited.append(Limit("service rate unknown (set spec.model.serviceRateHint)", LimitKind.SERVICE_RATE_UNKNOWN))
-    else:
-        raw, _driver, sizing = _size(spec, lam or 0.0, mu, backlog or 0.0, scv)
-        if lam is not None and lam_window is not None and lam > lam_window:
-            sizing["arrivalRateWindow"] = round(lam_window, 4)
-            sizing["backlogGrowth"] = _round(growth)
-            sizing["note"] = "arrival rate from completions + backlog growth (ahead of the rate() window)"
-        if not active:
-            idle_for = now - last_active
-            if spec.min_replicas == 0 and idle_for >= spec.idle_seconds:
-                raw = 0
-                sizing["idleSeconds"] = round(idle_for, 1)
-            else:
-                raw = max(raw, min(current, 1), spec.min_replicas)
-        elif raw < 1:
-            raw = 1
-
-    held = _tolerance(spec, current, raw, limited)
-    if not metrics_ok and held < current:  # missing data: never scale down on it
-        limited.append(
-            Limit(f"no scale-down on missing data ({', '.join(missing) or 'stale'})", LimitKind.MISSING_DATA)
-        )
-        held = current
-    learned = replace(
+    learnt = replace(
         state,
         backlog_sample=sample,
         backlog_growth=growth,
         calm_since=calm_since,
         calm_ready=clean.ready_replicas,
-        consecutive_failures=failures,
+        consecutive_failures=0 if metrics_ok else state.consecutive_failures + 1,
         service_rate=mu,
         service_samples=mu_samples,
         service_scv=scv,
-        last_active=last_active,
-        at=now,
+        last_active=obs.now if _active(clean, lam) or state.last_active is None else state.last_active,
+        at=obs.now,
     )
-    return Recommendation(
-        replicas=raw,
-        held=held,
-        current=current,
-        sizing=sizing,
-        signals=signals,
-        metrics_ok=metrics_ok,
-        missing=missing,
-        slo_met=slo_met,
-        slo_message=slo_msg,
-        limited_by=limited,
-        state=learned,
-        why_missing="" if metrics_ok else obs.error or ("stale samples" if stale else f"missing {', '.join(missing)}"),
-    )
+    return learnt, lam
+
+
+def _active(clean: Observation, lam: float | None) -> bool:
+    """Work is waiting, arriving or being done."""
+    return bool((clean.backlog or 0) > 0 or (lam or 0) > 0 or (clean.processed_rate or 0) > 0)
+
+
+def _calculate(
+    spec: PoolSpec, clean: Observation, lam: float | None, learnt: PoolState
+) -> tuple[int, dict[str, Any], list[str]]:
+    """The model's count for this tick's signals, how it was sized (``driver`` names the term that decided) and
+    what limited it. Without usable signals it holds the current count; without a service rate it cannot size."""
+    current, backlog, mu = clean.current_replicas, clean.backlog, learnt.service_rate
+    if backlog is None and lam is None:
+        return current, {"driver": "hold", "note": "no usable signals"}, []
+    active = _active(clean, lam)
+    if mu is None:
+        # Nothing measured yet and no hint: we cannot size; never guess. Activate from zero if work is waiting.
+        unsized = {"driver": "unknown service rate", "note": "set spec.model.serviceRateHint to size before data"}
+        unknown = Limit("service rate unknown (set spec.model.serviceRateHint)", LimitKind.SERVICE_RATE_UNKNOWN)
+        return (max(current, 1) if active else current), unsized, [unknown]
+    raw, _driver, sizing = _size(spec, lam or 0.0, mu, backlog or 0.0, learnt.service_scv)
+    window = clean.arrival_rate
+    if lam is not None and window is not None and lam > window:
+        sizing["arrivalRateWindow"] = round(window, 4)
+        sizing["backlogGrowth"] = _round(learnt.backlog_growth)
+        sizing["note"] = "arrival rate from completions + backlog growth (ahead of the rate() window)"
+    return _floor(spec, raw, active, clean, learnt, sizing), sizing, []
+
+
+def _floor(
+    spec: PoolSpec, raw: int, active: bool, clean: Observation, learnt: PoolState, sizing: dict[str, Any]
+) -> int:
+    """An active channel keeps a worker. An idle one keeps its min (and a running worker), until it has been idle
+    for ``idleSeconds`` with min 0: then none (the idle time goes in ``sizing``)."""
+    if active:
+        return max(raw, 1)
+    last_active = learnt.last_active if learnt.last_active is not None else clean.now
+    idle_for = clean.now - last_active
+    if spec.min_replicas == 0 and idle_for >= spec.idle_seconds:
+        sizing["idleSeconds"] = round(idle_for, 1)
+        return 0
+    return max(raw, min(clean.current_replicas, 1), spec.min_replicas)
+
+
+def _hold(spec: PoolSpec, current: int, raw: int, missing: list[str]) -> tuple[int, list[str]]:
+    """What the stabilisation windows record and why it is not ``raw``: the current count for a change within the
+    tolerance, or for a scale-down on missing data (as the HPA records ``currentReplicas`` for them)."""
+    limited: list[str] = []
+    held = _tolerance(spec, current, raw, limited)
+    if missing and held < current:  # missing data: never scale down on it
+        limited.append(
+            Limit(f"no scale-down on missing data ({', '.join(missing) or 'stale'})", LimitKind.MISSING_DATA)
+        )
+        held = current
+    return held, limited
 
 
 def _err_rate(processed: float | None, failed: float | None) -> float | None:
@@ -499,7 +533,18 @@ def normalize(spec: PoolSpec, rec: Recommendation, now: float) -> Decision:
     )
     if lim.limited_by:
         limited.append(lim.limited_by)
-    desired = lim.replicas
+    outcome, reason = _outcome(rec, lim.replicas, limited)
+    new_state = replace(
+        state,
+        recommendations=tuple(behavior.add_recommendation(runs, now, rec.held)[-MAX_RUNS:]),
+        scale_events=tuple(events),
+    )
+    return _decision(rec, lim.replicas, outcome, reason, limited, new_state)
+
+
+def _outcome(rec: Recommendation, desired: int, limited: list[str]) -> tuple[str, str]:
+    """The decision's outcome and its one human sentence: what drove the count, and the first limit on it."""
+    current = rec.current
     if not rec.metrics_ok and rec.held == current:
         outcome = "Hold"
     else:
@@ -511,14 +556,7 @@ def normalize(spec: PoolSpec, rec: Recommendation, now: float) -> Decision:
         reason = f"{driver} asks for {rec.replicas}, held at {current}"
     else:
         reason = f"{current} replicas meet the SLO ({driver})"
-    if limited:
-        reason += f" (limited by {limited[0]})"
-    new_state = replace(
-        state,
-        recommendations=tuple(behavior.add_recommendation(runs, now, rec.held)[-MAX_RUNS:]),
-        scale_events=tuple(events),
-    )
-    return _decision(rec, desired, outcome, reason, limited, new_state)
+    return outcome, reason + (f" (limited by {limited[0]})" if limited else "")
 
 
 def _fallback(spec: PoolSpec, rec: Recommendation) -> Decision:

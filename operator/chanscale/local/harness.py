@@ -264,6 +264,11 @@ class SimProcess:
             self.proc.stop()
 
 
+def _conditions(status: dict[str, Any]) -> dict[str, str]:
+    """A status's conditions as {type: "status/reason"}."""
+    return {str(c.get("type")): f"{c.get('status')}/{c.get('reason')}" for c in status.get("conditions") or []}
+
+
 class ObjectWatch:
     """Records every version of one object a watch delivers, in a background thread, so a test can count the
     writes the API server actually took (status writes, replica changes) rather than what a client claims.
@@ -334,6 +339,25 @@ class ObjectWatch:
                 count += 1
             prev = st
         return count
+
+    def first_seen(self, match: Callable[[dict[str, Any]], bool], since: float = 0.0) -> float | None:
+        """When the watch received the first version (at or after ``since``) that ``match`` accepts, or None."""
+        return next((when for when, obj in self.versions if when >= since and match(obj)), None)
+
+    def status_changes(self, since: float = 0.0) -> list[str]:
+        """Each status write received at or after ``since``: when, the conditions it moved and the fields it
+        changed — what an assertion on :meth:`status_writes` shows when it fails."""
+        out: list[str] = []
+        prev: dict[str, Any] | None = None
+        for when, obj in self.versions:
+            st = obj.get("status") or {}
+            if prev is not None and st != prev and when >= since:
+                was, now = _conditions(prev), _conditions(st)
+                moved = [f"{t}={s}" for t, s in now.items() if was.get(t) != s]
+                fields = [k for k in sorted(set(prev) | set(st)) if k != "conditions" and prev.get(k) != st.get(k)]
+                out.append(f"+{when - since:.1f}s {' '.join(moved) or '-'} [{', '.join(fields)}]")
+            prev = st
+        return out
 
     def replicas(self) -> list[tuple[float, int]]:
         """(receive time, spec.replicas) for every version where the count changed."""
