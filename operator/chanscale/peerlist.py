@@ -7,10 +7,11 @@ took 8.7 ms against 1.1 ms without it, bench/RESULTS.md section 6) — so it is 
 
 ``--policy-peers`` chooses: ``auto`` (the default) sends the list when a loaded policy module refers to
 ``input.namespace`` other than through ``.name`` or ``.others``, checked in the policies' source (the local gate's
-files, or a remote OPA's ``GET /v1/policies``) at the first policy call and every ``every`` seconds after; ``list``
-always sends it; ``summary`` never does. When the sources cannot be read the list is sent: a policy that reads it
-must never see it missing. A module that passes ``input`` whole to a function (``f(input)``) and reads the list
-there is not detected: run such policies with ``--policy-peers list`` (docs/policies.md).
+files, or a remote OPA's ``GET /v1/policies``) in the background from the first policy call on, again every
+``every`` seconds, and sends the list until the first check has answered; ``list`` always sends it; ``summary``
+never does. When the sources cannot be read the list is sent: a policy that reads it must never see it missing.
+A module that passes ``input`` whole to a function (``f(input)``) and reads the list there is not detected: run
+such policies with ``--policy-peers list`` (docs/policies.md).
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def reads_peer_list(sources: Iterable[str]) -> bool:
 class PeerListProbe:
     """``auto``: whether the loaded policies read the list, re-checked at most every ``every`` seconds.
 
-    ``sources`` returns the source of every loaded module. One check runs at a time; the evaluations that ask
-    meanwhile wait for it (a check is one or a few local requests, once a minute)."""
+    ``sources`` returns the source of every loaded module. A call never waits for a check: it answers from the last
+    one and, when that is older than ``every``, starts the next in the background (one at a time). Until the first
+    check has answered, the list is sent — the safe side — so a policy call (made under its namespace's lock) never
+    waits for the policies to be read."""
 
     def __init__(
         self,
@@ -58,19 +61,22 @@ class PeerListProbe:
         self._wanted = True
         self._checked: float | None = None
         self._failing = False  # warn once per run of failed reads, not every minute
-        self._lock = asyncio.Lock()
-
-    def _fresh(self) -> bool:
-        return self._checked is not None and self._clock() - self._checked < self.every
+        self._task: asyncio.Task[None] | None = None
 
     async def __call__(self) -> bool:
-        if self._fresh():
-            return self._wanted
-        async with self._lock:
-            if not self._fresh():
-                self._wanted = await self._check()
-                self._checked = self._clock()
+        stale = self._checked is None or self._clock() - self._checked >= self.every
+        if stale and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._refresh(), name="chanscale-policy-peers")
         return self._wanted
+
+    async def settle(self) -> None:
+        """Wait for the check under way, if any (start-up and tests)."""
+        if self._task is not None:
+            await self._task
+
+    async def _refresh(self) -> None:
+        wanted = await self._check()
+        self._wanted, self._checked = wanted, self._clock()
 
     async def _check(self) -> bool:
         try:
@@ -84,7 +90,7 @@ class PeerListProbe:
             self._failing = True
             return True
         self._failing = False
-        if wanted != self._wanted or self._checked is None:
+        if wanted != self._wanted or self._checked is None:  # the first answer, and every change
             log.info(
                 "policy input: %s",
                 "a loaded policy reads input.namespace: every call carries the namespace's pool list"

@@ -5,6 +5,7 @@ leaves nothing of chanscale behind but the workers it scaled. Runs last: it unin
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -83,10 +84,26 @@ def test_helm_upgrade_with_changed_values(stack: KindStack, cluster: KubectlClus
     assert FINALIZER not in pool["metadata"].get("finalizers", []) or pool["spec"].get("template"), pool["metadata"]
 
 
+def _held(stack: KindStack, namespaces: list[str], seconds: float = 8.0) -> dict[str, int | None]:
+    """Each namespace's orders-worker replicas, once none of them has changed for ``seconds``."""
+    seen: list[tuple[float, dict[str, int | None]]] = []
+
+    def held() -> bool:
+        now = time.monotonic()
+        seen.append((now, {ns: observe(stack, ns, "orders", "orders-worker").replicas for ns in namespaces}))
+        recent = [counts for t, counts in seen if t >= now - seconds]
+        return seen[0][0] <= now - seconds and all(c == recent[-1] for c in recent)
+
+    wait_for("the workers' replicas to hold", held, 120, explain=lambda: str(seen[-5:]))
+    return seen[-1][1]
+
+
 def test_helm_uninstall_in_the_documented_order(stack: KindStack, pools) -> None:
     """docs/install.md: delete the WorkerPools while the operator runs, `helm uninstall`, then the CRD."""
-    workers = {ns: observe(stack, ns, "orders", "orders-worker").replicas for ns in pools}
     stack.must("delete", "workerpools.chanscale.dev", "--all", "-A", "--timeout=180s")
+    # What the workers keep is what they run once their pools are gone: a pool still converging when the test
+    # began may land one more scale that its last evaluation decided before the deletion.
+    workers = _held(stack, list(pools))
     stack.helm("uninstall", RELEASE, "-n", RELEASE_NS, "--wait", "--timeout", "300s")
     stack.must("delete", "-f", str(REPO_ROOT / "crds"), "--timeout=120s")
 

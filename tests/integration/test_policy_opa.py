@@ -148,12 +148,16 @@ async def test_a_remote_opa_is_asked_whether_a_policy_reads_the_list(opa: OpaSer
     probe = PeerListProbe(gate.policy_sources, every=60.0, clock=lambda: now[0])
     sources = await gate.policy_sources()
     assert any("package acme.scaling" in s for s in sources) and any("package chanscale.budget" in s for s in sources)
+    await probe()
+    await probe.settle()
     assert await probe() is False
     await gate._client.update_policy_from_string(
         "package acme.peers\n\nbusy := count(input.namespace.pools) > 100\n", "acme-peers"
     )
     assert await probe() is False  # within the period: the last answer
     now[0] = 61.0
+    await probe()
+    await probe.settle()
     assert await probe() is True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,16 +57,24 @@ def test_the_shipped_policies_do_not_read_the_list() -> None:
 def test_a_local_policy_file_that_reads_the_list_turns_it_on(tmp_path: Path) -> None:
     (tmp_path / "mine.rego").write_text("package mine\n\nn := count(input.namespace.pools)\n")
     (tmp_path / "mine_test.rego").write_text("package mine_test\n\nx := input.namespace\n")
-    probe = make_probe("auto", LocalOpaGate([tmp_path]))
-    assert asyncio.run(probe()) is True
+    assert asyncio.run(settled(make_probe("auto", LocalOpaGate([tmp_path])))) is True
     (tmp_path / "mine.rego").write_text("package mine\n\nn := input.namespace.others.pools\n")
-    assert asyncio.run(make_probe("auto", LocalOpaGate([tmp_path]))()) is False
+    assert asyncio.run(settled(make_probe("auto", LocalOpaGate([tmp_path])))) is False
+
+
+async def settled(probe: Any) -> bool:
+    """The probe's answer once its first check is done (a call never waits for one)."""
+    first = await probe()
+    if isinstance(probe, PeerListProbe):
+        assert first is True  # before the first check: the list goes
+        await probe.settle()
+    return bool(await probe())
 
 
 def test_modes() -> None:
     assert asyncio.run(make_probe("list", AllowAllGate())()) is True
     assert asyncio.run(make_probe("summary", object())()) is False
-    assert asyncio.run(make_probe("auto", AllowAllGate())()) is False  # no policies: nothing reads it
+    assert asyncio.run(settled(make_probe("auto", AllowAllGate()))) is False  # no policies: nothing reads it
     assert asyncio.run(make_probe("auto", object())()) is True  # a gate that cannot tell: send it
     with pytest.raises(ValueError, match="--policy-peers must be one of auto, list, summary"):
         make_probe("some", AllowAllGate())
@@ -86,14 +95,18 @@ def test_the_probe_rechecks_after_its_period_and_sends_the_list_when_it_cannot_r
     probe = PeerListProbe(sources, every=60.0, clock=lambda: now[0])
 
     async def run() -> list[bool]:
-        out = [await probe(), await probe()]  # the second within the period: no new read
+        out = [await settled(probe), await probe()]  # the second within the period: no new read
         now[0] = 61.0
-        out.append(await probe())  # the read fails: the list goes
+        out.append(await probe())  # stale: answers from the last check, starts the next
+        await probe.settle()
+        out.append(await probe())  # that read failed: the list goes
         now[0] = 122.0
+        await probe()
+        await probe.settle()
         out.append(await probe())
         return out
 
-    assert asyncio.run(run()) == [False, False, True, False]
+    assert asyncio.run(run()) == [False, False, False, True, False]
     assert len(calls) == 3
 
 
@@ -108,7 +121,9 @@ def test_concurrent_callers_share_one_read() -> None:
     probe = PeerListProbe(sources)
 
     async def run() -> list[bool]:
-        return list(await asyncio.gather(*(probe() for _ in range(20))))
+        answers = list(await asyncio.gather(*(probe() for _ in range(20))))
+        await probe.settle()
+        return [*answers, *(await asyncio.gather(*(probe() for _ in range(20))))]
 
-    assert asyncio.run(run()) == [False] * 20
+    assert asyncio.run(run()) == [True] * 20 + [False] * 20  # none waited; the list went until the check answered
     assert len(calls) == 1
