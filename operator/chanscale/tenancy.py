@@ -350,18 +350,6 @@ def other_pools(claims: PeerClaims, recent_writes: Mapping[str, int], exclude: s
     return out
 
 
-def namespace_pools(
-    pools: Iterable[Mapping[str, Any]],
-    deployment_replicas: Mapping[str, int],
-    recent_writes: Mapping[str, int],
-    exclude: str,
-) -> list[dict[str, Any]]:
-    """The other pools of a namespace with their claims, for the budget guard: :func:`other_pools` of
-    :func:`peer_claims`. ``replicas`` is the largest of what the Deployment runs (kopf's index), what this operator
-    just wrote to it (the index may lag our own write by a moment), and the pool's last recorded status."""
-    return other_pools(peer_claims(pools, deployment_replicas), recent_writes, exclude)
-
-
 class NamespaceLocks:
     """One asyncio lock per namespace: a pool's policy check and its scale write happen under it."""
 

@@ -1,6 +1,7 @@
 """The admin's guardrails as pure logic and through a whole tick with fakes (tenancy.py, docs/security.md)."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -13,7 +14,6 @@ from chanscale.spec import PoolSpec
 from chanscale.tenancy import (
     Guardrails,
     confinement_problem,
-    namespace_pools,
     other_claims,
     other_pools,
     parse_duration,
@@ -204,14 +204,14 @@ def test_the_oldest_pool_owns_a_target() -> None:
     assert target_owner(POOLS, "nothing") is None
 
 
-def test_namespace_pools_take_the_largest_known_claim() -> None:
-    others = namespace_pools(POOLS, {"web": 4, "api": 2}, {"c": 6}, exclude="x")
+def test_other_pools_take_the_largest_known_claim() -> None:
+    others = other_pools(peer_claims(POOLS, {"web": 4, "api": 2}), {"c": 6}, exclude="x")
     # b lost "web" to a, so it is not counted twice; c's own recent write (6) beats the index (2).
     assert others == [
         {"name": "a", "replicas": 4, "desiredReplicas": 5},
         {"name": "c", "replicas": 6, "desiredReplicas": 0},
     ]
-    assert [p["name"] for p in namespace_pools(POOLS, {}, {}, exclude="a")] == ["c"]
+    assert [p["name"] for p in other_pools(peer_claims(POOLS, {}), {}, exclude="a")] == ["c"]
 
 
 def test_second_pool_on_a_target_is_a_conflict() -> None:
@@ -259,24 +259,32 @@ async def test_budget_peers_come_from_the_index_on_the_first_tick() -> None:
     ]
 
 
-async def test_check_and_scale_is_serialised_per_namespace() -> None:
-    """Two pools ticking together: the second pool's policy input already sees the first one's scale write."""
-    budget = 10
+async def _two_pools_race(
+    claimed: Callable[[dict[str, Any]], int], peer_list: Callable[[], Awaitable[bool]] | None = None
+) -> tuple[int, int]:
+    """Two pools of one namespace tick together under a budget of 10 that the gate enforces from the other pools'
+    claims (``claimed`` reads them from the policy input): the replicas both end with, and the index reads."""
+    budget, reads = 10, [0]
     index: list[dict[str, Any]] = [
         {"name": n, "target": f"w-{n}", "created": n, "replicas": 1, "desiredReplicas": 1} for n in ("p1", "p2")
     ]
 
     class BudgetGate(Gate):
         async def evaluate(self, path: str, input: dict[str, Any], *, timeout: float = 2.0) -> Verdict:
-            others = sum(max(p["replicas"], p["desiredReplicas"]) for p in input["namespace"]["pools"])
+            others = claimed(input)
             await asyncio.sleep(0.01)  # let the other pool's tick run here if it could
             allowed = max(min(input["replicas"]["recommended"], budget - others), input["replicas"]["current"])
             return Verdict(allow=True, replicas=allowed, reasons=("budget",))
 
     rt = runtime(gate=BudgetGate())
+    rt.peer_list = peer_list
+
+    def peers() -> tuple[list[dict[str, Any]], dict[str, int]]:
+        reads[0] += 1
+        return index, {}
 
     def target(n: str) -> Target:
-        return Target(name=f"w-{n}", exists=True, replicas=1, ready=1, peers=lambda: (index, {}))
+        return Target(name=f"w-{n}", exists=True, replicas=1, ready=1, peers=peers)
 
     def body(n: str) -> dict[str, Any]:
         b = pool(scaleTargetRef={"name": f"w-{n}"})
@@ -285,7 +293,32 @@ async def test_check_and_scale_is_serialised_per_namespace() -> None:
 
     await asyncio.gather(tick(rt, body("p1"), target("p1")), tick(rt, body("p2"), target("p2")))
     final = {"w-p1": 1, "w-p2": 1} | {name: r for _, name, r in rt.scaler.calls}  # type: ignore[attr-defined]
-    assert sum(final.values()) == budget, final  # the first took its share, the second only what was left
+    return sum(final.values()), reads[0]
+
+
+async def test_check_and_scale_is_serialised_per_namespace() -> None:
+    """Two pools ticking together: the second pool's policy input already sees the first one's scale write."""
+    total, _ = await _two_pools_race(
+        lambda input: sum(max(p["replicas"], p["desiredReplicas"]) for p in input["namespace"]["pools"])
+    )
+    assert total == 10  # the first took its share, the second only what was left
+
+
+def _listed_one_by_one(
+    pools: list[dict[str, Any]], deployments: dict[str, int], recent: dict[str, int], exclude: str
+) -> list[dict[str, Any]]:
+    """The budget's per-pool rule written out pool by pool (as it was before peer_claims): the owners of their
+    targets but ``exclude``, by name, each at the largest of its Deployment, our recent write and its status."""
+    owners = target_owners(pools)
+    return [
+        {
+            "name": p["name"],
+            "replicas": max(deployments.get(p["target"], 0), recent.get(p["name"], 0), p.get("replicas") or 0),
+            "desiredReplicas": p.get("desiredReplicas") or 0,
+        }
+        for p in sorted(pools, key=lambda p: p["name"])
+        if p["name"] != exclude and owners.get(p["target"]) == p["name"]
+    ]
 
 
 def test_the_summary_matches_the_list_whatever_the_recent_writes() -> None:
@@ -315,44 +348,20 @@ def test_the_summary_matches_the_list_whatever_the_recent_writes() -> None:
                 "replicas": sum(p["replicas"] for p in listed),
                 "claimed": sum(max(p["replicas"], p["desiredReplicas"]) for p in listed),
             }
-            assert listed == namespace_pools(pools, deployments, recent, exclude)
+            assert listed == _listed_one_by_one(pools, deployments, recent, exclude)
 
 
 async def test_check_and_scale_is_serialised_per_namespace_with_the_summary_only() -> None:
     """As above with the policy input's summary only (no per-pool list) and the namespace's claims cached: the
     second pool's check still counts the first one's reservation, and the index is read once."""
-    budget, reads = 10, [0]
-    index: list[dict[str, Any]] = [
-        {"name": n, "target": f"w-{n}", "created": n, "replicas": 1, "desiredReplicas": 1} for n in ("p1", "p2")
-    ]
 
-    class BudgetGate(Gate):
-        async def evaluate(self, path: str, input: dict[str, Any], *, timeout: float = 2.0) -> Verdict:
-            assert "pools" not in input["namespace"]
-            others = input["namespace"]["others"]["claimed"]
-            await asyncio.sleep(0.01)  # let the other pool's tick run here if it could
-            allowed = max(min(input["replicas"]["recommended"], budget - others), input["replicas"]["current"])
-            return Verdict(allow=True, replicas=allowed, reasons=("budget",))
+    def claimed(input: dict[str, Any]) -> int:
+        assert "pools" not in input["namespace"]
+        return int(input["namespace"]["others"]["claimed"])
 
     async def summary_only() -> bool:
         return False
 
-    rt = runtime(gate=BudgetGate())
-    rt.peer_list = summary_only
-
-    def peers() -> tuple[list[dict[str, Any]], dict[str, int]]:
-        reads[0] += 1
-        return index, {}
-
-    def target(n: str) -> Target:
-        return Target(name=f"w-{n}", exists=True, replicas=1, ready=1, peers=peers)
-
-    def body(n: str) -> dict[str, Any]:
-        b = pool(scaleTargetRef={"name": f"w-{n}"})
-        b["metadata"]["name"] = n
-        return b
-
-    await asyncio.gather(tick(rt, body("p1"), target("p1")), tick(rt, body("p2"), target("p2")))
-    final = {"w-p1": 1, "w-p2": 1} | {name: r for _, name, r in rt.scaler.calls}  # type: ignore[attr-defined]
-    assert sum(final.values()) == budget, final
-    assert reads[0] == 1
+    total, reads = await _two_pools_race(claimed, summary_only)
+    assert total == 10
+    assert reads == 1
