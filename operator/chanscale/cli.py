@@ -386,8 +386,9 @@ def _add_loop_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--status-refresh",
         type=float,
-        default=60.0,
-        help="rewrite an unchanged status at most this often, seconds (a restart forgets at most this much learning)",
+        default=300.0,
+        help="rewrite a status whose decision, conditions and learning have not moved at most this often, seconds "
+        "(a material change or moved learning is written at once: docs/decision-model.md)",
     )
     _add_election_flags(r)
     r.add_argument(

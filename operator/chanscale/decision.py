@@ -91,6 +91,19 @@ class PoolState:
             "at": self.at,
         }
 
+    def resumed(self, now: float) -> PoolState:
+        """This state restored from ``status.history`` at ``now``, after a restart or a hand-over: the current run
+        is carried over the gap. Its last sample is only as fresh as the last status write (quiet pools write
+        rarely), and a change of recommendation is written at once, so the recommendation held at least until the
+        previous owner stopped; taking it as held until ``now`` keeps a scale-down stabilisation window as long
+        after a restart as it would have been without one (the HPA, whose memory is in-process, starts empty)."""
+        if not self.recommendations:
+            return self
+        first, last, value = self.recommendations[-1]
+        if last >= now:
+            return self
+        return replace(self, recommendations=(*self.recommendations[:-1], (first, now, value)))
+
     @classmethod
     def from_status(cls, h: Mapping[str, Any] | None) -> PoolState:
         """Rebuild from ``status.history``; tolerant of missing or damaged entries (a bad history is dropped)."""

@@ -50,7 +50,7 @@ class Config:
     prometheus_url: str | None = None
     opa: str | None = "none"
     tick: float = 10.0  # the operator's timer; a pool's pollingInterval is rounded up to a multiple of it
-    status_refresh: float = 60.0  # rewrite an unchanged status at most this often (observations only)
+    status_refresh: float = 300.0  # rewrite an unchanged status at most this often (observations only)
     policy_timeout: float = 2.0
     policy_peers: str = "auto"  # whether policy calls carry input.namespace.pools (chanscale.peerlist)
     query_timeout: float = 5.0
@@ -287,6 +287,38 @@ def _material(status: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: The learnt service rate or service-time variability has moved enough to be worth a write when it is this far
+#: (relative) from the copy in the status: the HPA's scale-down tolerance, within which a decision does not move.
+LEARNING_TOLERANCE = 0.1
+
+
+def learning_moved(written: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Whether a restart from the ``written`` status would decide differently from one from ``status``, beyond what
+    the refresh bounds: μ or the service-time SCV moved by more than :data:`LEARNING_TOLERANCE`, or the channel
+    went idle since (its last active time starts the idle countdown to minReplicas, so that time is written once,
+    when activity stops, not left a refresh old). Observations that move every tick (the backlog sample, the
+    current run's last sample, the metrics) are not here: a restart re-reads them, and
+    :meth:`chanscale.decision.PoolState.resumed` carries the current run over the gap."""
+    a, b = written.get("history") or {}, status.get("history") or {}
+    if _moved(a.get("serviceRate"), b.get("serviceRate")):
+        return True
+    if _moved(_wait_factor(a.get("serviceScv")), _wait_factor(b.get("serviceScv"))):
+        return True
+    went_idle = b.get("lastActive") != b.get("at") and b.get("lastActive") != a.get("lastActive")
+    return bool(went_idle)
+
+
+def _wait_factor(scv: Any) -> float | None:
+    """(1 + SCV) / 2, what the M/G/c waits scale by: the SCV's effect on a decision."""
+    return (1.0 + scv) / 2.0 if isinstance(scv, (int, float)) else None
+
+
+def _moved(a: Any, b: Any) -> bool:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return isinstance(a, (int, float)) != isinstance(b, (int, float))
+    return abs(b - a) > LEARNING_TOLERANCE * abs(a)
+
+
 async def _write_status(
     rt: Runtime, key: tuple[str, str], mem: PoolMemory, status: dict[str, Any], now: float, material: str | None = None
 ) -> bool:
@@ -319,7 +351,8 @@ async def _finish(
     """Remember the status; write it only on a material change (or every ``status_refresh`` for observations)."""
     mem.status = status
     material = _material(status)
-    if mem.written == material and now - mem.written_at < rt.config.status_refresh:
+    fresh = now - mem.written_at < rt.config.status_refresh
+    if mem.written == material and fresh and not learning_moved(mem.server, status):
         result.status = None
     else:
         result.status = status
@@ -478,7 +511,7 @@ async def _tick(
     seen = await _observe(rt, body, mem, spec, target, now)
     if isinstance(seen, TickResult):
         return seen
-    facts = _decide(spec, seen, body, now, _learnt(mem, seen.old))
+    facts = _decide(spec, seen, body, now, _learnt(mem, seen.old, now))
     acted: PoolState | TickResult | None = None
     act = False
     if facts.decision.desired != seen.current:
@@ -593,13 +626,14 @@ def _precondition(
     return None
 
 
-def _learnt(mem: PoolMemory, old: Mapping[str, Any]) -> PoolState:
+def _learnt(mem: PoolMemory, old: Mapping[str, Any], now: float) -> PoolState:
     """The learning state to decide on: the one kept in memory, unless ``status.history`` holds a newer one (after a
-    restart there is none in memory; after a hand-over from another replica the status copy may be newer)."""
+    restart there is none in memory; after a hand-over from another replica the status copy may be newer). A
+    restored state carries its current run over the gap (:meth:`PoolState.resumed`)."""
     stored = PoolState.from_status(old.get("history"))
     mine = mem.state
     if mine is None or (stored.at is not None and (mine.at is None or stored.at > mine.at)):
-        return stored
+        return stored.resumed(now)
     return mine
 
 

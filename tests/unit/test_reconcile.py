@@ -8,7 +8,7 @@ import pytest
 
 from chanscale.kube import ScaleError
 from chanscale.policy import PolicyUnavailable, Verdict
-from chanscale.reconcile import Config, Runtime, Target, _current, tick
+from chanscale.reconcile import Config, Runtime, Target, _current, learning_moved, tick
 from chanscale.signals import PrometheusReader
 from chanscale.tenancy import Guardrails
 
@@ -380,17 +380,23 @@ ZERO_WINDOWS = {"scaleUp": {"stabilizationWindowSeconds": 0}, "scaleDown": {"sta
 
 @pytest.mark.parametrize("behavior", [ZERO_WINDOWS, {"scaleDown": {"stabilizationWindowSeconds": 5}}, None])
 async def test_a_steady_pool_writes_its_status_only_at_the_refresh(behavior: dict[str, Any] | None) -> None:
-    """Whatever the windows (0 s, shorter than the tick, the defaults): steady signals, one write per refresh."""
+    """Whatever the windows (0 s, shorter than the tick, the defaults): steady signals, one write per refresh once
+    the learning has settled (until then, each move of the learnt SCV beyond the tolerance is written too)."""
     rt = runtime()
     body = pool(**({"behavior": behavior} if behavior else {}))
     t = Target(name="worker", exists=True, replicas=13, ready=13)
-    written_at = []
-    for _ in range(30):  # 300 s of 10 s ticks
+    written_at, learnt = [], []
+    refresh = rt.config.status_refresh
+    for i in range(int(6 * refresh / 10)):  # six refresh periods of 10 s ticks
+        before = rt.memory[("ns", "orders")].server if ("ns", "orders") in rt.memory else {}
         if (await tick(rt, body, t)).status is not None:
             written_at.append(rt.clock[0])  # type: ignore[attr-defined]
+            learnt.append(i > 0 and learning_moved(before, rt.memory[("ns", "orders")].server))
         rt.clock[0] += 10  # type: ignore[attr-defined]
-    assert len(rt.memory_writes) == len(written_at) == 5  # the first tick, then every status_refresh (60 s)
-    assert all(b - a >= rt.config.status_refresh for a, b in itertools.pairwise(written_at))
+    assert len(rt.memory_writes) == len(written_at)
+    settled = [w for w, moved in zip(written_at, learnt, strict=True) if not moved]
+    assert all(b - a >= refresh for a, b in itertools.pairwise(settled))  # the first tick, then each refresh
+    assert written_at[-2:] == settled[-2:] and len(settled) >= 4
 
 
 async def test_the_status_keeps_what_a_restart_needs_to_hold_the_scale_down_window() -> None:
@@ -414,3 +420,46 @@ async def test_the_status_keeps_what_a_restart_needs_to_hold_the_scale_down_wind
         restarted.clock[0] = rt.clock[0] + 200  # type: ignore[attr-defined]
         await tick(restarted, {**body, "status": server if memory else {}}, t)
         assert (restarted.scaler.calls == []) is memory  # type: ignore[attr-defined]
+
+
+async def test_a_restart_after_a_quiet_refresh_period_still_holds_the_scale_down_window() -> None:
+    """A quiet pool's status is a refresh old at worst, so its current run's last sample may already be outside the
+    300 s window. Restored, the run is carried over the gap: the load that dropped while the operator was away is
+    scaled down to one scale-down window after the restart, not at once."""
+    prom = Prom()
+    rt = runtime(prom=prom)
+    body = pool()
+    t = Target(name="worker", exists=True, replicas=13, ready=13)
+    for _ in range(3):
+        await tick(rt, body, t)
+        rt.clock[0] += 10  # type: ignore[attr-defined]
+    server = rt.memory[("ns", "orders")].server
+    last_sample = server["history"]["recommendations"][-1][1]
+    prom.values.update(enqueued=20.0, processed=20.0, busy=1.0)
+    restarted = runtime(prom=prom)
+    restarted.clock[0] = last_sample + 400  # type: ignore[attr-defined]
+    for _ in range(29):  # 290 s after the restart: still inside the window the restart began
+        await tick(restarted, {**body, "status": server}, t)
+        restarted.clock[0] += 10  # type: ignore[attr-defined]
+    assert restarted.scaler.calls == []  # type: ignore[attr-defined]
+    for _ in range(3):
+        await tick(restarted, {**body, "status": server}, t)
+        restarted.clock[0] += 10  # type: ignore[attr-defined]
+    assert restarted.scaler.calls and restarted.scaler.calls[0][2] < 13  # type: ignore[attr-defined]
+
+
+def test_learning_moved_names_what_a_restart_would_decide_differently_on() -> None:
+    def st(**h: Any) -> dict[str, Any]:
+        base = {"serviceRate": 20.0, "serviceScv": 1.0, "lastActive": 100.0, "at": 100.0}
+        return {"history": {**base, **h}}
+
+    assert not learning_moved(st(), st(at=110.0, lastActive=110.0))  # still active: re-read at a restart
+    assert not learning_moved(st(), st(serviceRate=21.9, serviceScv=1.15))  # within the tolerance
+    assert learning_moved(st(), st(serviceRate=17.9))  # μ 10.5 % lower
+    assert learning_moved(st(), st(serviceScv=1.5))  # waits 25 % longer
+    assert learning_moved(st(serviceRate=None), st())  # a first estimate
+    assert not learning_moved(st(), st(at=110.0))  # idle since the written copy's tick: its last active time is in it
+    # Active until 150 without a write, idle at 160: the last active time is written, once.
+    assert learning_moved(st(), st(lastActive=150.0, at=160.0))
+    assert not learning_moved(st(lastActive=150.0, at=160.0), st(lastActive=150.0, at=170.0))
+    assert not learning_moved({}, {})
