@@ -92,17 +92,17 @@ class PoolState:
         }
 
     def resumed(self, now: float) -> PoolState:
-        """This state restored from ``status.history`` at ``now``, after a restart or a hand-over: the current run
-        is carried over the gap. Its last sample is only as fresh as the last status write (quiet pools write
-        rarely), and a change of recommendation is written at once, so the recommendation held at least until the
-        previous owner stopped; taking it as held until ``now`` keeps a scale-down stabilisation window as long
-        after a restart as it would have been without one (the HPA, whose memory is in-process, starts empty)."""
-        if not self.recommendations:
-            return self
-        first, last, value = self.recommendations[-1]
-        if last >= now:
-            return self
-        return replace(self, recommendations=(*self.recommendations[:-1], (first, now, value)))
+        """This state restored from ``status.history`` at ``now``, after a restart or a hand-over: what held at the
+        copy's tick is carried over the gap. The copy is only as fresh as the last status write (a quiet pool
+        writes once per refresh), but a change of recommendation, and a channel going idle, are written at once:
+        so the current recommendation held, and an active channel stayed active, at least until the previous
+        owner stopped. Taking both as held until ``now`` keeps a scale-down window and the idle countdown as long
+        after a restart as without one (the HPA, whose memory is in-process, starts empty)."""
+        runs = self.recommendations
+        if runs and runs[-1][1] < now:
+            runs = (*runs[:-1], (runs[-1][0], now, runs[-1][2]))
+        active = self.last_active is not None and self.last_active == self.at and self.last_active < now
+        return replace(self, recommendations=runs, last_active=now if active else self.last_active)
 
     @classmethod
     def from_status(cls, h: Mapping[str, Any] | None) -> PoolState:

@@ -463,3 +463,15 @@ def test_learning_moved_names_what_a_restart_would_decide_differently_on() -> No
     assert learning_moved(st(), st(lastActive=150.0, at=160.0))
     assert not learning_moved(st(lastActive=150.0, at=160.0), st(lastActive=150.0, at=170.0))
     assert not learning_moved({}, {})
+
+
+def test_a_restored_state_carries_the_current_run_and_activity_over_the_gap() -> None:
+    from chanscale.decision import PoolState
+
+    st = PoolState(recommendations=((10.0, 50.0, 4), (60.0, 100.0, 7)), last_active=100.0, at=100.0)
+    back = st.resumed(400.0)
+    assert back.recommendations == ((10.0, 50.0, 4), (60.0, 400.0, 7))  # only the current run
+    assert back.last_active == 400.0  # active at the copy's tick: its going idle would have been written
+    idle = PoolState(recommendations=((60.0, 100.0, 7),), last_active=80.0, at=100.0).resumed(400.0)
+    assert idle.last_active == 80.0  # idle at the copy's tick: the written time stands
+    assert PoolState().resumed(400.0) == PoolState()
