@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,8 +41,17 @@ CONDITION_TYPES = (
 )
 
 
+_LAST_RFC3339: list[tuple[int | None, str]] = [(None, "")]  # (whole second, its text): a second's evaluations share it
+
+
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    second, held = math.floor(ts), _LAST_RFC3339[0]
+    if held[0] != second:
+        held = _LAST_RFC3339[0] = (
+            second,
+            datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+    return held[1]
 
 
 def set_condition(

@@ -83,6 +83,9 @@ class PoolSignals:
         return "; ".join(f"{k}: {v}" for k, v in sorted(self.errors.items()))
 
 
+_NO_LABELS: Mapping[str, str] = {}
+
+
 def _parse(raw: Any, query: str) -> Result:
     """Prometheus' instant-query ``result`` (vector or scalar) -> {(namespace, channel) | None: value}."""
     out: Result = {}
@@ -91,13 +94,14 @@ def _parse(raw: Any, query: str) -> Result:
         return out
     if not isinstance(raw, list):
         raise QueryError(f"unexpected result type from {query!r}")
-    for series in raw:
-        metric = series.get("metric", {})
-        value = float(series["value"][1])
-        key = (metric.get("namespace", ""), metric.get("channel", ""))
-        out[key] = value
-        if len(raw) == 1:
-            out[None] = value
+    # One pass in a comprehension: the shared queries answer a series per channel (1 000s), every second for the
+    # fast path, so this loop was a few percent of the operator's CPU at 1 000 pools.
+    out = {
+        ((m := s.get("metric") or _NO_LABELS).get("namespace", ""), m.get("channel", "")): float(s["value"][1])
+        for s in raw
+    }
+    if len(raw) == 1:
+        out[None] = next(iter(out.values()))
     return out
 
 
