@@ -415,6 +415,7 @@ def _register_lifecycle(
         fix_startup_wait(logger)
         _apply_settings(settings, direct_settings)
         memo.runtime = _make_runtime(config)
+        memo.runtime.writer = kube.SessionStatusWriter(settings)  # kopf's session, from the ticker's context
         health = memo.health = Health(
             tick=config.tick,
             stale_intervals=config.stale_intervals,
