@@ -295,6 +295,7 @@ class SessionStatusWriter:
     settings: Any
     timeout: float = 10.0
     fallback: KubeStatusWriter = field(default_factory=KubeStatusWriter)
+    fell_back: bool = False  # logged once
 
     async def _patch(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The patched object, or None when kopf's session is not usable here (the caller falls back)."""
@@ -303,7 +304,10 @@ class SessionStatusWriter:
             from kopf._cogs.clients import api, auth
 
             auth.vault_var.get()
-        except (ImportError, LookupError):
+        except (ImportError, LookupError) as e:
+            if not self.fell_back:
+                self.fell_back = True
+                logging.getLogger("chanscale").info("status writes through the official client: %r", e)
             return None
         try:
             response = await api.request(
