@@ -296,6 +296,10 @@ class SessionStatusWriter:
     timeout: float = 10.0
     fallback: KubeStatusWriter = field(default_factory=KubeStatusWriter)
     fell_back: bool = False  # logged once
+    #: Writes in flight at once. Each holds one of the session's connections (TLS buffers: RSS) until it is
+    #: answered; the official client's thread pool allowed 6 on 2 cores. The rest wait their turn on the loop.
+    concurrency: int = 8
+    _slots: asyncio.Semaphore | None = None
 
     async def _patch(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The patched object, or None when kopf's session is not usable here (the caller falls back)."""
@@ -309,21 +313,27 @@ class SessionStatusWriter:
                 self.fell_back = True
                 logging.getLogger("chanscale").info("status writes through the official client: %r", e)
             return None
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
         try:
-            response = await api.request(
-                method="patch",
-                url=f"{path}?fieldManager={FIELD_MANAGER}",
-                payload=dict(body),
-                headers={"Content-Type": "application/merge-patch+json"},
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                backoffs=(),
-                settings=self.settings,
-                logger=_QUIET,
-            )
-            async with response:
-                data = await response.json()
+            async with self._slots:
+                return await self._send(api, aiohttp, path, body)
         except Exception as e:  # connection errors, 4xx/5xx (kopf's APIError), timeouts: all mean "not written"
             raise StatusWriteError(_short_error(e)) from e
+
+    async def _send(self, api: Any, aiohttp: Any, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        response = await api.request(
+            method="patch",
+            url=f"{path}?fieldManager={FIELD_MANAGER}",
+            payload=dict(body),
+            headers={"Content-Type": "application/merge-patch+json"},
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            backoffs=(),
+            settings=self.settings,
+            logger=_QUIET,
+        )
+        async with response:
+            data = await response.json()
         return data if isinstance(data, Mapping) else {}
 
     @staticmethod
