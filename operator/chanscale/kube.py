@@ -10,8 +10,10 @@ writes from Git's.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -276,6 +278,8 @@ class KubeStatusWriter:
         await asyncio.to_thread(self._write_labels_sync, namespace, name, labels)
 
 
+#: The keyword arguments SessionStatusWriter passes to kopf's internal ``api.request`` (kopf 1.45).
+_KOPF_REQUEST_PARAMS = {"method", "url", "payload", "headers", "timeout", "backoffs", "settings", "logger"}
 _QUIET = logging.getLogger("chanscale.session")  # kopf logs each failed attempt as an error: we report it once
 _QUIET.propagate = False
 _QUIET.addHandler(logging.NullHandler())
@@ -300,18 +304,41 @@ class SessionStatusWriter:
     #: answered; the official client's thread pool allowed 6 on 2 cores. The rest wait their turn on the loop.
     concurrency: int = 8
     _slots: asyncio.Semaphore | None = None
+    _api: list[Any] | None = None  # [kopf's api module, or None when it is not the known one], checked once
+
+    def _kopf_api(self) -> Any:
+        """kopf's internal client module if it is the one this writer was written against (kopf 1.45's
+        ``request`` and credentials vault), else None: a kopf that changed them gets the official client, not a
+        failing write at every tick."""
+        if self._api is None:
+            try:
+                from kopf._cogs.clients import api, auth
+
+                params = set(inspect.signature(api.request).parameters)
+                known = params >= _KOPF_REQUEST_PARAMS and isinstance(auth.vault_var, contextvars.ContextVar)
+            except Exception:  # ImportError, a moved attribute, an uninspectable callable
+                known = False
+            self._api = [api if known else None]
+        return self._api[0]
+
+    def _fall_back(self, why: str) -> None:
+        if not self.fell_back:
+            self.fell_back = True
+            logging.getLogger("chanscale").info("status writes through the official client: %s", why)
 
     async def _patch(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The patched object, or None when kopf's session is not usable here (the caller falls back)."""
-        try:
-            import aiohttp
-            from kopf._cogs.clients import api, auth
+        api = self._kopf_api()
+        if api is None:
+            self._fall_back("this kopf's internal client is not the one chanscale knows")
+            return None
+        import aiohttp
+        from kopf._cogs.clients import auth
 
+        try:
             auth.vault_var.get()
-        except (ImportError, LookupError) as e:
-            if not self.fell_back:
-                self.fell_back = True
-                logging.getLogger("chanscale").info("status writes through the official client: %r", e)
+        except LookupError:
+            self._fall_back("no kopf credentials in this context")
             return None
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.concurrency)

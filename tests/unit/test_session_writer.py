@@ -2,6 +2,7 @@
 
 import asyncio
 import contextvars
+import inspect
 from typing import Any
 
 import pytest
@@ -10,6 +11,12 @@ from kopf._cogs.clients import api, auth, errors
 from chanscale.kube import SessionStatusWriter, StatusWriteError
 
 pytestmark = pytest.mark.unit
+
+
+def kopf_signature(fn: Any) -> Any:
+    """A fake with the real ``api.request``'s signature (the writer checks it before trusting kopf's client)."""
+    fn.__signature__ = inspect.signature(api.request)
+    return fn
 
 
 class Fallback:
@@ -51,6 +58,7 @@ def run_in_kopf_context(coro_fn: Any) -> Any:
 def test_a_status_write_is_one_merge_patch_of_the_status_subresource(monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[dict[str, Any]] = []
 
+    @kopf_signature
     async def request(**kwargs: Any) -> Response:
         sent.append(kwargs)
         return Response({"metadata": {"resourceVersion": "42"}})
@@ -81,6 +89,7 @@ def test_a_status_write_is_one_merge_patch_of_the_status_subresource(monkeypatch
     ],
 )
 def test_every_failure_is_a_status_write_error(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    @kopf_signature
     async def request(**kwargs: Any) -> Response:
         raise error
 
@@ -91,6 +100,7 @@ def test_every_failure_is_a_status_write_error(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_outside_kopf_the_official_client_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    @kopf_signature
     async def request(**kwargs: Any) -> Response:
         raise AssertionError("kopf's session has no credentials here")
 
@@ -100,3 +110,16 @@ def test_outside_kopf_the_official_client_writes(monkeypatch: pytest.MonkeyPatch
     rv = contextvars.Context().run(asyncio.run, writer.write_status("ns", "orders", {"replicas": 3}))
     asyncio.run(writer.write_labels("ns", "orders", {}))
     assert rv == "7" and fallback.calls == [("status", "ns", "orders"), ("labels", "ns", "orders")]
+
+
+def test_a_kopf_whose_internal_client_changed_gets_the_official_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf's api.request is internal: if a kopf release renames its arguments, writes must not fail every tick."""
+
+    async def request(method: str, url: str, **kwargs: Any) -> Response:  # no backoffs, settings, ...
+        raise AssertionError("not to be called")
+
+    monkeypatch.setattr(api, "request", request)
+    fallback = Fallback()
+    writer = SessionStatusWriter(settings=None, fallback=fallback)  # type: ignore[arg-type]
+    rv = run_in_kopf_context(lambda: writer.write_status("ns", "orders", {"replicas": 3}))
+    assert rv == "7" and fallback.calls == [("status", "ns", "orders")] and writer.fell_back
