@@ -99,8 +99,8 @@ class PoolState:
         owner stopped. Taking both as held until ``now`` keeps a scale-down window and the idle countdown as long
         after a restart as without one (the HPA, whose memory is in-process, starts empty)."""
         runs = self.recommendations
-        if runs and runs[-1][1] < now:
-            runs = (*runs[:-1], (runs[-1][0], now, runs[-1][2]))
+        if runs and runs[-1][1] < now:  # the current value recommended again at now: its run extends
+            runs = tuple(behavior.add_recommendation(runs, now, runs[-1][2]))
         active = self.last_active is not None and self.last_active == self.at and self.last_active < now
         return replace(self, recommendations=runs, last_active=now if active else self.last_active)
 

@@ -332,7 +332,6 @@ class SessionStatusWriter:
         if api is None:
             self._fall_back("this kopf's internal client is not the one chanscale knows")
             return None
-        import aiohttp
         from kopf._cogs.clients import auth
 
         try:
@@ -344,11 +343,13 @@ class SessionStatusWriter:
             self._slots = asyncio.Semaphore(self.concurrency)
         try:
             async with self._slots:
-                return await self._send(api, aiohttp, path, body)
+                return await self._send(api, path, body)
         except Exception as e:  # connection errors, 4xx/5xx (kopf's APIError), timeouts: all mean "not written"
             raise StatusWriteError(_short_error(e)) from e
 
-    async def _send(self, api: Any, aiohttp: Any, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+    async def _send(self, api: Any, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        import aiohttp  # kopf's own dependency
+
         response = await api.request(
             method="patch",
             url=f"{path}?fieldManager={FIELD_MANAGER}",
