@@ -96,8 +96,9 @@ isolate_dns() {
 ready() {
   k wait node --all --for=condition=Ready --timeout=300s
   isolate_dns
+  # rollout status returns once every new replica is available and the old ones are gone. A pod-level wait on the
+  # label after it could still list an old pod being deleted and wait for it until the timeout.
   k -n kube-system rollout status deployment/coredns --timeout=300s
-  k -n kube-system wait pod -l k8s-app=kube-dns --for=condition=Ready --timeout=300s
 }
 
 write_env() {
