@@ -23,6 +23,7 @@ from .tenancy import normalise_url
 
 SeriesKey = tuple[str, str]  # (namespace, channel)
 Result = dict[SeriesKey | None, float]  # None key: a single series / scalar (custom queries)
+Entry = tuple[float, "Result | QueryError"]  # (answered at, by the reader's clock; the answer)
 
 # Signal name -> the Observation field it feeds.
 FIELDS = {
@@ -86,6 +87,11 @@ class PoolSignals:
 _NO_LABELS: Mapping[str, str] = {}
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def _parse(raw: Any, query: str) -> Result:
     """Prometheus' instant-query ``result`` (vector or scalar) -> {(namespace, channel) | None: value}."""
     out: Result = {}
@@ -128,7 +134,7 @@ class PrometheusReader:
         self._clock = clock
         self._query_fn = query_fn or self._prometheus_api_client_query
         self._cache: dict[tuple[str, str], tuple[float, Result | QueryError]] = {}
-        self._inflight: dict[tuple[str, str], asyncio.Future[Result]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[tuple[float, Result]]] = {}  # refreshes under way
         self._clients: dict[str, Any] = {}
         self._on_query = on_query
         self.queries_sent = 0
@@ -150,25 +156,60 @@ class PrometheusReader:
         result: list[Any] = await asyncio.to_thread(client.custom_query, query)
         return result
 
-    async def query(self, address: str, query: str, max_age: float | None = None) -> Result:
+    async def query(self, address: str, query: str, max_age: float | None = None, hold: float | None = None) -> Result:
         """One instant query, served from the cache within ``ttl`` (or ``max_age``, if shorter); concurrent
         callers share one request. The fast path (chanscale.fastpath) refreshes the cheap signals every second
         with a short ``max_age``, so a decision it triggers reads them fresh.
 
-        While a refresh is under way, other callers without ``max_age`` get the previous answer (if it is younger
-        than ``ttl`` + ``timeout``) instead of waiting for it: with 1 000 pools, every decision taken during a slow
-        Prometheus answer would otherwise wait for it; only the caller that started the refresh does."""
+        While a refresh is under way, other callers without ``max_age`` do not wait for it as long as the last good
+        answer is younger than ``hold`` (default ``ttl`` + ``timeout``): they get that answer at once. :meth:`read`
+        holds up to the pool's staleAfterSeconds and adds the answer's age to the sample age it reports, so the
+        decision's staleness rule judges a held answer by how old its data really is. Only the caller that starts the
+        refresh waits for it. With 1 000s of pools a bound of ``ttl`` + ``timeout`` was too short: one answer slower
+        than ``timeout`` made every evaluation wait, each holding one of the ticker's slots, and the replica's pools
+        stopped until Prometheus answered."""
+        return (await self.entry(address, query, max_age, hold))[1]
+
+    async def entry(
+        self, address: str, query: str, max_age: float | None = None, hold: float | None = None
+    ) -> tuple[float, Result]:
+        """:meth:`query`'s answer with the time Prometheus gave it (the reader's clock)."""
+        got = self.answer(address, query, max_age, hold)
+        if got is None:
+            return await asyncio.shield(self._refresh((address, query)))
+        if isinstance(got[1], QueryError):
+            raise got[1]
+        return got[0], got[1]
+
+    def answer(self, address: str, query: str, max_age: float | None = None, hold: float | None = None) -> Entry | None:
+        """What :meth:`query` gives without waiting, as (answered at, answer): a fresh one (or its cached error), or,
+        while a refresh is under way and ``max_age`` is not set, the last good answer if younger than ``hold``. None:
+        the caller must wait for Prometheus."""
+        now = self._clock()
         key = (address, query)
-        ready = self.ready(address, query, max_age)
-        if ready is not None:
-            if isinstance(ready, QueryError):
-                raise ready
-            return ready
+        hit = self._cache.get(key)
+        if hit is None:
+            return None
+        ttl = self.ttl if max_age is None else min(self.ttl, max_age)
+        if now - hit[0] < ttl:
+            return hit
+        limit = self.ttl + self.timeout if hold is None else hold
+        refreshing = key in self._inflight
+        if refreshing and max_age is None and now - hit[0] < limit and not isinstance(hit[1], QueryError):
+            return hit
+        return None
+
+    def _refresh(self, key: tuple[str, str]) -> asyncio.Future[tuple[float, Result]]:
+        """The refresh under way for ``key``, started if there is none (single-flight)."""
         fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        if fut is None:
+            task = asyncio.ensure_future(self._fetch(key))
+            task.add_done_callback(_retrieved)  # its waiters may all be cancelled: a failure is theirs, not a log line
+            fut = self._inflight[key] = task
+        return fut
+
+    async def _fetch(self, key: tuple[str, str]) -> tuple[float, Result]:
+        address, query = key
         started = time.perf_counter()
         ok = False
         try:
@@ -184,34 +225,11 @@ class PrometheusReader:
             if self._on_query:
                 self._on_query(address, time.perf_counter() - started, ok)
             self._inflight.pop(key, None)
-        self._cache[key] = (self._clock(), res)
+        at = self._clock()
+        self._cache[key] = (at, res)
         if isinstance(res, QueryError):
-            fut.set_exception(res)
-            fut.exception()  # mark retrieved: waiters re-raise it
             raise res
-        fut.set_result(res)
-        return res
-
-    def ready(self, address: str, query: str, max_age: float | None = None) -> Result | QueryError | None:
-        """The answer :meth:`query` gives without waiting: a fresh one (or its cached error), or, while a refresh is
-        under way and ``max_age`` is not set, the previous one if younger than ``ttl`` + ``timeout``. None: the
-        caller must wait for Prometheus."""
-        now = self._clock()
-        hit = self._cache.get((address, query))
-        if hit is None:
-            return None
-        ttl = self.ttl if max_age is None else min(self.ttl, max_age)
-        if now - hit[0] < ttl:
-            return hit[1]
-        refreshing = (address, query) in self._inflight
-        if (
-            refreshing
-            and max_age is None
-            and now - hit[0] < self.ttl + self.timeout
-            and not isinstance(hit[1], QueryError)
-        ):
-            return hit[1]
-        return None
+        return at, res
 
     def address_for(self, spec: PoolSpec) -> str:
         address = spec.metrics.prometheus_address or self.default_address
@@ -220,6 +238,27 @@ class PrometheusReader:
                 "no Prometheus address: set spec.metrics.prometheusAddress or start the operator with --prometheus-url"
             )
         return address
+
+    async def _answers(
+        self, address: str, want: Mapping[str, tuple[str, bool]], hold: float
+    ) -> tuple[list[Any], float]:
+        """The answers to ``want``'s queries (an exception for a failed one), and how long ago the oldest contract
+        answer among them came from Prometheus.
+
+        Answers the cache holds are taken as they are: at 1 000 pools a task per query per decision (8 000 a tick)
+        and a trip through a busy event loop for each decision were most of a quiet pool's decision time. Older
+        answers are held up to ``hold`` (the pool's staleAfterSeconds; :meth:`query`)."""
+        queries = [q for q, _ in want.values()]
+        got: list[Any] = [self.answer(address, q, hold=hold) for q in queries]
+        missing = [i for i, e in enumerate(got) if e is None]
+        if missing:
+            waits = (self.entry(address, queries[i], hold=hold) for i in missing)
+            for i, e in zip(missing, await asyncio.gather(*waits, return_exceptions=True), strict=True):
+                got[i] = e
+        now = self._clock()
+        contract = [e for e, (_, custom) in zip(got, want.values(), strict=True) if not custom]
+        held = max((now - e[0] for e in contract if isinstance(e, tuple)), default=0.0)
+        return [e if isinstance(e, BaseException) else e[1] for e in got], max(0.0, held)
 
     async def read(self, namespace: str, spec: PoolSpec) -> PoolSignals:
         """All signals of one pool. Never raises: failures are reported per signal."""
@@ -235,15 +274,7 @@ class PrometheusReader:
             override = spec.metrics.queries.get(sig)
             want[sig] = (render_custom(override, namespace, spec.channel), True) if override else (defaults[sig], False)
         want["age"] = (defaults["age"], False)
-        # Answers the cache holds are taken as they are: at 1 000 pools a task per query per decision (8 000 a tick)
-        # and a trip through a busy event loop for each decision were most of a quiet pool's decision time.
-        results: list[Any] = [self.ready(address, q) for q, _ in want.values()]
-        missing = [i for i, r in enumerate(results) if r is None]
-        if missing:
-            queries = [q for q, _ in want.values()]
-            got = await asyncio.gather(*(self.query(address, queries[i]) for i in missing), return_exceptions=True)
-            for i, r in zip(missing, got, strict=True):
-                results[i] = r
+        results, held = await self._answers(address, want, float(spec.metrics.stale_after_seconds))
         key = (namespace, spec.channel)
         for (sig, (q, is_custom)), res in zip(want.items(), results, strict=True):
             if isinstance(res, BaseException):
@@ -258,7 +289,8 @@ class PrometheusReader:
             if value is not None and not math.isfinite(value):
                 value = None  # NaN/Inf is not data (and never zero)
             if sig == "age":
-                out.age_seconds = value
+                # The sample's age when Prometheus answered, plus how long the answer has been held since.
+                out.age_seconds = None if value is None else value + held
             else:
                 out.values[FIELDS[sig]] = value
         # Custom backlog/arrival queries carry their own freshness; the contract's age applies only to defaults.

@@ -152,3 +152,85 @@ async def test_a_refresh_under_way_serves_the_previous_answer_to_others() -> Non
     assert not other.done()
     gate.set()
     await asyncio.gather(late, other)
+
+
+class GatedProm(FakeProm):
+    """Answers at once until ``slow`` is set; then every query waits for ``gate``."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.slow = False
+        self.gate = asyncio.Event()
+
+    async def __call__(self, address: str, query: str) -> list[Any]:
+        if self.slow:
+            await self.gate.wait()
+        if "timestamp(" in query:  # the contract's age query: samples 2 s old when Prometheus answers
+            return [{"metric": {"namespace": "ns", "channel": f"c{i}"}, "value": [0, "2"]} for i in range(self.n)]
+        return await super().__call__(address, query)
+
+
+async def test_a_slow_refresh_does_not_stop_the_pools_while_the_held_answer_is_within_stale_after() -> None:
+    """A refresh slower than ttl + timeout: pools read the previous answers (aged honestly) instead of each waiting
+    for Prometheus; past the pool's staleAfterSeconds they wait."""
+    now = [0.0]
+    prom = GatedProm()
+    reader = PrometheusReader("http://prom", ttl=5, timeout=5, query_fn=prom, clock=lambda: now[0])
+    first = await reader.read("ns", spec("c0"))
+    assert first.age_seconds == 2.0
+    prom.slow, now[0] = True, 6.0
+    starter = asyncio.ensure_future(reader.read("ns", spec("c0")))  # starts the refreshes and waits for them
+    await asyncio.sleep(0)
+    assert not starter.done()
+    now[0] = 30.0  # the refresh has taken 24 s, far past ttl + timeout
+    other = await reader.read("ns", spec("c1"))  # no waiting: the held answers, 30 s old
+    assert other.values["backlog"] == 5.0 and other.age_seconds == 32.0
+    strict = spec("c1", metrics={"staleAfterSeconds": 20})
+    waiting = asyncio.ensure_future(reader.read("ns", strict))  # held answers older than its bound: it waits
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    prom.gate.set()
+    fresh = await waiting
+    assert fresh.age_seconds == 2.0 and (await starter).age_seconds == 2.0
+
+
+async def test_a_held_answer_past_stale_after_is_stale_to_the_decision() -> None:
+    """The held time counts against staleAfterSeconds exactly as a late scrape would."""
+    from chanscale.decision import Observation, _signals
+
+    now = [0.0]
+    prom = GatedProm()
+    reader = PrometheusReader("http://prom", ttl=5, timeout=5, query_fn=prom, clock=lambda: now[0])
+    await reader.read("ns", spec("c0"))
+    prom.slow, now[0] = True, 6.0
+    starter = asyncio.ensure_future(reader.read("ns", spec("c0")))
+    await asyncio.sleep(0)
+    now[0] = 59.5  # held 59.5 s, sample 2 s old when answered: 61.5 s > the default 60 s
+    sig = await reader.read("ns", spec("c1"))
+    obs = Observation(now=now[0], current_replicas=1, ready_replicas=1, age_seconds=sig.age_seconds, **sig.values)
+    _clean, _sigs, missing, stale = _signals(spec("c1"), obs)
+    assert stale and "backlog" in missing
+    prom.gate.set()
+    await starter
+
+
+async def test_a_failed_refresh_whose_waiters_were_cancelled_is_not_left_unretrieved() -> None:
+    prom = GatedProm(fail=True)
+    prom.slow = True
+    reader = PrometheusReader("http://prom", query_fn=prom)
+    q = default_queries("1m")["backlog"]
+    waiter = asyncio.ensure_future(reader.query("http://prom", q))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    prom.gate.set()
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    import gc
+
+    gc.collect()
+    assert not seen
+    with pytest.raises(Exception, match="connection refused"):
+        await reader.query("http://prom", q)  # the failure is cached for ttl, as before
