@@ -207,7 +207,15 @@ async def test_a_held_answer_past_stale_after_is_stale_to_the_decision() -> None
     await asyncio.sleep(0)
     now[0] = 59.5  # held 59.5 s, sample 2 s old when answered: 61.5 s > the default 60 s
     sig = await reader.read("ns", spec("c1"))
-    obs = Observation(now=now[0], current_replicas=1, ready_replicas=1, age_seconds=sig.age_seconds, **sig.values)
+    v = sig.values
+    obs = Observation(
+        now=now[0],
+        current_replicas=1,
+        ready_replicas=1,
+        backlog=v["backlog"],
+        arrival_rate=v["arrival_rate"],
+        age_seconds=sig.age_seconds,
+    )
     _clean, _sigs, missing, stale = _signals(spec("c1"), obs)
     assert stale and "backlog" in missing
     prom.gate.set()
