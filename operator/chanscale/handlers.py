@@ -2,7 +2,7 @@
 
 - Deployments and HPAs are *indexed* in memory (kopf indexes), so a tick reads a pool's target and any
   competing autoscaler without an API request; only real scale changes write.
-- One operator-wide ticker (:mod:`chanscale.ticker`) evaluates every pool of the ``pools`` index once per
+- One operator-wide ticker (:mod:`chanscale.ticker`) evaluates every pool of the pool index once per
   ``--tick`` at a stable phase; a pool's ``pollingInterval`` is honoured on top. The fast path
   (:mod:`chanscale.fastpath`) evaluates a pool at once when its backlog or arrivals move. With leader election
   or shards (:mod:`chanscale.leader`) only the pools whose Lease this replica holds are evaluated.
@@ -37,7 +37,7 @@ from .reconcile import Config, Runtime, Target, tick
 from .scaletarget import ScaleSubresource
 from .signals import PrometheusReader
 from .spec import PoolSpec, SpecError
-from .ticker import Ticker, slim_body
+from .ticker import BY_KEY, BY_NAMESPACE, BY_TARGET, Ticker, pool_views, slim_body
 
 log = logging.getLogger("chanscale")
 
@@ -46,6 +46,9 @@ EXECUTOR_THREADS = 16
 TICK_CONCURRENCY = 64
 #: Seconds one listing of the pools index serves the ticker's resync and the fast path's poll (both every second).
 BODIES_TTL = 0.5
+
+#: The one kopf index of WorkerPools (:func:`chanscale.ticker.pool_views`).
+POOL_INDEX = "pool_index"
 #: The collector's thresholds (CPython's are 700, 10, 10). Every watch event leaves a new body that lives until the
 #: next one, so thousands of objects a second survive the young passes and trigger full passes, stops of the whole
 #: process (8-10 of up to 0.3 s in 2.5 minutes at 300 pools with the defaults). And every event's body is freed by
@@ -116,8 +119,9 @@ def target_from_indexes(
     pool: str = "",
     claims: Mapping[Any, Any] | None = None,
 ) -> Target:
-    """The target Deployment as kopf's indexes see it. ``claims`` (the ``claims`` index: pools by namespace and
-    target) spares a scan of the namespace's pools per tick; without it the ``workerpools`` index is scanned."""
+    """The target Deployment as kopf's indexes see it. ``claims`` (the pool index by namespace and target,
+    :func:`chanscale.ticker.pool_views`) spares a scan of the namespace's pools per tick; without it the pools by
+    namespace (``workerpools``) are scanned."""
     pools = workerpools if workerpools is not None else {}
     claimants = list(claims.get((namespace, name), ()) if claims is not None else pools.get(namespace, ()))
     conflict = _conflict(namespace, pool, name, hpas, scaledobjects or {}, claimants)
@@ -229,7 +233,8 @@ def start_ticker(
     cheap signals and evaluates a pool at once when they move (:mod:`chanscale.fastpath`). Called from the first
     WorkerPool event: kopf runs no event handler before its indexes are filled, and the tasks inherit the
     handler's context, where kopf's Event poster lives (``kopf.event`` needs it)."""
-    pools: kopf.Index[Any, Any] = indexes["pools"]
+    indexes = {**indexes, **pool_views(indexes[POOL_INDEX])}
+    pools = indexes["pools"]
     owns = getattr(memo, "owns", None)
     rt: Runtime = memo.runtime
     gc.freeze()  # see configure(): the first listing of every watched resource is in memory now
@@ -527,28 +532,32 @@ def _register_indexes(registry: kopf.OperatorRegistry, direct_settings: DirectSe
 
 
 def _register_pool_indexes(registry: kopf.OperatorRegistry) -> None:
-    """WorkerPools three ways: by target (claims), by namespace (budgets), by key (the ticker)."""
+    """WorkerPools three ways in one index (:func:`pool_views` splits it): by target (claims), by namespace
+    (budgets), by key (the ticker)."""
 
-    @kopf.index(GROUP, VERSION, PLURAL, id="claims", registry=registry)
-    async def claims(
-        namespace: str | None, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], meta: kopf.Meta, **_: Any
+    @kopf.index(GROUP, VERSION, PLURAL, id=POOL_INDEX, registry=registry)
+    async def pool_index(
+        body: kopf.Body,
+        namespace: str | None,
+        name: str,
+        spec: Mapping[str, Any],
+        status: Mapping[str, Any],
+        meta: kopf.Meta,
+        **_: Any,
     ) -> Any:
-        """Every WorkerPool by (namespace, target): who else names a pool's target, without scanning the namespace
-        (a scan per pool per tick is quadratic in the namespace's pools)."""
+        """Every WorkerPool by namespace, from the first tick on: for budgets and for one pool per Deployment; by
+        (namespace, target): who else names a pool's target, without scanning the namespace (a scan per pool per tick
+        is quadratic in the namespace's pools); by key, as the tick reads it (:func:`chanscale.ticker.slim_body`).
+
+        One handler, not three: kopf runs its handler machinery (outcomes, progress, kwargs) per handler for every
+        watch event, and at 1 000 pools every status write comes back as one."""
+        ns = namespace or ""
         entry = _pool_entry(name, spec, status, meta)
-        return {(namespace or "", entry["target"]): entry}
-
-    @kopf.index(GROUP, VERSION, PLURAL, id="workerpools", registry=registry)
-    async def workerpools(
-        namespace: str | None, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], meta: kopf.Meta, **_: Any
-    ) -> Any:
-        """Every WorkerPool by namespace, from the first tick on: for budgets and for one pool per Deployment."""
-        return {namespace or "": _pool_entry(name, spec, status, meta)}
-
-    @kopf.index(GROUP, VERSION, PLURAL, id="pools", registry=registry)
-    async def pools(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
-        """Every WorkerPool by key, as the tick reads it (:func:`chanscale.ticker.slim_body`)."""
-        return {(namespace or "", name): slim_body(body)}
+        return {
+            (BY_NAMESPACE, ns): entry,
+            (BY_TARGET, (ns, entry["target"])): entry,
+            (BY_KEY, (ns, name)): slim_body(body),
+        }
 
 
 def _register_pool_handlers(
@@ -598,7 +607,7 @@ def _register_pool_handlers(
             """Never raises and leaves kopf's patch empty (see the module docstring)."""
             owns = getattr(memo, "owns", None)
             if owns is None or owns((body["metadata"].get("namespace") or "", body["metadata"]["name"])):
-                await evaluate(memo.runtime, body, kwargs)
+                await evaluate(memo.runtime, body, {**kwargs, **pool_views(kwargs[POOL_INDEX])})
 
 
 async def _ensure_template(body: kopf.Body, spec: kopf.Spec, rt: Runtime, logger: Any) -> None:

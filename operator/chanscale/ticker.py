@@ -20,7 +20,7 @@ import functools
 import heapq
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,44 @@ def slim_body(body: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": slim,
         "spec": _shared(body.get("spec") or {}),
         "status": status,
+    }
+
+
+#: The kinds of key of the one WorkerPool index (chanscale.handlers): (kind, key) -> the pool's entry or slim body.
+BY_NAMESPACE, BY_TARGET, BY_KEY = "namespace", "target", "key"
+
+
+class IndexView(Mapping[Any, Any]):
+    """One kind of key of the merged WorkerPool index, read as the separate index it stands for: ``view[key]`` is
+    ``index[(kind, key)]``. Live: it reads the index (kopf's, which changes with every watch event) at each call."""
+
+    def __init__(self, index: Mapping[Any, Any], kind: str) -> None:
+        self._index, self._kind = index, kind
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._index[(self._kind, key)]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._index.get((self._kind, key), default)
+
+    def __contains__(self, key: object) -> bool:
+        return (self._kind, key) in self._index
+
+    def __iter__(self) -> Iterator[Any]:
+        kind = self._kind
+        return (k[1] for k in list(self._index) if k[0] == kind)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def pool_views(index: Mapping[Any, Any]) -> dict[str, IndexView]:
+    """The merged WorkerPool index as the three indexes it replaces: ``workerpools`` (by namespace), ``claims`` (by
+    (namespace, target)) and ``pools`` (by (namespace, name): the slim bodies the tick reads)."""
+    return {
+        "workerpools": IndexView(index, BY_NAMESPACE),
+        "claims": IndexView(index, BY_TARGET),
+        "pools": IndexView(index, BY_KEY),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import kopf
 import pytest
@@ -161,3 +162,37 @@ def test_pools_are_read_once_per_resync_and_steps_cost_what_they_start() -> None
         now += 0.25
     assert ("ns", "new") in started  # picked up at the next read, started at its own slot
     assert len(t.heap) <= len(keys) + 1  # no stale entries pile up
+
+
+def test_one_pool_index_reads_as_the_three_it_replaces() -> None:
+    """One kopf index handler per WorkerPool event; pool_views reads its three kinds of key as separate indexes."""
+    import kopf
+
+    from chanscale.handlers import POOL_INDEX, _register_pool_indexes
+    from chanscale.ticker import pool_views
+
+    registry = kopf.OperatorRegistry()
+    _register_pool_indexes(registry)
+    handlers = list(registry._indexing.get_all_handlers())
+    assert [h.id for h in handlers] == [POOL_INDEX]  # one handler, so kopf's machinery runs once per event
+
+    def body(name: str, target: str) -> dict[str, Any]:
+        meta = {"namespace": "ns", "name": name, "uid": name, "creationTimestamp": "2026-01-01T00:00:00Z"}
+        spec = {"channel": name, "scaleTargetRef": {"name": target}, "maxReplicas": 3}
+        return {"apiVersion": "chanscale.dev/v1alpha1", "kind": "WorkerPool", "metadata": meta, "spec": spec}
+
+    index: dict[Any, list[Any]] = {}  # kopf's Index: key -> the values of every object that returned that key
+    for b in (body("a", "w1"), body("b", "w1"), body("c", "w2")):
+        fn = handlers[0].fn
+        got = asyncio.run(
+            fn(body=b, namespace="ns", name=b["metadata"]["name"], spec=b["spec"], status={}, meta=b["metadata"])
+        )
+        for key, value in got.items():
+            index.setdefault(key, []).append(value)
+    views = pool_views(index)
+    assert [e["name"] for e in views["workerpools"]["ns"]] == ["a", "b", "c"]
+    assert [e["name"] for e in views["claims"][("ns", "w1")]] == ["a", "b"]
+    assert views["claims"].get(("ns", "w3")) is None and ("ns", "w2") in views["claims"]
+    assert sorted(views["pools"]) == [("ns", "a"), ("ns", "b"), ("ns", "c")] and len(views["pools"]) == 3
+    assert [b["spec"]["channel"] for b in views["pools"][("ns", "c")]] == ["c"]
+    assert dict(views["pools"].items()).keys() == {("ns", "a"), ("ns", "b"), ("ns", "c")}
