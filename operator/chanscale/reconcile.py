@@ -766,11 +766,8 @@ def _explain_direct(status: dict[str, Any], seen: Observed, now: float) -> None:
 def _publish_metrics(facts: Facts, replicas: int) -> None:
     d, ns, name = facts.decision, facts.ns, facts.name
     telemetry.child(telemetry.DECISIONS, ns, name, facts.outcome).inc()
-    telemetry.child(telemetry.REPLICAS, ns, name).set(replicas)
-    telemetry.child(telemetry.DESIRED, ns, name).set(d.desired)
-    telemetry.child(telemetry.RECOMMENDED, ns, name).set(d.recommendation)
-    telemetry.child(telemetry.SLO_MET, ns, name).set({True: 1, False: 0, None: -1}[d.slo_met])
-    telemetry.child(telemetry.METRICS_AVAILABLE, ns, name).set(1 if d.metrics_ok else 0)
+    slo_met = {True: 1, False: 0, None: -1}[d.slo_met]
+    telemetry.publish_pool(ns, name, (replicas, d.desired, d.recommendation, slo_met, 1 if d.metrics_ok else 0))
 
 
 #: How long one pass over a namespace's pools (kopf's indexes) serves its budget checks. Our own writes and

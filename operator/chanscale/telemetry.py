@@ -147,8 +147,23 @@ def child(metric: Any, *labels: str) -> Any:
     return found
 
 
+_PUBLISHED: dict[tuple[str, str], tuple[float, ...]] = {}
+
+
+def publish_pool(namespace: str, pool: str, values: tuple[float, ...]) -> None:
+    """Set a pool's :data:`PER_POOL` gauges to ``values`` (in that order); nothing to do when they are what the
+    pool's last evaluation published, as for nearly every quiet pool (five locked sets per evaluation otherwise)."""
+    key = (namespace, pool)
+    if _PUBLISHED.get(key) == values:
+        return
+    for gauge, value in zip(PER_POOL, values, strict=True):
+        child(gauge, namespace, pool).set(value)
+    _PUBLISHED[key] = values
+
+
 def forget_pool(namespace: str, pool: str) -> None:
     """Drop a deleted pool's gauges so they do not linger as stale series."""
+    _PUBLISHED.pop((namespace, pool), None)
     for key in [k for k in _CHILDREN if k[1:3] == (namespace, pool)]:
         del _CHILDREN[key]
     for g in PER_POOL:
