@@ -161,13 +161,14 @@ class PrometheusReader:
         callers share one request. The fast path (chanscale.fastpath) refreshes the cheap signals every second
         with a short ``max_age``, so a decision it triggers reads them fresh.
 
-        While a refresh is under way, other callers without ``max_age`` do not wait for it as long as the last good
-        answer is younger than ``hold`` (default ``ttl`` + ``timeout``): they get that answer at once. :meth:`read`
-        holds up to the pool's staleAfterSeconds and adds the answer's age to the sample age it reports, so the
-        decision's staleness rule judges a held answer by how old its data really is. Only the caller that starts the
-        refresh waits for it. With 1 000s of pools a bound of ``ttl`` + ``timeout`` was too short: one answer slower
-        than ``timeout`` made every evaluation wait, each holding one of the ticker's slots, and the replica's pools
-        stopped until Prometheus answered."""
+        While a refresh is under way, other callers without ``max_age`` do not wait for it while the last good
+        answer is late by less than ``hold`` (its age beyond ``ttl``; default ``timeout``): they get that answer at
+        once. Only the caller that starts the refresh waits for it. :meth:`read` holds up to the pool's
+        staleAfterSeconds and adds the lateness to the sample age it reports, so the decision's staleness rule judges
+        a held answer as it would a late scrape. Within ``ttl`` an answer is the current reading by design (the shared
+        queries are sampled once per ``ttl``), as before. With 1 000s of pools a bound of ``timeout`` was too short:
+        one answer slower than that made every evaluation wait, each holding one of the ticker's slots, and the
+        replica's pools stopped until Prometheus answered."""
         return (await self.entry(address, query, max_age, hold))[1]
 
     async def entry(
@@ -183,8 +184,8 @@ class PrometheusReader:
 
     def answer(self, address: str, query: str, max_age: float | None = None, hold: float | None = None) -> Entry | None:
         """What :meth:`query` gives without waiting, as (answered at, answer): a fresh one (or its cached error), or,
-        while a refresh is under way and ``max_age`` is not set, the last good answer if younger than ``hold``. None:
-        the caller must wait for Prometheus."""
+        while a refresh is under way and ``max_age`` is not set, the last good answer if late by less than ``hold``
+        (beyond ``ttl``). None: the caller must wait for Prometheus."""
         now = self._clock()
         key = (address, query)
         hit = self._cache.get(key)
@@ -193,7 +194,7 @@ class PrometheusReader:
         ttl = self.ttl if max_age is None else min(self.ttl, max_age)
         if now - hit[0] < ttl:
             return hit
-        limit = self.ttl + self.timeout if hold is None else hold
+        limit = self.ttl + (self.timeout if hold is None else hold)
         refreshing = key in self._inflight
         if refreshing and max_age is None and now - hit[0] < limit and not isinstance(hit[1], QueryError):
             return hit
@@ -242,12 +243,12 @@ class PrometheusReader:
     async def _answers(
         self, address: str, want: Mapping[str, tuple[str, bool]], hold: float
     ) -> tuple[list[Any], float]:
-        """The answers to ``want``'s queries (an exception for a failed one), and how long ago the oldest contract
-        answer among them came from Prometheus.
+        """The answers to ``want``'s queries (an exception for a failed one), and how late the latest contract answer
+        among them is: held beyond ``ttl`` while a refresh is under way.
 
         Answers the cache holds are taken as they are: at 1 000 pools a task per query per decision (8 000 a tick)
         and a trip through a busy event loop for each decision were most of a quiet pool's decision time. Older
-        answers are held up to ``hold`` (the pool's staleAfterSeconds; :meth:`query`)."""
+        answers are held while late by less than ``hold`` (the pool's staleAfterSeconds; :meth:`query`)."""
         queries = [q for q, _ in want.values()]
         got: list[Any] = [self.answer(address, q, hold=hold) for q in queries]
         missing = [i for i, e in enumerate(got) if e is None]
@@ -257,8 +258,8 @@ class PrometheusReader:
                 got[i] = e
         now = self._clock()
         contract = [e for e, (_, custom) in zip(got, want.values(), strict=True) if not custom]
-        held = max((now - e[0] for e in contract if isinstance(e, tuple)), default=0.0)
-        return [e if isinstance(e, BaseException) else e[1] for e in got], max(0.0, held)
+        late = max((now - e[0] - self.ttl for e in contract if isinstance(e, tuple)), default=0.0)
+        return [e if isinstance(e, BaseException) else e[1] for e in got], max(0.0, late)
 
     async def read(self, namespace: str, spec: PoolSpec) -> PoolSignals:
         """All signals of one pool. Never raises: failures are reported per signal."""
@@ -274,7 +275,7 @@ class PrometheusReader:
             override = spec.metrics.queries.get(sig)
             want[sig] = (render_custom(override, namespace, spec.channel), True) if override else (defaults[sig], False)
         want["age"] = (defaults["age"], False)
-        results, held = await self._answers(address, want, float(spec.metrics.stale_after_seconds))
+        results, late = await self._answers(address, want, float(spec.metrics.stale_after_seconds))
         key = (namespace, spec.channel)
         for (sig, (q, is_custom)), res in zip(want.items(), results, strict=True):
             if isinstance(res, BaseException):
@@ -289,8 +290,8 @@ class PrometheusReader:
             if value is not None and not math.isfinite(value):
                 value = None  # NaN/Inf is not data (and never zero)
             if sig == "age":
-                # The sample's age when Prometheus answered, plus how long the answer has been held since.
-                out.age_seconds = None if value is None else value + held
+                # The sample's age when Prometheus answered, plus how late a held answer is (a late scrape's age).
+                out.age_seconds = None if value is None else value + late
             else:
                 out.values[FIELDS[sig]] = value
         # Custom backlog/arrival queries carry their own freshness; the contract's age applies only to defaults.

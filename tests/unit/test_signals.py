@@ -171,8 +171,8 @@ class GatedProm(FakeProm):
 
 
 async def test_a_slow_refresh_does_not_stop_the_pools_while_the_held_answer_is_within_stale_after() -> None:
-    """A refresh slower than ttl + timeout: pools read the previous answers (aged honestly) instead of each waiting
-    for Prometheus; past the pool's staleAfterSeconds they wait."""
+    """A refresh slower than ttl + timeout: pools read the previous answers (their lateness added to the sample age)
+    instead of each waiting for Prometheus; later than the pool's staleAfterSeconds they wait."""
     now = [0.0]
     prom = GatedProm()
     reader = PrometheusReader("http://prom", ttl=5, timeout=5, query_fn=prom, clock=lambda: now[0])
@@ -183,10 +183,10 @@ async def test_a_slow_refresh_does_not_stop_the_pools_while_the_held_answer_is_w
     await asyncio.sleep(0)
     assert not starter.done()
     now[0] = 30.0  # the refresh has taken 24 s, far past ttl + timeout
-    other = await reader.read("ns", spec("c1"))  # no waiting: the held answers, 30 s old
-    assert other.values["backlog"] == 5.0 and other.age_seconds == 32.0
+    other = await reader.read("ns", spec("c1"))  # no waiting: the held answers, 30 s old, 25 s late
+    assert other.values["backlog"] == 5.0 and other.age_seconds == 27.0  # the sample's 2 s + 25 s late
     strict = spec("c1", metrics={"staleAfterSeconds": 20})
-    waiting = asyncio.ensure_future(reader.read("ns", strict))  # held answers older than its bound: it waits
+    waiting = asyncio.ensure_future(reader.read("ns", strict))  # later than its bound: it waits
     await asyncio.sleep(0)
     assert not waiting.done()
     prom.gate.set()
@@ -195,7 +195,7 @@ async def test_a_slow_refresh_does_not_stop_the_pools_while_the_held_answer_is_w
 
 
 async def test_a_held_answer_past_stale_after_is_stale_to_the_decision() -> None:
-    """The held time counts against staleAfterSeconds exactly as a late scrape would."""
+    """The time held beyond ttl counts against staleAfterSeconds exactly as a late scrape would."""
     from chanscale.decision import Observation, _signals
 
     now = [0.0]
@@ -205,7 +205,7 @@ async def test_a_held_answer_past_stale_after_is_stale_to_the_decision() -> None
     prom.slow, now[0] = True, 6.0
     starter = asyncio.ensure_future(reader.read("ns", spec("c0")))
     await asyncio.sleep(0)
-    now[0] = 59.5  # held 59.5 s, sample 2 s old when answered: 61.5 s > the default 60 s
+    now[0] = 64.0  # 59 s late (ttl 5 s), the sample 2 s old when answered: 61 s > the default 60 s
     sig = await reader.read("ns", spec("c1"))
     v = sig.values
     obs = Observation(
