@@ -354,7 +354,7 @@ class SessionStatusWriter:
             method="patch",
             url=f"{path}?fieldManager={FIELD_MANAGER}",
             payload=dict(body),
-            headers={"Content-Type": "application/merge-patch+json"},
+            headers={"Content-Type": "application/merge-patch+json", "Accept": METADATA_ONLY},
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             backoffs=(),
             settings=self.settings,
@@ -381,6 +381,13 @@ class SessionStatusWriter:
             await self.fallback.write_labels(namespace, name, labels)
             return
         KUBE_REQUESTS.labels("patch", "workerpools").inc()
+
+
+#: Ask for the written object's metadata only (``PartialObjectMetadata``; plain JSON if a server cannot): a write
+#: needs its resourceVersion, not the whole pool back. The full answer carried the pool's status with its history,
+#: which the API server encoded and the operator decoded for every write (3 % of the operator's samples at 1 000
+#: pools).
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 
 def _short_error(e: Exception) -> str:

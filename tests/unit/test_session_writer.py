@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kopf._cogs.clients import api, auth, errors
 
-from chanscale.kube import SessionStatusWriter, StatusWriteError
+from chanscale.kube import METADATA_ONLY, SessionStatusWriter, StatusWriteError
 
 pytestmark = pytest.mark.unit
 
@@ -72,7 +72,7 @@ def test_a_status_write_is_one_merge_patch_of_the_status_subresource(monkeypatch
     assert req["method"] == "patch"
     assert req["url"] == "/apis/chanscale.dev/v1alpha1/namespaces/ns/workerpools/orders/status?fieldManager=chanscale"
     assert req["payload"] == {"status": {"replicas": 3}}
-    assert req["headers"] == {"Content-Type": "application/merge-patch+json"}
+    assert req["headers"] == {"Content-Type": "application/merge-patch+json", "Accept": METADATA_ONLY}
     assert req["backoffs"] == ()  # one attempt: a failed write is retried on the next tick, not for a minute
     run_in_kopf_context(lambda: writer.write_labels("ns", "orders", {"chanscale.dev/escalated": None}))
     assert sent[1]["url"].startswith("/apis/chanscale.dev/v1alpha1/namespaces/ns/workerpools/orders?")
