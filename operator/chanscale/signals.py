@@ -133,7 +133,7 @@ class PrometheusReader:
         self.timeout = timeout
         self._clock = clock
         self._query_fn = query_fn or self._prometheus_api_client_query
-        self._cache: dict[tuple[str, str], tuple[float, Result | QueryError]] = {}
+        self._cache: dict[tuple[str, str], Entry] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[tuple[float, Result]]] = {}  # refreshes under way
         self._clients: dict[str, Any] = {}
         self._on_query = on_query
