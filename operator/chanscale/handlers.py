@@ -37,7 +37,7 @@ from .reconcile import Config, Runtime, Target, tick
 from .scaletarget import ScaleSubresource
 from .signals import PrometheusReader
 from .spec import PoolSpec, SpecError
-from .ticker import BY_KEY, BY_NAMESPACE, BY_TARGET, Ticker, pool_views, slim_body
+from .ticker import BY_KEY, BY_NAMESPACE, BY_TARGET, PoolListing, Ticker, pool_views, slim_body
 
 log = logging.getLogger("chanscale")
 
@@ -239,21 +239,10 @@ def start_ticker(
     rt: Runtime = memo.runtime
     gc.freeze()  # see configure(): the first listing of every watched resource is in memory now
 
-    listed: list[Any] = [None, 0.0]  # (the last listing, when): the ticker's resync and the fast path share it
-
-    def bodies() -> list[tuple[tuple[str, str], Mapping[str, Any]]]:
-        now = asyncio.get_running_loop().time()
-        if listed[0] is not None and 0 <= now - listed[1] < BODIES_TTL:
-            return cast(list[tuple[tuple[str, str], Mapping[str, Any]]], listed[0])
-        out = []
-        for key, store in list(pools.items()):
-            body = next(iter(list(store or ())[:1]), None)
-            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-                continue
-            if owns is None or owns(key):
-                out.append((key, body))
-        listed[0], listed[1] = out, now
-        return out
+    # The pools this replica evaluates, kept between changes of membership (the `known` handler notes them) and of
+    # the shards it holds; the ticker's resync and the fast path's poll (both every second) share one listing.
+    listing = PoolListing(pools, owns, getattr(memo, "ownership", lambda: None), ttl=BODIES_TTL)
+    memo.scheduler["listing"] = listing
 
     async def run_one(key: tuple[str, str], forced: bool) -> None:
         if owns is not None and not owns(key):
@@ -267,7 +256,7 @@ def start_ticker(
 
     ticker = Ticker(
         interval=config.tick,
-        keys=lambda: [k for k, _ in bodies()],
+        keys=listing.current,
         run_one=run_one,
         concurrency=TICK_CONCURRENCY,
         on_lag=telemetry.LOOP_LAG_SECONDS.observe,
@@ -277,7 +266,7 @@ def start_ticker(
         fast = FastPath(
             rt.reader,
             config.prometheus_url,
-            pools=lambda: [(k, b.get("spec") or {}) for k, b in bodies()],
+            pools=lambda: [(k, b.get("spec") or {}) for k, b in listing.bodies()],
             trigger=ticker.trigger,
             period=fast_period,
         )
@@ -314,6 +303,7 @@ def start_election(memo: kopf.Memo, elector: Elector) -> None:
 
     elector.on_change = changed
     memo.owns = health.owns = elector.owns
+    memo.ownership = lambda: frozenset(elector.active_shards())  # a change makes the ticker list its pools again
     memo.elector_task = asyncio.create_task(elector.run(), name="chanscale-leader-election")
 
 
@@ -582,6 +572,9 @@ def _register_pool_handlers(
         gone = event.get("type") == "DELETED" or bool(meta.get("deletionTimestamp"))
         if health is not None:
             (health.gone if gone else health.seen)(key)
+        listing: PoolListing | None = getattr(memo, "scheduler", {}).get("listing")
+        if listing is not None:
+            listing.note(key, gone)
         rt: Runtime | None = getattr(memo, "runtime", None)
         if rt is not None and event.get("type") == "DELETED":
             rt.forget(*key)

@@ -54,6 +54,32 @@ def test_a_running_pool_is_not_started_again_and_a_gone_pool_is_forgotten() -> N
     assert ("ns", "b") not in t.next_due
 
 
+def test_a_pool_running_since_before_its_slot_starts_again_when_done_and_only_then() -> None:
+    keys = [("ns", "a")]
+    t = _ticker(keys)
+    t.due(0.0)
+    slot = t.next_due[("ns", "a")]
+    t.inflight[("ns", "a")] = None  # type: ignore[assignment]
+    t.running[("ns", "a")] = slot - 1.0  # began before the slot: its answer predates it
+    assert t.due(slot) == [] and t.parked == {("ns", "a"): slot}
+    assert t.due(slot + 5.0) == [] and not t.heap  # parked: not looked at again at every step
+    t._done(("ns", "a"), None)  # type: ignore[arg-type]
+    assert t.due(slot + 5.1) == [("ns", "a")]  # at the next step, and its next slot is kept
+    assert t.next_due[("ns", "a")] == slot + 10.0
+
+
+def test_a_pool_still_waiting_for_a_place_takes_the_slot_it_will_begin_after() -> None:
+    keys = [("ns", "a")]
+    t = _ticker(keys)
+    t.due(0.0)
+    slot = t.next_due[("ns", "a")]
+    t.inflight[("ns", "a")] = None  # type: ignore[assignment]  # started for an earlier slot, not yet running
+    assert t.due(slot) == [] and not t.parked
+    assert t.next_due[("ns", "a")] == slot + 10.0  # its evaluation begins after this slot: one, not two
+    t._done(("ns", "a"), None)  # type: ignore[arg-type]
+    assert t.due(slot + 1.0) == []
+
+
 def test_run_evaluates_every_pool_and_bounds_concurrency() -> None:
     keys = [("ns", f"p{i}") for i in range(20)]
     seen: list[tuple[str, str]] = []
@@ -196,3 +222,36 @@ def test_one_pool_index_reads_as_the_three_it_replaces() -> None:
     assert sorted(views["pools"]) == [("ns", "a"), ("ns", "b"), ("ns", "c")] and len(views["pools"]) == 3
     assert [b["spec"]["channel"] for b in views["pools"][("ns", "c")]] == ["c"]
     assert dict(views["pools"].items()).keys() == {("ns", "a"), ("ns", "b"), ("ns", "c")}
+
+
+def test_the_pool_listing_is_scanned_again_only_when_membership_or_ownership_changes() -> None:
+    from chanscale.ticker import PoolListing
+
+    pools: dict[tuple[str, str], list[dict[str, Any]]] = {
+        ("ns", f"p{i}"): [{"metadata": {"name": f"p{i}"}, "spec": {"n": i}}] for i in range(4)
+    }
+    clock, shards = [0.0], [frozenset({0})]
+
+    def owns(key: tuple[str, str]) -> bool:
+        return int(key[1][1:]) % 2 in shards[0]
+
+    listing = PoolListing(pools, owns, lambda: shards[0], clock=lambda: clock[0], ttl=0.5, rescan=30.0)
+    assert listing.current() == [("ns", "p0"), ("ns", "p2")] and listing.scans == 1
+    listing.note(("ns", "p0"), gone=False)  # a status write of a known pool: nothing to list again
+    clock[0] = 1.0
+    assert listing.current() == [("ns", "p0"), ("ns", "p2")] and listing.scans == 1
+    pools[("ns", "p4")] = [{"metadata": {"name": "p4"}, "spec": {}}]
+    listing.note(("ns", "p4"), gone=False)  # a new pool
+    assert ("ns", "p4") in listing.current() and listing.scans == 2
+    shards[0] = frozenset({0, 1})  # took over a shard
+    assert len(listing.current()) == 5 and listing.scans == 3
+    clock[0] = 40.0  # and every `rescan` seconds in any case
+    listing.current()
+    assert listing.scans == 4
+    # bodies are read afresh (a spec edit shows at once), without pools being deleted or gone
+    pools[("ns", "p1")] = [{"metadata": {"name": "p1", "deletionTimestamp": "x"}, "spec": {}}]
+    del pools[("ns", "p3")]
+    pools[("ns", "p0")] = [{"metadata": {"name": "p0"}, "spec": {"n": 100}}]
+    clock[0] = 41.0
+    listed = dict(listing.bodies())
+    assert set(listed) == {("ns", "p0"), ("ns", "p2"), ("ns", "p4")} and listed[("ns", "p0")]["spec"] == {"n": 100}
