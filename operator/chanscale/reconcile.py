@@ -120,7 +120,7 @@ class Runtime:
     gate: Any  # chanscale.policy.PolicyGate
     scaler: Scaler
     wall: Any = time.time
-    last_eval: dict[tuple[str, str], float] = field(default_factory=dict)
+    last_eval: dict[tuple[str, str], tuple[float, bool]] = field(default_factory=dict)  # (began, forced)
     last_written: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     last_scale_write: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     # the counts our recent writes moved away from, with when: an index still showing one of them is behind us
@@ -171,10 +171,22 @@ def is_paused(meta: Mapping[str, Any], spec: Mapping[str, Any]) -> str | None:
 
 
 def due(rt: Runtime, key: tuple[str, str], spec: PoolSpec, now: float) -> bool:
-    """Whether a pool's pollingInterval has elapsed (the timer fires every ``tick``)."""
-    interval = spec.polling_interval or rt.config.tick
+    """Whether this evaluation is owed. The ticker (or kopf's timer) starts a pool once per ``tick``, at its slot.
+
+    - At the tick's own interval, a slot is skipped only if the fast path evaluated the pool within the last half
+      tick: that evaluation stands for it. A scheduled evaluation that began late (it waited for a place) does not
+      make the next slot early: measured from its start, on-time slots looked early under load and were skipped,
+      doubling the pool's gap.
+    - A longer ``pollingInterval`` counts from the last evaluation, with half a tick's tolerance.
+    """
+    interval, half = spec.polling_interval or rt.config.tick, rt.config.tick / 2
     last = rt.last_eval.get(key)
-    return last is None or now - last >= interval - rt.config.tick / 2
+    if last is None:
+        return True
+    at, forced = last
+    if interval <= rt.config.tick:
+        return not forced or now - at >= half
+    return now - at >= interval - half
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -394,7 +406,7 @@ async def tick(rt: Runtime, body: Mapping[str, Any], target: Target | None, *, f
         return await _fail(rt, key, mem, old, gen, now, None, "InvalidSpec", f"invalid spec: {e}")
     if not force and not due(rt, key, spec, now):
         return TickResult(status=None, skipped=True)
-    rt.last_eval[key] = now
+    rt.last_eval[key] = (now, force)
     started = time.perf_counter()
     try:
         return await _tick(rt, body, mem, spec, target, now)

@@ -276,6 +276,21 @@ async def test_polling_interval_is_honoured() -> None:
     assert not (await tick(rt, body, t)).skipped
 
 
+async def test_a_late_evaluation_does_not_skip_the_next_slot_but_a_fast_path_one_stands_for_it() -> None:
+    rt = runtime()
+    body = pool()
+    t = Target(name="worker", exists=True, replicas=13, ready=13)
+    assert not (await tick(rt, body, t)).skipped  # began late: it waited 6 s of a 10 s tick for a place
+    rt.clock[0] += 4  # type: ignore[attr-defined]
+    assert not (await tick(rt, body, t)).skipped  # the next slot, on time: still owed
+    rt.clock[0] += 6  # type: ignore[attr-defined]
+    assert not (await tick(rt, body, t, force=True)).skipped  # the fast path's
+    rt.clock[0] += 2  # type: ignore[attr-defined]
+    assert (await tick(rt, body, t)).skipped  # the slot 2 s later: the fast path's evaluation stands for it
+    rt.clock[0] += 4  # type: ignore[attr-defined]
+    assert not (await tick(rt, body, t)).skipped
+
+
 def test_status_patch_removes_keys_that_disappeared() -> None:
     from chanscale.reconcile import status_patch
 
