@@ -490,3 +490,33 @@ def test_a_restored_state_carries_the_current_run_and_activity_over_the_gap() ->
     idle = PoolState(recommendations=((60.0, 100.0, 7),), last_active=80.0, at=100.0).resumed(400.0)
     assert idle.last_active == 80.0  # idle at the copy's tick: the written time stands
     assert PoolState().resumed(400.0) == PoolState()
+
+
+def test_a_scale_down_reuses_the_namespace_pass_for_a_tick_a_scale_up_for_a_second() -> None:
+    import time
+
+    from chanscale.reconcile import _peers
+
+    rt = runtime()
+    passes: list[int] = []
+
+    def peers() -> tuple[list[dict[str, Any]], dict[str, int]]:
+        passes.append(1)
+        return [{"name": "b", "target": "wb", "created": "", "mode": "Active", "replicas": 3}], {"wb": 3}
+
+    t = Target(name="worker", exists=True, replicas=4, ready=4, peers=peers)
+    others, _ = _peers(rt, "ns", "a", t, 0.0, False, rising=True)
+    assert others["replicas"] == 3 and len(passes) == 1
+
+    def age(seconds: float) -> None:
+        at, claims = rt.tenancy.peer_claims["ns"]
+        rt.tenancy.peer_claims["ns"] = (time.monotonic() - seconds, claims)
+
+    age(2.0)  # older than PEER_CLAIMS_TTL
+    _peers(rt, "ns", "a", t, 0.0, False, rising=False)
+    assert len(passes) == 1  # a scale-down cannot raise the total: the last pass serves it
+    _peers(rt, "ns", "a", t, 0.0, False, rising=True)
+    assert len(passes) == 2  # a scale-up never reads sums older than a second
+    age(rt.config.tick + 1)
+    _peers(rt, "ns", "a", t, 0.0, False, rising=False)
+    assert len(passes) == 3  # nor a scale-down older than a tick
