@@ -509,7 +509,7 @@ def test_a_scale_down_reuses_the_namespace_pass_for_a_tick_a_scale_up_for_a_seco
     assert others["replicas"] == 3 and len(passes) == 1
 
     def age(seconds: float) -> None:
-        at, claims = rt.tenancy.peer_claims["ns"]
+        _, claims = rt.tenancy.peer_claims["ns"]
         rt.tenancy.peer_claims["ns"] = (time.monotonic() - seconds, claims)
 
     age(2.0)  # older than PEER_CLAIMS_TTL
