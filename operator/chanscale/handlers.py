@@ -43,9 +43,7 @@ log = logging.getLogger("chanscale")
 
 #: Threads for blocking API and Prometheus requests; the ticker runs at most TICK_CONCURRENCY pools at once.
 EXECUTOR_THREADS = 16
-#: Quiet evaluations take about a millisecond; the ones that write wait for the API server, at most
-#: reconcile.WRITE_CONCURRENCY of them at once, so the rest of these places stay free for the quiet pools.
-TICK_CONCURRENCY = 256
+TICK_CONCURRENCY = 64
 #: Seconds one listing of the pools index serves the ticker's resync and the fast path's poll (both every second).
 BODIES_TTL = 0.5
 

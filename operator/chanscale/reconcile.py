@@ -7,7 +7,6 @@ returned status through kopf's patch object.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import re
@@ -112,12 +111,6 @@ class PoolMemory:
         return self.parsed[1]
 
 
-#: Writes (status, labels, scale) in flight at once per replica. The ticker runs up to handlers.TICK_CONCURRENCY
-#: evaluations; without this bound, the pools that write would hold those places while the API server is slow,
-#: and the quiet pools, which write nothing, would wait for them.
-WRITE_CONCURRENCY = 32
-
-
 @dataclass
 class Runtime:
     """Operator-wide state: config, the shared Prometheus reader, the policy gate, the scaler."""
@@ -144,7 +137,6 @@ class Runtime:
     direct: Any = None  # direct.DirectPath with --direct-metrics (its readings are taken by the fast path)
     # whether this policy call carries the namespace's pool list (chanscale.peerlist); None: it always does
     peer_list: Callable[[], Awaitable[bool]] | None = None
-    write_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(WRITE_CONCURRENCY))
 
     def index_lag_start(self, now: float) -> float:
         """Writes after this moment may not be in kopf's indexes yet (two ticks: the window our own writes win)."""
@@ -358,8 +350,7 @@ async def _write_status(
             rt.memory_writes.append((key[0], key[1], patch))
             rv = None if mem.rv is None else mem.rv + 1
         else:
-            async with rt.write_slots:
-                written = await rt.writer.write_status(key[0], key[1], patch)
+            written = await rt.writer.write_status(key[0], key[1], patch)
             rv = int(written) if written and written.isdigit() else None
     except StatusWriteError as e:
         log.warning("pool %s/%s: status write failed (retrying next tick): %s", key[0], key[1], e)
@@ -393,8 +384,7 @@ async def _write_labels(rt: Runtime, key: tuple[str, str], labels: Mapping[str, 
     if rt.writer is None:
         return
     try:
-        async with rt.write_slots:
-            await rt.writer.write_labels(key[0], key[1], labels)
+        await rt.writer.write_labels(key[0], key[1], labels)
     except StatusWriteError as e:
         log.warning("pool %s/%s: label write failed (retrying next tick): %s", key[0], key[1], e)
 
@@ -730,12 +720,11 @@ async def _act(rt: Runtime, facts: Facts, mem: PoolMemory, seen: Observed) -> Po
     mem.status = ahead
     crash_point("after-intent")
     try:
-        async with rt.write_slots:
-            if facts.spec.scales_deployment:
-                await rt.scaler.scale(seen.ns, seen.target_name, d.desired)
-            else:  # any kind with a /scale subresource (scaletarget.py)
-                ref = facts.spec
-                await rt.scale_any.scale(seen.ns, ref.scale_api_version, ref.scale_kind, seen.target_name, d.desired)
+        if facts.spec.scales_deployment:
+            await rt.scaler.scale(seen.ns, seen.target_name, d.desired)
+        else:  # any kind with a /scale subresource (scaletarget.py)
+            ref = facts.spec
+            await rt.scale_any.scale(seen.ns, ref.scale_api_version, ref.scale_kind, seen.target_name, d.desired)
     except ScaleError as e:
         reason = e.reason if e.reason != "ApiError" else "ScaleFailed"
         return await _fail(rt, key, mem, seen.old, seen.gen, now, seen.target_name, reason, brief(*key, str(e)))
