@@ -128,7 +128,7 @@ class PoolListing:
     """The pools this replica evaluates, as (key, body), for the ticker's resync and the fast path's poll.
 
     Finding them means scanning the whole index (every pool's three keys) and asking ``owns`` for each: at 5 000
-    pools on 3 shards that was 70 ms a second, a fifth of a replica's CPU. So the keys are kept between changes of
+    pools on 3 shards that was 15 % of a replica's Python time (py-spy). So the keys are kept between changes of
     membership: :meth:`note` (every watch event) marks the listing stale when a pool is new or going, as does a
     change of ``ownership`` (the shards this replica holds), and it is rescanned anyway every ``rescan`` seconds.
     The bodies are read afresh (at most every ``ttl`` seconds): a spec edit shows at once."""
