@@ -37,14 +37,15 @@ from .reconcile import Config, Runtime, Target, tick
 from .scaletarget import ScaleSubresource
 from .signals import PrometheusReader
 from .spec import PoolSpec, SpecError
-from .ticker import BY_KEY, BY_NAMESPACE, BY_TARGET, PoolListing, Ticker, pool_views, slim_body
+from .ticker import BY_KEY, BY_NAMESPACE, BY_TARGET, PoolListing, Ticker, first_body, pool_views, slim_body
 
 log = logging.getLogger("chanscale")
 
 #: Threads for blocking API and Prometheus requests; the ticker runs at most TICK_CONCURRENCY pools at once.
 EXECUTOR_THREADS = 16
 TICK_CONCURRENCY = 64
-#: Seconds one listing of the pools index serves the ticker's resync and the fast path's poll (both every second).
+#: Seconds the pools' bodies, read from the index, serve the fast path's poll (PoolListing.bodies; the ticker needs
+#: only the keys).
 BODIES_TTL = 0.5
 
 #: The one kopf index of WorkerPools (:func:`chanscale.ticker.pool_views`).
@@ -247,12 +248,12 @@ def start_ticker(
     async def run_one(key: tuple[str, str], forced: bool) -> None:
         if owns is not None and not owns(key):
             return  # lost the shard since the step began: the new owner evaluates it
-        for body in list(pools.get(key) or ())[:1]:
-            if (body.get("metadata") or {}).get("deletionTimestamp"):
-                return  # being deleted since the ticker last read the pools
-            if fast is not None:
-                fast.note(key)
-            await evaluate(rt, body, indexes, force=forced)
+        body = first_body(pools.get(key))
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return  # gone or being deleted since the ticker last read the pools
+        if fast is not None:
+            fast.note(key)
+        await evaluate(rt, body, indexes, force=forced)
 
     ticker = Ticker(
         interval=config.tick,

@@ -118,7 +118,7 @@ def phase(key: PoolKey, interval: float) -> float:
     return (zlib.crc32(f"{key[0]}/{key[1]}".encode()) / 2**32) * interval
 
 
-def _first(store: Any) -> Any:
+def first_body(store: Any) -> Any:
     """The one body a kopf index store holds for a pool (None when the pool is gone)."""
     return next(iter(list(store or ())[:1]), None)
 
@@ -170,7 +170,7 @@ class PoolListing:
             return self._listed[1]
         out = []
         for key in keys:
-            body = _first(self.pools.get(key))
+            body = first_body(self.pools.get(key))
             if body is not None and not (body.get("metadata") or {}).get("deletionTimestamp"):
                 out.append((key, body))
         self._listed = (now, out)
