@@ -112,7 +112,7 @@ class Stack:
         applied = self.cp.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
         if applied.returncode != 0:
             raise RuntimeError(f"kubectl apply -f crds/ failed: {applied.stderr}")
-        self.cp.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s", check=True)
+        self.cp.wait_established(f"{PLURAL}.{GROUP}")
         self.api = self.cp.api_client()
         client.CoreV1Api(self.api).create_namespace(
             client.V1Namespace(metadata=client.V1ObjectMeta(name=self.namespace))

@@ -36,7 +36,6 @@ from chanscale.local.harness import (
     SimFactory,
     SimProcess,
 )
-from chanscale.local.process import wait_until
 from chanscale.local.prometheus import LocalPrometheus
 
 CRD_DIR = REPO_ROOT / "crds"
@@ -102,17 +101,10 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[LocalControlPlane]
     try:
         applied = cp.kubectl("apply", "-f", str(CRD_DIR))
         assert applied.returncode == 0, f"kubectl apply -f crds/ failed:\n{applied.stderr}"
-        # `kubectl wait` fails at once while the new CRD has no status.conditions yet: ask again until it answers.
-        established: list[Any] = []
-
-        def crd_established() -> bool:
-            established[:] = [cp.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")]
-            return established[0].returncode == 0
-
         try:
-            wait_until(crd_established, 60, f"CRD {CRD_NAME} Established", interval=0.5)
-        except Exception as exc:
-            raise AssertionError(f"CRD {CRD_NAME} not Established:\n{established[0].stderr}") from exc
+            cp.wait_established(CRD_NAME)
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from exc
         request.config.stash.setdefault(_TIMINGS, []).append(cp.timings.summary())
         yield cp
     finally:

@@ -22,7 +22,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -152,18 +151,13 @@ class LocalArgoCD(ManagedGroup):
         self._kubectl("create", "namespace", NAMESPACE)
         self._kubectl("apply", "--server-side", "-k", str(manifests / "crds"))
         for crd in ("applications.argoproj.io", "appprojects.argoproj.io"):
-            # `kubectl wait` fails at once while a new CRD has no status.conditions yet: ask until it answers.
-            wait_until(partial(self._established, crd), 60, f"CRD {crd} Established", interval=0.3)
+            self.cluster.wait_established(crd)
         docs = [d for d in yaml.safe_load_all((manifests / "install.yaml").read_text()) if d]
         objs = [self._configured(d) for d in docs if d.get("kind") in INSTALL_KINDS]
         objs.append(self._default_project())
         self._kubectl(
             "apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps({"kind": "List", "apiVersion": "v1", "items": objs})
         )
-
-    def _established(self, crd: str) -> bool:
-        res = self.cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=10s")
-        return res.returncode == 0
 
     def _configured(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Fill in what the API server would: our argocd-cm settings and the server's secret key."""

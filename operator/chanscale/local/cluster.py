@@ -365,6 +365,20 @@ class LocalControlPlane(ManagedGroup):
         argv = [str(self.binary("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
         return subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout, check=check)
 
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """Wait until a CRD is Established. ``kubectl wait`` fails at once while a new CRD has no status.conditions
+        yet, so ask again until it answers; raise with kubectl's last error after ``timeout`` seconds."""
+        last: list[subprocess.CompletedProcess[str]] = []
+
+        def established() -> bool:
+            last[:] = [self.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=10s")]
+            return last[0].returncode == 0
+
+        try:
+            wait_until(established, timeout, f"CRD {crd} Established", interval=0.5)
+        except Exception as exc:
+            raise RuntimeError(f"CRD {crd} not Established:\n{last[0].stderr if last else ''}") from exc
+
     def kubectl_json(self, *args: str) -> Any:
         """``kubectl ... -o json`` parsed; raises with kubectl's stderr when it fails."""
         res = self.kubectl(*args, "-o", "json")
