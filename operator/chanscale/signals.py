@@ -161,9 +161,9 @@ class PrometheusReader:
         callers share one request. The fast path (chanscale.fastpath) refreshes the cheap signals every second
         with a short ``max_age``, so a decision it triggers reads them fresh.
 
-        While a refresh is under way, other callers without ``max_age`` do not wait for it while the last good
-        answer is late by less than ``hold`` (its age beyond ``ttl``; default ``timeout``): they get that answer at
-        once. Only the caller that starts the refresh waits for it. :meth:`read` holds up to the pool's
+        While a refresh is under way, other callers without ``max_age`` do not wait for it while the last answer
+        is late by less than ``hold`` (its age beyond ``ttl``; default ``timeout``): they get that answer at once, or
+        the failure it was. Only the caller that starts the refresh waits for it. :meth:`read` holds up to the pool's
         staleAfterSeconds and adds the lateness to the sample age it reports, so the decision's staleness rule judges
         a held answer as it would a late scrape. Within ``ttl`` an answer is the current reading by design (the shared
         queries are sampled once per ``ttl``), as before. With 1 000s of pools a bound of ``timeout`` was too short:
@@ -184,8 +184,8 @@ class PrometheusReader:
 
     def answer(self, address: str, query: str, max_age: float | None = None, hold: float | None = None) -> Entry | None:
         """What :meth:`query` gives without waiting, as (answered at, answer): a fresh one (or its cached error), or,
-        while a refresh is under way and ``max_age`` is not set, the last good answer if late by less than ``hold``
-        (beyond ``ttl``). None: the caller must wait for Prometheus."""
+        while a refresh is under way and ``max_age`` is not set, the last answer, good or failed, if late by less than
+        ``hold`` (beyond ``ttl``). None: the caller must wait for Prometheus."""
         now = self._clock()
         key = (address, query)
         hit = self._cache.get(key)
@@ -196,7 +196,10 @@ class PrometheusReader:
             return hit
         limit = self.ttl + (self.timeout if hold is None else hold)
         refreshing = key in self._inflight
-        if refreshing and max_age is None and now - hit[0] < limit and not isinstance(hit[1], QueryError):
+        # A failed answer too: the pools it failed report that failure again instead of waiting, each in one of
+        # the ticker's places, for a Prometheus that has just timed out (at 5 000 pools those waits, up to
+        # timeout x retries each, cut a replica to a sixth of its evaluations).
+        if refreshing and max_age is None and now - hit[0] < limit:
             return hit
         return None
 

@@ -194,6 +194,27 @@ async def test_a_slow_refresh_does_not_stop_the_pools_while_the_held_answer_is_w
     assert fresh.age_seconds == 2.0 and (await starter).age_seconds == 2.0
 
 
+async def test_after_a_failed_answer_only_the_refresh_starter_waits() -> None:
+    """A query that failed (a timeout under load): once its answer is older than ttl, the pool that starts the next
+    refresh waits for it, the others get the failure again at once (a failed read, as within ttl) instead of each
+    waiting for the same Prometheus in one of the ticker's places. The new answer replaces it for everyone."""
+    now = [0.0]
+    prom = GatedProm(fail=True)
+    reader = PrometheusReader("http://prom", ttl=5, timeout=5, query_fn=prom, clock=lambda: now[0])
+    failed = await reader.read("ns", spec("c0"))
+    assert "connection refused" in (failed.errors.get("backlog") or "")
+    prom.slow, now[0] = True, 6.0
+    starter = asyncio.ensure_future(reader.read("ns", spec("c0")))  # starts the refreshes and waits for them
+    await asyncio.sleep(0)
+    assert not starter.done()
+    other = await asyncio.wait_for(reader.read("ns", spec("c1")), 1)  # no waiting: the last failure
+    assert "connection refused" in (other.errors.get("backlog") or "") and other.values["backlog"] is None
+    prom.fail, prom.slow = False, False
+    prom.gate.set()
+    assert (await starter).values["backlog"] == 5.0
+    assert (await reader.read("ns", spec("c1"))).values["backlog"] == 5.0
+
+
 async def test_a_held_answer_past_stale_after_is_stale_to_the_decision() -> None:
     """The time held beyond ttl counts against staleAfterSeconds exactly as a late scrape would."""
     from chanscale.decision import Observation, _signals
