@@ -261,7 +261,8 @@ class PrometheusReader:
                 got[i] = e
         now = self._clock()
         contract = [e for e, (_, custom) in zip(got, want.values(), strict=True) if not custom]
-        late = max((now - e[0] - self.ttl for e in contract if isinstance(e, tuple)), default=0.0)
+        held = [e for e in contract if isinstance(e, tuple) and not isinstance(e[1], QueryError)]  # a failure: no data
+        late = max((now - e[0] - self.ttl for e in held), default=0.0)
         return [e if isinstance(e, BaseException) else e[1] for e in got], max(0.0, late)
 
     async def read(self, namespace: str, spec: PoolSpec) -> PoolSignals:
