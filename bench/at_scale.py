@@ -111,42 +111,28 @@ def _cores(before: dict[str, float], after: dict[str, float], seconds: float) ->
 
 def _write_latency(before: Samples, after: Samples, resource: str, subresource: str, q: float) -> float | None:
     """The API server's own latency quantile for PATCH on ``resource/subresource`` over the window."""
+    match = {"verb": "PATCH", "resource": resource, "subresource": subresource}
+    return hist_quantile(before, after, "apiserver_request_duration_seconds", q, match)
+
+
+def hist_quantile(
+    before: Samples, after: Samples, name: str, q: float, match: dict[str, str] | None = None
+) -> float | None:
+    """histogram_quantile over the delta of a histogram between two scrapes; with ``match``, of the series whose
+    labels have those values (a missing label counts as ""). None when nothing was observed."""
 
     def buckets(samples: Samples) -> dict[float, float]:
         out: dict[float, float] = defaultdict(float)
         for n, lbl, v in samples:
-            if (
-                n == "apiserver_request_duration_seconds_bucket"
-                and lbl.get("verb") == "PATCH"
-                and lbl.get("resource") == resource
-                and lbl.get("subresource", "") == subresource
-            ):
+            if n == f"{name}_bucket" and all(lbl.get(k, "") == want for k, want in (match or {}).items()):
                 out[float(lbl["le"])] += v
         return out
 
     b0, b1 = buckets(before), buckets(after)
     les = sorted(b1)
     counts = [b1[le] - b0.get(le, 0.0) for le in les]
-    if not les or sum(counts) <= 0:
+    if not les or (match is not None and sum(counts) <= 0):
         return None
-    return bucket_quantile(q, [le for le in les if le != float("inf")], counts)
-
-
-def hist_quantile(before: Samples, after: Samples, name: str, q: float) -> float | None:
-    """histogram_quantile over the delta of a prometheus_client histogram between two scrapes."""
-
-    def buckets(samples: Samples) -> dict[float, float]:
-        out: dict[float, float] = defaultdict(float)
-        for n, lbl, v in samples:
-            if n == f"{name}_bucket":
-                out[float(lbl["le"])] += v
-        return out
-
-    b0, b1 = buckets(before), buckets(after)
-    les = sorted(b1)
-    if not les:
-        return None
-    counts = [b1[le] - b0.get(le, 0.0) for le in les]
     return bucket_quantile(q, [le for le in les if le != float("inf")], counts)
 
 
