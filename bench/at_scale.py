@@ -23,7 +23,11 @@ writes its first status), a warm-up (rate() windows fill, first scale-ups settle
   ``chanscale_verdict_duration_seconds`` (signals + decision + policy gate, before any write), and the whole
   *evaluation*, ``chanscale_decision_duration_seconds`` (the same plus the scale write, the status write and its
   wait for the API server); ``chanscale_policy_duration_seconds`` for the policy call alone;
-- /proc gives the operator's RSS and CPU (the supervised OPA child separately); the load average is recorded.
+- /proc gives the operator's RSS and CPU (the supervised OPA child separately); the load average is recorded;
+- where the machine's cores went: each program's CPU over the window (etcd, the API server, the controller-manager,
+  Prometheus, the simulator, the operators, their OPAs) and the machine's busy, steal and idle time from /proc/stat,
+  all in cores; and the API server's own latency for the operators' writes (``apiserver_request_duration_seconds``
+  of PATCH on workerpools/status and deployments/scale), to tell a slow server from a wait in the client.
 """
 
 from __future__ import annotations
@@ -72,21 +76,63 @@ def _tree_usage(pid: int) -> dict[str, float]:
     return {"rss_mib": rss, "cpu_s": cpu, "child_rss_mib": c_rss, "child_cpu_s": c_cpu}
 
 
-def hist_quantile(before: Samples, after: Samples, name: str, q: float) -> float | None:
-    """histogram_quantile over the delta of a prometheus_client histogram between two scrapes."""
+def _machine_ticks() -> dict[str, float]:
+    """The machine's CPU time so far, in seconds, from /proc/stat: busy (user+nice+system+irq+softirq), steal, idle
+    (+ iowait). Steal is time the hypervisor gave the cores to somebody else."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = f
+    return {"busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz, "idle": (idle + iowait) / hz}
+
+
+def _program_cpu(st: Stack, pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of each program of the bench, keyed by name; the operators (and, apart, their OPAs) summed."""
+    named: list[tuple[str, int | None]] = [
+        (p.name, p.pid) for group in (st.cp, st.prom) if group is not None for p in group.processes
+    ]
+    if st.sim is not None:
+        named.append(("simulator", st.sim.pid))
+    out: dict[str, float] = defaultdict(float)
+    for name, pid in named:
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                out[name] += process_usage(pid)[1]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            use = _tree_usage(pid)
+            out["operators"] += use["cpu_s"]
+            out["operators' OPAs"] += use["child_cpu_s"]
+    return out
+
+
+def _cores(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    return {k: round((after[k] - before.get(k, 0.0)) / seconds, 3) for k in after}
+
+
+def _write_latency(before: Samples, after: Samples, resource: str, subresource: str, q: float) -> float | None:
+    """The API server's own latency quantile for PATCH on ``resource/subresource`` over the window."""
+    match = {"verb": "PATCH", "resource": resource, "subresource": subresource}
+    return hist_quantile(before, after, "apiserver_request_duration_seconds", q, match)
+
+
+def hist_quantile(
+    before: Samples, after: Samples, name: str, q: float, match: dict[str, str] | None = None
+) -> float | None:
+    """histogram_quantile over the delta of a histogram between two scrapes; with ``match``, of the series whose
+    labels have those values (a missing label counts as ""). None when nothing was observed."""
 
     def buckets(samples: Samples) -> dict[float, float]:
         out: dict[float, float] = defaultdict(float)
         for n, lbl, v in samples:
-            if n == f"{name}_bucket":
+            if n == f"{name}_bucket" and all(lbl.get(k, "") == want for k, want in (match or {}).items()):
                 out[float(lbl["le"])] += v
         return out
 
     b0, b1 = buckets(before), buckets(after)
     les = sorted(b1)
-    if not les:
-        return None
     counts = [b1[le] - b0.get(le, 0.0) for le in les]
+    if not les or (match is not None and sum(counts) <= 0):
+        return None
     return bucket_quantile(q, [le for le in les if le != float("inf")], counts)
 
 
@@ -233,8 +279,10 @@ def measure(
     load_before = _load()
     series: list[tuple[float, dict[str, float]]] = []
     before = metrics()
-    api_before = _apiserver_requests(st.apiserver_metrics())
+    raw_api_before = st.apiserver_metrics()
+    api_before = _apiserver_requests(raw_api_before)
     use_before = usage()
+    cpu_before, machine_before = _program_cpu(st, pids), _machine_ticks()
     t0 = time.monotonic()
     stop = threading.Event()
 
@@ -251,8 +299,10 @@ def measure(
     th.join(timeout=30)
     elapsed = time.monotonic() - t0
     after = metrics()
-    api_after = _apiserver_requests(st.apiserver_metrics())
+    raw_api_after = st.apiserver_metrics()
+    api_after = _apiserver_requests(raw_api_after)
     use_after = usage()
+    cpu_after, machine_after = _program_cpu(st, pids), _machine_ticks()
     ticks = elapsed / tick
     gaps = pool_gaps(series)
     all_gaps = sorted(g for gs in gaps.values() for g in gs)
@@ -313,6 +363,13 @@ def measure(
         "operator_cpu_percent": 100.0 * (use_after["cpu_s"] - use_before["cpu_s"]) / elapsed,
         "opa_rss_mib": use_after["child_rss_mib"],
         "opa_cpu_percent": 100.0 * (use_after["child_cpu_s"] - use_before["child_cpu_s"]) / elapsed,
+        "cores_by_program": _cores(cpu_before, cpu_after, elapsed),
+        "machine_cores": _cores(machine_before, machine_after, elapsed),
+        **{
+            f"apiserver_patch_{what}_p{int(q * 100)}_s": _write_latency(raw_api_before, raw_api_after, res, sub, q)
+            for what, res, sub in (("status", "workerpools", "status"), ("scale", "deployments", "scale"))
+            for q in (0.5, 0.99)
+        },
     }
     for op in ops:
         op.stop()
@@ -392,7 +449,26 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{_f(r.get('first_evaluation_s'), 0)} s, every pool evaluated once {_f(r['first_pass_s'], 0)} s"
             + ("" if r.get("first_pass_complete", True) else f" (incomplete: {r.get('pools_in_first_pass')} pools)")
         )
+        lines.append(_where_the_cores_went(r))
     return "\n".join(lines)
+
+
+def _where_the_cores_went(r: dict[str, Any]) -> str:
+    """One line: each program's cores, the machine's, and the API server's own write latency."""
+    by = r.get("cores_by_program") or {}
+    m = r.get("machine_cores") or {}
+    programs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+
+    def ms(k: str) -> str:
+        return "–" if r.get(k) is None else f"{1000 * r[k]:.0f}"
+
+    return (
+        f"- {r['pools']} pools, cores used over the window: {programs or '–'}; the machine: busy "
+        f"{m.get('busy', 0):.2f}, steal {m.get('steal', 0):.2f}, idle {m.get('idle', 0):.2f} (of {os.cpu_count()}). "
+        f"API server's own PATCH latency p50 / p99 ms: workerpools/status {ms('apiserver_patch_status_p50_s')} / "
+        f"{ms('apiserver_patch_status_p99_s')}, deployments/scale {ms('apiserver_patch_scale_p50_s')} / "
+        f"{ms('apiserver_patch_scale_p99_s')}"
+    )
 
 
 def plot(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> None:

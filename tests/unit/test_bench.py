@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench import control_quality, reaction_time, sizing_accuracy, traces
-from bench.at_scale import _per_pool_minute, hist_quantile, pool_gaps
+from bench.at_scale import _cores, _per_pool_minute, _write_latency, hist_quantile, pool_gaps
 from bench.harness import Config, run
 from bench.promsim import PromView, bucket_quantile, extrapolated_rate
 from bench.realloop import metric_sum, parse_metrics
@@ -199,6 +199,28 @@ def test_parse_metrics_and_histogram_quantile_of_a_delta() -> None:
     )
     assert metric_sum(before, "chanscale_decisions_total", pool="p0") == 3.0
     assert hist_quantile(before, after, "x_seconds", 0.5) == pytest.approx(0.05)
+
+
+def test_the_api_servers_write_latency_counts_only_the_patches_of_that_subresource() -> None:
+    name = "apiserver_request_duration_seconds_bucket"
+
+    def series(verb: str, sub: str, fast: float, slow: float) -> list[tuple[str, dict[str, str], float]]:
+        lbl = {"verb": verb, "resource": "workerpools", **({"subresource": sub} if sub else {})}
+        return [
+            (name, {**lbl, "le": "0.1"}, fast),
+            (name, {**lbl, "le": "1.0"}, fast + slow),
+            (name, {**lbl, "le": "+Inf"}, fast + slow),
+        ]
+
+    before = series("PATCH", "status", 0.0, 0.0) + series("PATCH", "", 0.0, 0.0)
+    after = series("PATCH", "status", 0.0, 10.0) + series("PATCH", "", 100.0, 0.0) + series("GET", "status", 50, 0)
+    assert _write_latency(before, after, "workerpools", "status", 0.5) == pytest.approx(0.55)  # the slow ones only
+    assert _write_latency(before, after, "workerpools", "", 0.5) == pytest.approx(0.05)
+    assert _write_latency(before, after, "deployments", "scale", 0.5) is None  # none in the window
+
+
+def test_cores_are_cpu_seconds_over_the_window() -> None:
+    assert _cores({"etcd": 1.0}, {"etcd": 31.0, "operators": 60.0}, 120.0) == {"etcd": 0.25, "operators": 0.5}
 
 
 def test_status_writes_per_pool_per_minute_count_only_the_chosen_pools() -> None:
