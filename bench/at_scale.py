@@ -85,8 +85,9 @@ def _machine_ticks() -> dict[str, float]:
     return {"busy": (user + nice + system + irq + softirq) / hz, "steal": steal / hz, "idle": (idle + iowait) / hz}
 
 
-def _program_cpu(st: Stack, pids: list[int]) -> dict[str, float]:
-    """CPU seconds so far of each program of the bench, keyed by name; the operators (and, apart, their OPAs) summed."""
+def _program_cpu(st: Stack, operators: dict[str, float]) -> dict[str, float]:
+    """CPU seconds so far of each program of the bench, keyed by name; the operators' and their OPAs' from
+    ``operators``, the replicas' summed usage that measure() already read."""
     named: list[tuple[str, int | None]] = [
         (p.name, p.pid) for group in (st.cp, st.prom) if group is not None for p in group.processes
     ]
@@ -97,11 +98,7 @@ def _program_cpu(st: Stack, pids: list[int]) -> dict[str, float]:
         if pid is not None:
             with contextlib.suppress(OSError):
                 out[name] += process_usage(pid)[1]
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            use = _tree_usage(pid)
-            out["operators"] += use["cpu_s"]
-            out["operators' OPAs"] += use["child_cpu_s"]
+    out["operators"], out["operators' OPAs"] = operators["cpu_s"], operators["child_cpu_s"]
     return out
 
 
@@ -119,7 +116,7 @@ def hist_quantile(
     before: Samples, after: Samples, name: str, q: float, match: dict[str, str] | None = None
 ) -> float | None:
     """histogram_quantile over the delta of a histogram between two scrapes; with ``match``, of the series whose
-    labels have those values (a missing label counts as ""). None when nothing was observed."""
+    labels have those values (a missing label counts as ""). None when nothing was observed (bucket_quantile)."""
 
     def buckets(samples: Samples) -> dict[float, float]:
         out: dict[float, float] = defaultdict(float)
@@ -131,8 +128,6 @@ def hist_quantile(
     b0, b1 = buckets(before), buckets(after)
     les = sorted(b1)
     counts = [b1[le] - b0.get(le, 0.0) for le in les]
-    if not les or (match is not None and sum(counts) <= 0):
-        return None
     return bucket_quantile(q, [le for le in les if le != float("inf")], counts)
 
 
@@ -282,7 +277,7 @@ def measure(
     raw_api_before = st.apiserver_metrics()
     api_before = _apiserver_requests(raw_api_before)
     use_before = usage()
-    cpu_before, machine_before = _program_cpu(st, pids), _machine_ticks()
+    cpu_before, machine_before = _program_cpu(st, use_before), _machine_ticks()
     t0 = time.monotonic()
     stop = threading.Event()
 
@@ -302,7 +297,7 @@ def measure(
     raw_api_after = st.apiserver_metrics()
     api_after = _apiserver_requests(raw_api_after)
     use_after = usage()
-    cpu_after, machine_after = _program_cpu(st, pids), _machine_ticks()
+    cpu_after, machine_after = _program_cpu(st, use_after), _machine_ticks()
     ticks = elapsed / tick
     gaps = pool_gaps(series)
     all_gaps = sorted(g for gs in gaps.values() for g in gs)
@@ -449,11 +444,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{_f(r.get('first_evaluation_s'), 0)} s, every pool evaluated once {_f(r['first_pass_s'], 0)} s"
             + ("" if r.get("first_pass_complete", True) else f" (incomplete: {r.get('pools_in_first_pass')} pools)")
         )
-        lines.append(_where_the_cores_went(r))
+        lines.append(_where_the_cores_went(r, meta["machine"].get("nproc")))
     return "\n".join(lines)
 
 
-def _where_the_cores_went(r: dict[str, Any]) -> str:
+def _where_the_cores_went(r: dict[str, Any], cores: int | None) -> str:
     """One line: each program's cores, the machine's, and the API server's own write latency."""
     by = r.get("cores_by_program") or {}
     m = r.get("machine_cores") or {}
@@ -464,7 +459,7 @@ def _where_the_cores_went(r: dict[str, Any]) -> str:
 
     return (
         f"- {r['pools']} pools, cores used over the window: {programs or '–'}; the machine: busy "
-        f"{m.get('busy', 0):.2f}, steal {m.get('steal', 0):.2f}, idle {m.get('idle', 0):.2f} (of {os.cpu_count()}). "
+        f"{m.get('busy', 0):.2f}, steal {m.get('steal', 0):.2f}, idle {m.get('idle', 0):.2f} (of {cores}). "
         f"API server's own PATCH latency p50 / p99 ms: workerpools/status {ms('apiserver_patch_status_p50_s')} / "
         f"{ms('apiserver_patch_status_p99_s')}, deployments/scale {ms('apiserver_patch_scale_p50_s')} / "
         f"{ms('apiserver_patch_scale_p99_s')}"
